@@ -1,0 +1,33 @@
+"""Entry-point helper: run a flow from the command line; a user mistake (PipelineError) is printed
+as one clear message with exit status 2, never as a traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from pipeline_lib.errors import PipelineError
+
+
+class _HideUserErrorTracebacks(logging.Filter):
+    """Prefect logs a flow's exception with its traceback; for a PipelineError the message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, PipelineError):
+            record.exc_info = None
+            record.exc_text = None
+            record.msg = f"{record.getMessage()} {exc}"
+            record.args = ()
+        return True
+
+
+def run(flow: Callable, **kwargs) -> object:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_HideUserErrorTracebacks())
+    try:
+        return flow(**kwargs)
+    except PipelineError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None

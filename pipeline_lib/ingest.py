@@ -1,0 +1,325 @@
+"""Stage ingest: read the source, validate every image, normalise to RGB, split, write a manifest.
+
+Sources: the embedded Fashion-MNIST sample, an image folder ``<path>/<class>/*.png``, or a CSV
+manifest ``path,label[,split]`` (paths relative to the CSV's folder). Every image that cannot be
+used goes to the report with the reason and the fix (``data.on_bad_file: quarantine``) or stops the
+stage with that message (``error``). Output: normalised PNGs named by content hash, a parquet
+manifest, classes.json and reports/ingest.json.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from . import atomic, fashion_mnist
+from .config import Params, Paths
+from .errors import PipelineError
+from .images import IMAGE_EXTENSIONS, BadImage, image_id, load_image
+
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ["image_id", "path", "source", "label", "label_idx", "split", "height", "width",
+                    "orig_mode", "note"]
+
+
+@dataclass
+class Candidate:
+    source: str  # where the image came from (path, or sample:<part>/<index>)
+    label: str
+    split: str  # "" when the source gives none
+    file: Path | None = None  # a file to decode, or
+    pixels: np.ndarray | None = None  # pixels already in memory (the embedded sample)
+
+
+@dataclass
+class IngestReport:
+    rejected: list[dict] = field(default_factory=list)
+    duplicates: list[dict] = field(default_factory=list)
+    leakage: list[dict] = field(default_factory=list)
+    dropped_classes: list[dict] = field(default_factory=list)
+    converted: list[dict] = field(default_factory=list)
+
+    def reject(self, source: str, reason: str, fix: str, strict: bool) -> None:
+        if strict:
+            raise PipelineError(f"{source}: {reason}. Fix: {fix}. "
+                                "(Set data.on_bad_file: quarantine to skip such files and list them "
+                                "in reports/ingest.json instead.)")
+        self.rejected.append({"file": source, "reason": reason, "fix": fix})
+
+
+# ---------------------------------------------------------------- sources
+def _sample_candidates(params: Params, path: Path) -> tuple[list[Candidate], list[str]]:
+    sample = fashion_mnist.load_sample(path)
+    classes = [str(c) for c in sample["classes"]]
+    out = [Candidate(f"sample:pool/{i}", classes[int(y)], "", pixels=x)
+           for i, (x, y) in enumerate(zip(sample["x_pool"], sample["y_pool"]))]
+    per_class: Counter = Counter()
+    for i, (x, y) in enumerate(zip(sample["x_test"], sample["y_test"])):
+        if per_class[int(y)] < params.data.sample_test_per_class:
+            per_class[int(y)] += 1
+            out.append(Candidate(f"sample:test/{i}", classes[int(y)], "test", pixels=x))
+    return out, classes
+
+
+def _folder_candidates(root: Path, report: IngestReport, strict: bool) -> tuple[list[Candidate], list[str]]:
+    if not root.is_dir():
+        raise PipelineError(f"data folder {root} does not exist. Put images in {root}/<class_name>/ "
+                            "or set data.path (and data.source) in params.yaml.")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise PipelineError(f"{root} has no class folders: expected {root}/<class_name>/*.png "
+                            f"(one sub-folder per class; extensions {', '.join(IMAGE_EXTENSIONS)}).")
+    out: list[Candidate] = []
+    for stray in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+        report.reject(str(stray), "file outside any class folder",
+                      f"move it into {root}/<class_name>/", strict)
+    for class_dir in class_dirs:
+        for f in sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                out.append(Candidate(str(f), class_dir.name, "", file=f))
+            else:
+                report.reject(str(f), f"unsupported file extension {f.suffix or '(none)'!r}",
+                              f"use one of {', '.join(IMAGE_EXTENSIONS)} or remove the file", strict)
+    return out, [d.name for d in class_dirs]
+
+
+def _manifest_candidates(csv: Path, report: IngestReport, strict: bool) -> tuple[list[Candidate], list[str]]:
+    if not csv.is_file():
+        raise PipelineError(f"manifest {csv} does not exist: give a CSV with columns path,label[,split] "
+                            "in data.path, or set data.source: folder.")
+    try:
+        frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"manifest {csv} is not a readable CSV: {exc}") from None
+    missing = {"path", "label"} - set(frame.columns)
+    if missing:
+        raise PipelineError(f"manifest {csv} lacks column(s) {sorted(missing)}; it has {list(frame.columns)}. "
+                            "Expected a header line `path,label` or `path,label,split`.")
+    base = csv.parent.resolve()
+    out: list[Candidate] = []
+    for line_no, row in enumerate(frame.itertuples(index=False), start=2):
+        where = f"{csv}:{line_no}"
+        split = str(getattr(row, "split", "") or "").strip().lower()
+        if split and split not in SPLITS:
+            raise PipelineError(f"{where}: split {split!r} is not one of {list(SPLITS)} (or empty)")
+        label = str(row.label).strip()
+        if not label:
+            report.reject(where, "empty label", "give every row a label", strict)
+            continue
+        target = (base / str(row.path)).resolve()
+        if not target.is_relative_to(base):
+            report.reject(f"{where} ({row.path})", f"path points outside the data folder {base}",
+                          "copy the image under the manifest's folder and use a relative path", strict)
+            continue
+        out.append(Candidate(str(target), label, split, file=target))
+    return out, sorted({c.label for c in out})
+
+
+# ---------------------------------------------------------------- split
+def assign_splits(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> pd.Series:
+    """Stratified split of rows whose ``split`` is empty; rows with a given split keep it.
+
+    When the source already names test rows, the rest is split into train/val only.
+    """
+    rng = np.random.default_rng(seed)
+    split = frame["split"].copy()
+    has_test = bool((split == "test").any())
+    for _, idx in frame[split == ""].groupby("label").groups.items():
+        idx = np.array(sorted(idx))
+        rng.shuffle(idx)
+        n = len(idx)
+        n_test = 0 if has_test else max(1, int(round(n * test_fraction)))
+        n_val = int(round(n * val_fraction))
+        if val_fraction > 0 and n - n_test >= 2:
+            n_val = max(1, n_val)
+        n_val = min(n_val, max(0, n - n_test - 1))
+        split.loc[idx[:n_test]] = "test"
+        split.loc[idx[n_test:n_test + n_val]] = "val"
+        split.loc[idx[n_test + n_val:]] = "train"
+    return split
+
+
+def subsample_shots(frame: pd.DataFrame, shots: int | None, seed: int) -> pd.Series:
+    """Keep ``shots`` training images per class (seeded); the others become split ``unused``."""
+    split = frame["split"].copy()
+    if shots is None:
+        return split
+    rng = np.random.default_rng(seed + 1)
+    for _, idx in frame[split == "train"].groupby("label").groups.items():
+        idx = np.array(sorted(idx))
+        if len(idx) > shots:
+            split.loc[rng.choice(idx, size=len(idx) - shots, replace=False)] = "unused"
+    return split
+
+
+# ---------------------------------------------------------------- stage
+def run(params: Params, paths: Paths) -> dict:
+    d = params.data
+    strict = d.on_bad_file == "error"
+    report = IngestReport()
+    if d.source == "sample":
+        candidates, classes = _sample_candidates(params, paths.resolve(d.path))
+    elif d.source == "folder":
+        candidates, classes = _folder_candidates(paths.resolve(d.path), report, strict)
+    else:
+        candidates, classes = _manifest_candidates(paths.resolve(d.path), report, strict)
+
+    staging = Path(tempfile.mkdtemp(prefix=".prepared-", dir=_ensure_dir(paths.prepared_dir.parent)))
+    try:
+        rows = _validate_and_write(candidates, staging / "images", params, report, strict)
+        frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        frame = _check_classes(frame, classes, params, report, strict)
+        classes = sorted(frame["label"].unique(), key=classes.index) if len(frame) else []
+        frame["label_idx"] = frame["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
+        frame["split"] = assign_splits(frame, d.val_fraction, d.test_fraction, params.seed)
+        frame["split"] = subsample_shots(frame, d.shots_per_class, params.seed)
+        _require_splits(frame, classes)
+        frame = frame.sort_values(["split", "label_idx", "image_id"], kind="stable").reset_index(drop=True)
+        _remove_orphans(staging / "images", set(frame["path"]))
+        frame["path"] = "data/prepared/images/" + frame["path"]
+        atomic.write_parquet(staging / "manifest.parquet", frame)
+        atomic.write_json(staging / "classes.json", classes)
+        _swap_dir(staging, paths.prepared_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    summary = _summary(frame, classes, report)
+    atomic.write_json(paths.ingest_report, summary)
+    return summary
+
+
+def _ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _validate_and_write(candidates, images_dir: Path, params: Params, report: IngestReport,
+                        strict: bool) -> list[dict]:
+    from tqdm import tqdm
+
+    images_dir.mkdir(parents=True)
+    rows: list[dict] = []
+    seen: dict[str, dict] = {}  # image_id -> its row (duplicates are kept once)
+    for cand in tqdm(candidates, desc="ingest", unit="img", disable=len(candidates) < 200):
+        try:
+            if cand.pixels is not None:
+                pixels = np.repeat(cand.pixels[..., None], 3, axis=2) if cand.pixels.ndim == 2 else cand.pixels
+                mode, note = ("L" if cand.pixels.ndim == 2 else "RGB"), ""
+            else:
+                loaded = load_image(cand.file, params.data.min_image_size, params.data.on_unusual_mode)
+                pixels, mode, note = loaded.pixels, loaded.mode, loaded.note
+        except BadImage as bad:
+            report.reject(cand.source, bad.reason, bad.fix, strict)
+            continue
+        iid = image_id(pixels)
+        if note:
+            report.converted.append({"file": cand.source, "note": note})
+        if iid in seen:
+            first = seen[iid]
+            entry = {"file": cand.source, "duplicate_of": first["source"], "label": cand.label,
+                     "split": cand.split}
+            if first["label"] != cand.label:
+                entry["conflict"] = f"labelled {cand.label!r} here but {first['label']!r} there"
+            if first["split"] != cand.split and "test" in (first["split"], cand.split):
+                report.leakage.append({"file": cand.source, "same_image_as": first["source"],
+                                       "splits": sorted([first["split"] or "(unassigned)",
+                                                         cand.split or "(unassigned)"]),
+                                       "action": "kept once, in test only"})
+                first["split"] = "test"
+            report.duplicates.append(entry)
+            continue
+        name = f"{iid}.png"
+        buf = io.BytesIO()
+        Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+        (images_dir / name).write_bytes(buf.getvalue())
+        row = {"image_id": iid, "path": name, "source": cand.source, "label": cand.label,
+               "label_idx": -1, "split": cand.split, "height": pixels.shape[0], "width": pixels.shape[1],
+               "orig_mode": mode, "note": note}
+        seen[iid] = row
+        rows.append(row)
+    return rows
+
+
+def _check_classes(frame: pd.DataFrame, classes: list[str], params: Params, report: IngestReport,
+                   strict: bool) -> pd.DataFrame:
+    counts = frame["label"].value_counts() if len(frame) else pd.Series(dtype=int)
+    extra = sorted(set(counts.index) - set(classes))
+    classes.extend(extra)
+    need = params.data.min_per_class
+    for cls in classes:
+        n = int(counts.get(cls, 0))
+        if n >= need:
+            continue
+        what = "is empty" if n == 0 else f"has {n} usable image(s), fewer than data.min_per_class={need}"
+        msg = f"class {cls!r} {what}"
+        if strict:
+            raise PipelineError(f"{msg}. Add images for it, remove the class, or lower data.min_per_class.")
+        report.dropped_classes.append({"class": cls, "usable_images": n, "reason": msg})
+        frame = frame[frame["label"] != cls]
+    if frame["label"].nunique() < 2:
+        raise PipelineError(
+            f"fewer than 2 usable classes after validation (see {len(report.rejected)} rejected file(s) "
+            "and dropped classes in reports/ingest.json): a classifier needs at least two classes "
+            f"with {need}+ images each.")
+    return frame.reset_index(drop=True)
+
+
+def _require_splits(frame: pd.DataFrame, classes: list[str]) -> None:
+    for split in ("train", "test"):
+        have = set(frame.loc[frame["split"] == split, "label"])
+        missing = [c for c in classes if c not in have]
+        if missing:
+            raise PipelineError(
+                f"split {split!r} has no image of class(es) {missing}: add images to those classes "
+                "(each needs enough for train, val and test) or adjust data.val_fraction/test_fraction.")
+
+
+def _remove_orphans(images_dir: Path, keep: set[str]) -> None:
+    for f in images_dir.iterdir():
+        if f.name not in keep:
+            f.unlink()
+
+
+def _swap_dir(staging: Path, target: Path) -> None:
+    """Replace ``target`` by the finished staging folder: the old one is removed only afterwards."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _summary(frame: pd.DataFrame, classes: list[str], report: IngestReport) -> dict:
+    per_class = (frame.groupby(["label", "split"]).size().unstack(fill_value=0)
+                 .reindex(index=classes, fill_value=0))
+    return {
+        "classes": classes,
+        "counts": {split: int((frame["split"] == split).sum()) for split in (*SPLITS, "unused")},
+        "per_class": {cls: {k: int(v) for k, v in row.items()} for cls, row in per_class.iterrows()},
+        "n_rejected": len(report.rejected),
+        "rejected": report.rejected,
+        "n_duplicates": len(report.duplicates),
+        "duplicates": report.duplicates,
+        "n_leakage": len(report.leakage),
+        "leakage": report.leakage,
+        "dropped_classes": report.dropped_classes,
+        "converted": report.converted,
+    }
+
+
+def load_manifest(paths: Paths) -> tuple[pd.DataFrame, list[str]]:
+    if not paths.manifest.exists():
+        raise PipelineError(f"{paths.manifest} not found: run the ingest stage first (dvc repro ingest).")
+    return pd.read_parquet(paths.manifest), json.loads((paths.prepared_dir / "classes.json").read_text())

@@ -1,0 +1,114 @@
+"""MLflow: one run per pipeline execution, with params, data version, git commit, every stage's
+metrics, the plots and the deployable classifier (backbone + head)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .config import Params, Paths
+from .errors import PipelineError
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def data_version(lock_file: Path) -> dict[str, str]:
+    """The content hashes DVC recorded for each stage's outputs: {"dvc.ingest.data/prepared": md5}."""
+    if not lock_file.exists():
+        return {}
+    lock = yaml.safe_load(lock_file.read_text()) or {}
+    tags = {}
+    for stage, entry in (lock.get("stages") or {}).items():
+        for out in entry.get("outs") or []:
+            if "md5" in out:
+                tags[f"dvc.{stage}.{out['path']}"] = out["md5"]
+    return tags
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def stage_metrics(paths: Paths) -> dict[str, float]:
+    """The numeric results of every stage, prefixed by the stage name."""
+    out: dict[str, float] = {}
+    ingest = _read_json(paths.ingest_report)
+    for split, n in (ingest.get("counts") or {}).items():
+        out[f"ingest.{split}_images"] = n
+    for key in ("n_rejected", "n_duplicates", "n_leakage"):
+        if key in ingest:
+            out[f"ingest.{key}"] = ingest[key]
+    for stage, path in (("featurize", paths.featurize_report), ("train_head", paths.train_head_report)):
+        for key, value in _read_json(path).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{stage}.{key}"] = value
+    metrics = _read_json(paths.metrics)
+    for key in ("accuracy", "macro_f1"):
+        if key in metrics:
+            out[f"test_{key}"] = metrics[key]
+    for cls, row in (metrics.get("per_class") or {}).items():
+        out[f"test_recall.{cls}"] = row["recall"]
+        out[f"test_precision.{cls}"] = row["precision"]
+    return out
+
+
+def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) -> str:
+    """Log the finished pipeline to MLflow; returns the run id."""
+    import mlflow
+    import torch
+    import torchvision
+
+    from .model import build_classifier
+
+    mlflow.set_tracking_uri(paths.mlflow_uri)
+    try:
+        mlflow.set_experiment(params.mlflow.experiment)
+    except Exception as exc:  # noqa: BLE001 - tracking store unreachable or broken
+        raise PipelineError(f"MLflow tracking at {paths.mlflow_uri} is not usable: {exc}. Check "
+                            "MLFLOW_TRACKING_URI (unset it to use sqlite:///mlflow.db in the project).") from None
+    history = paths.train_head_history
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params(params.flat())
+        tags = {"git_commit": git_commit(paths.root) or "unknown", **data_version(paths.dvc_lock)}
+        mlflow.set_tags(tags)
+        mlflow.log_metrics(stage_metrics(paths))
+        if history.exists():
+            import pandas as pd
+
+            for row in pd.read_csv(history).to_dict("records"):
+                mlflow.log_metrics({f"train_head.{k}": v for k, v in row.items()
+                                    if k != "epoch" and v == v}, step=int(row["epoch"]))
+        for artifact in (paths.metrics, paths.confusion_png, paths.per_class_csv, paths.ingest_report,
+                         paths.featurize_report, paths.train_head_report, paths.predictions):
+            if artifact.exists():
+                mlflow.log_artifact(str(artifact), artifact_path="reports")
+        if params.mlflow.log_model:
+            model = build_classifier(params, paths)
+            res = params.backbone.resolution
+            example = np.random.default_rng(0).random((2, 3, res, res), dtype=np.float32)
+            with torch.no_grad():
+                output = model(torch.from_numpy(example)).numpy()
+            mlflow.pytorch.log_model(
+                model, name="model",
+                signature=mlflow.models.infer_signature(example, output),
+                serialization_format="pt2",  # torch.export graph: loading runs no pickled code
+                input_example=example,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                  f"torchvision=={torchvision.__version__.split('+')[0]}",
+                                  f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"],
+                metadata={"classes": model.classes, "input": f"float32 RGB (N,3,{res},{res}) in [0,1]", "resolution": res,
+                          "output": "class probabilities (N, n_classes)"},
+            )
+            mlflow.log_dict({"classes": model.classes}, "classes.json")
+        return run.info.run_id
