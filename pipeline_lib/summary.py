@@ -1,0 +1,29 @@
+"""Print the latest test metrics and how to look at the runs: python -m pipeline_lib.summary"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .config import Paths
+
+
+def summary(paths: Paths) -> str:
+    if not paths.metrics.exists():
+        return f"No metrics yet ({paths.metrics} missing): run `make run` or `dvc repro`."
+    m = json.loads(paths.metrics.read_text())
+    lines = [f"Test accuracy {m['accuracy']:.1%}   macro-F1 {m['macro_f1']:.3f}   ({m['n_test']} test images)"]
+    worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["recall"])[:3]
+    lines.append("Hardest classes (recall): " + ", ".join(f"{c} {v['recall']:.0%}" for c, v in worst))
+    for pair in m.get("top_confusions", [])[:3]:
+        lines.append(f"  {pair['actual']} taken for {pair['predicted']}: {pair['count']}x")
+    lines += [
+        f"Reports: {paths.reports_dir}/ (metrics.json, confusion_matrix.png, ingest.json)",
+        f"MLflow UI: mlflow ui --backend-store-uri {paths.mlflow_uri}   then open http://127.0.0.1:5000",
+        "(from the project root `.venv/bin/mlflow ui` is enough: sqlite:///mlflow.db is the default)",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summary(Paths.for_root(sys.argv[1] if len(sys.argv) > 1 else None)))
