@@ -18,8 +18,6 @@ class _HideUserErrorTracebacks(logging.Filter):
         if isinstance(exc, PipelineError):
             record.exc_info = None
             record.exc_text = None
-            record.msg = f"{record.getMessage()} {exc}"
-            record.args = ()
         return True
 
 

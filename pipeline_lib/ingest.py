@@ -150,15 +150,18 @@ def assign_splits(frame: pd.DataFrame, val_fraction: float, test_fraction: float
 
 
 def subsample_shots(frame: pd.DataFrame, shots: int | None, seed: int) -> pd.Series:
-    """Keep ``shots`` training images per class (seeded); the others become split ``unused``."""
+    """Keep ``shots`` training images per class (seeded); the others become split ``unused``.
+
+    The subsets are nested: the k images kept at k shots are among those kept at k + 1, so
+    growing the labelled set only adds images (and only those need featurizing).
+    """
     split = frame["split"].copy()
     if shots is None:
         return split
     rng = np.random.default_rng(seed + 1)
-    for _, idx in frame[split == "train"].groupby("label").groups.items():
-        idx = np.array(sorted(idx))
-        if len(idx) > shots:
-            split.loc[rng.choice(idx, size=len(idx) - shots, replace=False)] = "unused"
+    for _, idx in sorted(frame[split == "train"].groupby("label").groups.items()):
+        order = np.array(sorted(idx))[rng.permutation(len(idx))]
+        split.loc[order[shots:]] = "unused"
     return split
 
 

@@ -1,0 +1,49 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pipeline_lib  # noqa: F401  (telemetry off for everything the tests start)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def backbone_small():
+    """The real pretrained MobileNetV2 (offline weights) at a small resolution."""
+    from pipeline_lib.backbones import load_backbone
+
+    return load_backbone("mobilenet_v2", "default", resolution=32)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One real local Prefect server for the tests that run flows in subprocesses."""
+    from flows.prefect_server import start_server, stop_server
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    old = os.environ.get("PREFECT_HOME")
+    os.environ["PREFECT_HOME"] = str(home)
+    proc, url, _ = start_server()
+    yield url
+    stop_server(proc)
+    if old is None:
+        os.environ.pop("PREFECT_HOME", None)
+    else:
+        os.environ["PREFECT_HOME"] = old
+
+
+def run_cmd(args, cwd, env_extra=None, check=True, timeout=600):
+    env = {**os.environ, **(env_extra or {})}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc

@@ -1,0 +1,46 @@
+import pytest
+
+from pipeline_lib.config import Params, Paths, load_params, parse_params
+from pipeline_lib.errors import PipelineError
+
+
+def test_defaults_match_params_yaml(project_root):
+    assert load_params(project_root) == Params()
+
+
+def test_bad_literal_names_key_and_allowed_values():
+    with pytest.raises(PipelineError) as err:
+        parse_params({"train_head": {"kind": "transformer"}})
+    msg = str(err.value)
+    assert "train_head.kind: got 'transformer'; allowed values: 'linear' or 'mlp'" in msg
+
+
+def test_unknown_key_is_reported():
+    with pytest.raises(PipelineError, match=r"data\.shots: unknown key"):
+        parse_params({"data": {"shots": 3}})
+
+
+def test_range_and_cross_field_checks():
+    with pytest.raises(PipelineError, match=r"backbone\.resolution"):
+        parse_params({"backbone": {"resolution": 4}})
+    with pytest.raises(PipelineError, match="val_fraction \\+ data.test_fraction"):
+        parse_params({"data": {"val_fraction": 0.6, "test_fraction": 0.5}})
+
+
+def test_flat_keys_are_dotted():
+    flat = Params().flat()
+    assert flat["train_head.lr"] == Params().train_head.lr and "data.source" in flat
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(PipelineError, match="params.yaml not found"):
+        load_params(tmp_path)
+
+
+def test_paths_are_derived_from_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    paths = Paths.for_root(tmp_path)
+    assert paths.manifest == tmp_path / "data/prepared/manifest.parquet"
+    assert paths.mlflow_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert paths.mlflow_uri == "http://127.0.0.1:5000"

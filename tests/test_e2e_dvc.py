@@ -1,0 +1,165 @@
+"""End to end: the project copied into a temporary git repo, `dvc repro` for real (each stage a
+Prefect flow run against a real local Prefect server), MLflow on sqlite in the temp dir."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import run_cmd
+
+pytestmark = pytest.mark.e2e
+STAGES = ("ingest", "featurize", "train_head", "evaluate")
+
+
+def _copy_project(src, dst):
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=src,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if (src / rel).is_file() and not rel.startswith(("reports/", "models/")) and rel != "dvc.lock":
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, dst / rel)
+
+
+def _set_params(root, **sections):
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, project_root, prefect_api):
+    root = tmp_path_factory.mktemp("e2e") / "project"
+    root.mkdir()
+    _copy_project(project_root, root)
+    _set_params(root, data={"shots_per_class": 5, "sample_test_per_class": 10, "val_fraction": 0.1},
+                backbone={"resolution": 32})
+    env = {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": ""}
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        run_cmd(cmd, root)
+    return root, env
+
+
+def _repro(project, *extra):
+    root, env = project
+    return run_cmd(["dvc", "repro", *extra], root, env)
+
+
+def _ran(output):
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+def _cache_files(root):
+    return sorted(p.name for p in (root / ".cache/features").rglob("*.npy"))
+
+
+def test_first_repro_runs_every_stage_as_a_prefect_flow(project, prefect_api):
+    root, _ = project
+    out = _repro(project)
+    assert _ran(out.stdout) == list(STAGES)
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert metrics["n_test"] == 100 and metrics["accuracy"] > 0.45  # chance is 0.10
+    assert (root / "reports/confusion_matrix.png").stat().st_size > 10_000
+    import httpx
+
+    runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={"limit": 50}).json()
+    flows = {f["id"]: f["name"] for f in httpx.post(f"{prefect_api}/flows/filter", json={}).json()}
+    done = {flows[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED"}
+    assert set(STAGES) <= done
+
+
+def test_second_repro_runs_nothing(project):
+    root, _ = project
+    before = (root / "reports/metrics.json").stat().st_mtime_ns
+    out = _repro(project)
+    assert _ran(out.stdout) == [] and "up to date" in out.stdout
+    assert (root / "reports/metrics.json").stat().st_mtime_ns == before
+
+
+def test_head_param_change_reruns_only_head_and_evaluate(project):
+    root, _ = project
+    featurize_report = (root / "reports/featurize.json").read_text()
+    cached = _cache_files(root)
+    _set_params(root, train_head={"lr": 0.002})
+    out = _repro(project)
+    assert _ran(out.stdout) == ["train_head", "evaluate"]
+    assert (root / "reports/featurize.json").read_text() == featurize_report
+    assert _cache_files(root) == cached  # no new feature computed
+
+
+def test_more_shots_reuse_the_cache(project):
+    root, _ = project
+    cached = set(_cache_files(root))
+    _set_params(root, data={"shots_per_class": 6})
+    out = _repro(project)
+    assert _ran(out.stdout) == list(STAGES)
+    report = json.loads((root / "reports/featurize.json").read_text())
+    assert report["computed"] == 10 and report["cache_hits"] == report["images"] - 10
+    assert len(set(_cache_files(root)) - cached) == 10
+
+
+def test_mlflow_has_one_run_per_execution_with_a_working_model(project):
+    import mlflow
+    import torch
+
+    from pipeline_lib.backbones import Preprocess
+    from pipeline_lib.featurize import read_image_tensor
+
+    root, _ = project
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("transfer-learning")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    assert len(runs) == 3  # first repro, head change, more shots; the no-op logged nothing
+    run = runs[0]
+    assert run.data.params["data.shots_per_class"] == "6" and run.data.params["train_head.lr"] == "0.002"
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert "featurize.computed" in run.data.metrics and "train_head.val_accuracy" in run.data.metrics
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    prepared = next(o for o in lock["stages"]["ingest"]["outs"] if o["path"] == "data/prepared")
+    assert run.data.tags["dvc.ingest.data/prepared"] == prepared["md5"]
+    assert len(run.data.tags["git_commit"]) == 40
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
+    assert {"reports/confusion_matrix.png", "reports/metrics.json"} <= artifacts
+
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    manifest = pd.read_parquet(root / "data/prepared/manifest.parquet").set_index("image_id")
+    preds = pd.read_csv(root / "reports/predictions.csv").head(8)
+    resize = Preprocess(32).resize
+    images = torch.stack([resize(read_image_tensor(root / manifest.loc[i, "path"])) for i in preds["image_id"]])
+    with torch.no_grad():
+        proba = model(images).numpy()
+    classes = json.loads((root / "data/prepared/classes.json").read_text())
+    assert [classes[i] for i in proba.argmax(1)] == preds["predicted"].tolist()
+    np.testing.assert_allclose(proba.max(1), preds["confidence"], atol=1e-4)
+
+
+def test_pipeline_flow_runs_the_stale_part_and_records_it_for_dvc(project):
+    root, env = project
+    _set_params(root, train_head={"kind": "mlp"})
+    out = run_cmd(["python", "-m", "flows.pipeline"], root, env)
+    assert "ran ['train_head', 'evaluate']" in out.stdout + out.stderr
+    after = _repro(project)
+    assert _ran(after.stdout) == [] and "up to date" in after.stdout
+
+
+def test_user_error_is_one_clear_message_not_a_traceback(project):
+    root, env = project
+    _set_params(root, data={"source": "folder", "path": "data/nowhere"})
+    out = run_cmd(["python", "-m", "flows.ingest"], root, env, check=False)
+    assert out.returncode == 2
+    assert "error: data folder" in out.stderr and "does not exist" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    _set_params(root, data={"source": "sample", "path": "pipeline_lib/sample_data/fashion_mnist_sample.npz"},
+                train_head={"kind": "forest"})
+    out = run_cmd(["python", "-m", "flows.train_head"], root, env, check=False)
+    assert out.returncode == 2 and "train_head.kind: got 'forest'; allowed values: 'linear' or 'mlp'" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout

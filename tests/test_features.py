@@ -1,0 +1,110 @@
+"""Backbones, the content-addressed cache and the featurize stage, with the real pretrained weights."""
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline_lib import featurize, ingest
+from pipeline_lib.backbones import load_backbone, resolve_weights
+from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.errors import PipelineError
+from pipeline_lib.feature_cache import FeatureCache
+from tests.helpers import write_folder_dataset
+
+
+def test_backbone_is_frozen_headless_and_in_eval_mode(backbone_small):
+    bb = backbone_small
+    assert bb.feature_dim == 1280
+    assert not any(p.requires_grad for p in bb.model.parameters())
+    assert not bb.model.training
+    out = bb(torch.rand(2, 3, 28, 28))
+    assert out.shape == (2, 1280) and not out.requires_grad
+
+
+def test_pretrained_weights_are_loaded_strictly(backbone_small):
+    # the offline file is torchvision's IMAGENET1K_V1: its sha256 prefix is in the file name
+    assert backbone_small.weights.sha256.startswith("b0353104")
+    assert backbone_small.weights.path.name == "mobilenet_v2-b0353104.pth"
+
+
+def test_missing_weights_fail_fast_with_the_file_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    started = time.perf_counter()
+    with pytest.raises(PipelineError) as err:
+        resolve_weights("resnet18")
+    assert time.perf_counter() - started < 2.0
+    msg = str(err.value)
+    assert "resnet18-f37072fd.pth" in msg and str(tmp_path) in msg and "backbone.weights" in msg
+
+
+def test_other_backbone_from_a_local_weights_file(tmp_path):
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    bb = load_backbone("resnet18", str(weights), resolution=32)
+    assert bb.feature_dim == 512 and bb(torch.rand(1, 3, 32, 32)).shape == (1, 512)
+
+
+def test_wrong_weights_file_and_unknown_model(tmp_path):
+    import torchvision
+
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    with pytest.raises(PipelineError, match="does not fit torchvision's mobilenet_v2"):
+        load_backbone("mobilenet_v2", str(weights))
+    with pytest.raises(PipelineError, match="unknown torchvision model 'mobilenet_v9'"):
+        resolve_weights("mobilenet_v9")
+
+
+def test_cache_hits_misses_and_truncated_entry(tmp_path):
+    cache = FeatureCache(tmp_path, "key")
+    assert cache.get("ab" * 16) is None and cache.misses == 1
+    cache.put("ab" * 16, np.arange(4, dtype=np.float32))
+    np.testing.assert_array_equal(cache.get("ab" * 16), np.arange(4))
+    assert cache.hits == 1 and len(cache) == 1
+    (tmp_path / "key" / "cd").mkdir()
+    (tmp_path / "key" / "cd" / f"{'cd' * 16}.npy").write_bytes(b"\x93NUMPY\x01\x00v")  # truncated
+    assert cache.get("cd" * 16) is None and cache.misses == 2
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_featurize_reuses_cached_vectors_when_the_split_changes(tmp_path):
+    write_folder_dataset(tmp_path / "raw", per_class=6)
+    raw = {"data": {"source": "folder", "path": str(tmp_path / "raw"), "shots_per_class": 2},
+           "backbone": {"resolution": 32}, "featurize": {"batch_size": 4}}
+    paths = Paths.for_root(tmp_path)
+    ingest.run(parse_params(raw), paths)
+    first = featurize.run(parse_params(raw), paths)
+    n_used = first["images"]
+    assert first["computed"] == n_used and first["cache_hits"] == 0
+    X1, y1, ids1 = featurize.load_features(paths, "test")
+
+    raw["data"]["shots_per_class"] = 3  # one more training image per class
+    ingest.run(parse_params(raw), paths)
+    second = featurize.run(parse_params(raw), paths)
+    assert second["images"] == n_used + 3
+    assert second["computed"] == 3 and second["cache_hits"] == n_used
+    X2, _, ids2 = featurize.load_features(paths, "test")
+    np.testing.assert_array_equal(ids1, ids2)
+    np.testing.assert_array_equal(X1, X2)
+
+    manifest = pd.read_parquet(paths.manifest)
+    Xtr, ytr, idtr = featurize.load_features(paths, "train")
+    assert len(Xtr) == 9 and set(idtr) == set(manifest.loc[manifest.split == "train", "image_id"])
+
+
+def test_features_match_a_direct_forward_pass(tmp_path, backbone_small):
+    write_folder_dataset(tmp_path / "raw", per_class=4)
+    raw = {"data": {"source": "folder", "path": str(tmp_path / "raw"), "shots_per_class": None},
+           "backbone": {"resolution": 32}}
+    paths = Paths.for_root(tmp_path)
+    ingest.run(parse_params(raw), paths)
+    featurize.run(parse_params(raw), paths)
+    X, _, ids = featurize.load_features(paths, "train")
+    manifest = pd.read_parquet(paths.manifest).set_index("image_id")
+    images = torch.stack([featurize.read_image_tensor(tmp_path / manifest.loc[i, "path"]) for i in ids])
+    np.testing.assert_allclose(X, backbone_small(images).numpy(), rtol=1e-4, atol=1e-5)

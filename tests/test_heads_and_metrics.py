@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from pipeline_lib.config import TrainHeadParams
+from pipeline_lib.evaluate import classification_metrics, top_confusions
+from pipeline_lib.heads import class_weights, load_head, predict_proba, save_head, train_head
+
+
+def _blobs(n_per_class, seed, dim=16, classes=3):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (classes, dim))
+    X = np.concatenate([c + rng.normal(0, 1, (n_per_class, dim)) for c in centres]).astype(np.float32)
+    y = np.repeat(np.arange(classes), n_per_class)
+    return X, y
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_head_learns_a_separable_toy_set(kind):
+    X, y = _blobs(20, seed=0)
+    Xv, yv = _blobs(10, seed=0)
+    result = train_head(X, y, Xv, yv, 3, TrainHeadParams(kind=kind, lr=0.01, dropout=0.0), seed=0)
+    Xt, yt = _blobs(30, seed=0)
+    assert (predict_proba(result.head, Xt).argmax(1) == yt).mean() > 0.95
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_head_training_is_seeded_and_early_stops():
+    X, y = _blobs(10, seed=1)
+    Xv, yv = _blobs(10, seed=2)  # other centres: val loss rises, early stopping triggers
+    p = TrainHeadParams(max_epochs=2000, patience=10, lr=0.05)
+    a = train_head(X, y, Xv, yv, 3, p, seed=3)
+    b = train_head(X, y, Xv, yv, 3, p, seed=3)
+    assert a.epochs_run < 2000 and a.epochs_run == b.epochs_run
+    for key, value in a.head.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), b.head.state_dict()[key].numpy())
+
+
+def test_balanced_class_weights():
+    w = class_weights(np.array([0, 0, 0, 1]), 3, "balanced").numpy()
+    np.testing.assert_allclose(w, [4 / 9, 4 / 3, 0.0])
+    assert class_weights(np.array([0, 1]), 2, "none").tolist() == [1.0, 1.0]
+
+
+def test_head_round_trips_through_files(tmp_path):
+    X, y = _blobs(10, seed=0)
+    result = train_head(X, y, None, None, 3, TrainHeadParams(kind="mlp", max_epochs=5), seed=0)
+    save_head(result.head, tmp_path / "h.pt", tmp_path / "h.json", {"classes": ["a", "b", "c"]})
+    head, meta = load_head(tmp_path / "h.pt", tmp_path / "h.json")
+    assert meta["classes"] == ["a", "b", "c"]
+    np.testing.assert_allclose(predict_proba(head, X), predict_proba(result.head, X), rtol=1e-6)
+
+
+def test_metrics_on_known_predictions():
+    y_true = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 0, 0, 1, 1, 1, 2, 0])
+    m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(6 / 8)
+    assert m["per_class"]["a"]["recall"] == pytest.approx(3 / 4)
+    assert m["per_class"]["a"]["precision"] == pytest.approx(3 / 4)
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["c"]["recall"] == pytest.approx(1 / 2)
+    f1 = [2 * 0.75 * 0.75 / 1.5, 2 * (2 / 3) * 1 / (2 / 3 + 1), 2 * 1 * 0.5 / 1.5]
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    cm = np.array([[3, 1, 0], [0, 2, 0], [1, 0, 1]])
+    assert top_confusions(cm, ["a", "b", "c"], 5) == [
+        {"actual": "a", "predicted": "b", "count": 1}, {"actual": "c", "predicted": "a", "count": 1}]

@@ -1,0 +1,190 @@
+"""Every kind of bad input gets a clear message (error mode) or a report entry (quarantine mode)."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline_lib import ingest
+from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.errors import PipelineError
+from pipeline_lib.images import BadImage, image_id, load_image
+from tests.helpers import solid, write_folder_dataset
+
+
+def _params(tmp_path, **data):
+    return parse_params({"data": {"source": "folder", "path": str(tmp_path / "raw"), "shots_per_class": None,
+                                  "min_per_class": 3, **data}})
+
+
+def _run(tmp_path, **data):
+    return ingest.run(_params(tmp_path, **data), Paths.for_root(tmp_path))
+
+
+@pytest.fixture
+def raw(tmp_path):
+    return write_folder_dataset(tmp_path / "raw", per_class=8)
+
+
+def _rejected(report):
+    return {r["file"].split("/")[-1]: r["reason"] for r in report["rejected"]}
+
+
+def test_clean_folder_is_ingested_with_rgb_images(tmp_path, raw):
+    report = _run(tmp_path)
+    assert report["n_rejected"] == 0 and report["classes"] == ["bag", "sneaker", "trouser"]
+    manifest = pd.read_parquet(tmp_path / "data/prepared/manifest.parquet")
+    assert len(manifest) == 24 and set(manifest["split"]) == {"train", "val", "test"}
+    img = Image.open(tmp_path / manifest["path"].iloc[0])
+    assert img.mode == "RGB"
+    pixels = np.asarray(img)
+    assert (pixels[..., 0] == pixels[..., 1]).all()  # grey replicated
+    assert manifest["image_id"].iloc[0] == image_id(pixels)
+
+
+BAD_FILES = {
+    "zero.png": (lambda p: p.write_bytes(b""), "empty file"),
+    "notimage.png": (lambda p: p.write_text("hello, I am text"), "not an image"),
+    "truncated.png": (lambda p: p.write_bytes(_png_bytes()[:60]), "corrupt or truncated"),
+    "tiny.png": (lambda p: solid((4, 4)).save(p), "too small"),
+    "readme.txt": (lambda p: p.write_text("notes"), "unsupported file extension"),
+}
+
+
+def _png_bytes():
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_file_is_quarantined_with_reason_and_fix(tmp_path, raw, name):
+    make, reason = BAD_FILES[name]
+    make(raw / "bag" / name)
+    report = _run(tmp_path)
+    rejected = _rejected(report)
+    assert reason in rejected[name]
+    assert all(r["fix"] for r in report["rejected"])
+    assert report["counts"]["train"] + report["counts"]["val"] + report["counts"]["test"] == 24
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_file_stops_with_clear_error_in_error_mode(tmp_path, raw, name):
+    make, reason = BAD_FILES[name]
+    make(raw / "bag" / name)
+    with pytest.raises(PipelineError) as err:
+        _run(tmp_path, on_bad_file="error")
+    assert name in str(err.value) and reason in str(err.value) and "Fix:" in str(err.value)
+    assert not (tmp_path / "data/prepared").exists()  # nothing half-written
+
+
+UNUSUAL = {
+    "cmyk.jpg": lambda p: solid(colour=(0, 200, 200, 0), mode="CMYK").save(p),
+    "sixteen.png": lambda p: Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 200).save(p),
+    "rgba.png": lambda p: solid(colour=(200, 30, 30, 128), mode="RGBA").save(p),
+    "palette.png": lambda p: solid().convert("P").save(p),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNUSUAL))
+def test_unusual_modes_convert_with_a_note_or_are_rejected(tmp_path, raw, name):
+    UNUSUAL[name](raw / "bag" / name)
+    report = _run(tmp_path)
+    assert name in {c["file"].split("/")[-1] for c in report["converted"]}
+    assert report["counts"]["train"] + report["counts"]["val"] + report["counts"]["test"] == 25
+    shutil.rmtree(tmp_path / "data")
+    report = _run(tmp_path, on_unusual_mode="reject")
+    assert "not plain 8-bit" in _rejected(report)[name]
+
+
+def test_sixteen_bit_is_rescaled_not_clipped(tmp_path):
+    path = tmp_path / "x.png"
+    Image.fromarray((np.arange(256, dtype=np.uint16).reshape(16, 16) * 200)).save(path)
+    loaded = load_image(path)
+    assert loaded.pixels.min() == 0 and loaded.pixels.max() == 255 and "rescaled" in loaded.note
+
+
+def test_empty_class_folder_is_dropped_or_an_error(tmp_path, raw):
+    (raw / "coat").mkdir()
+    report = _run(tmp_path)
+    assert report["dropped_classes"][0]["class"] == "coat" and "empty" in report["dropped_classes"][0]["reason"]
+    assert "coat" not in report["classes"]
+    with pytest.raises(PipelineError, match="class 'coat' is empty"):
+        _run(tmp_path, on_bad_file="error")
+
+
+def test_class_with_too_few_images(tmp_path, raw):
+    (raw / "coat").mkdir()
+    solid().save(raw / "coat" / "one.png")
+    with pytest.raises(PipelineError, match=r"class 'coat' has 1 usable image\(s\), fewer than data.min_per_class=3"):
+        _run(tmp_path, on_bad_file="error")
+
+
+def test_missing_folder_and_no_class_folders(tmp_path):
+    with pytest.raises(PipelineError, match="does not exist"):
+        _run(tmp_path)
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "img.png").write_bytes(_png_bytes())
+    with pytest.raises(PipelineError, match="no class folders"):
+        _run(tmp_path)
+
+
+def _manifest_dataset(tmp_path, rows):
+    raw = write_folder_dataset(tmp_path / "raw", per_class=8)
+    pd.DataFrame(rows(raw)).to_csv(raw / "labels.csv", index=False)
+    return parse_params({"data": {"source": "manifest", "path": str(raw / "labels.csv"),
+                                  "shots_per_class": None}})
+
+
+def test_manifest_path_outside_data_folder_is_rejected(tmp_path):
+    outside = tmp_path / "secret.png"
+    solid((20, 20)).save(outside)
+
+    def rows(raw):
+        files = sorted(raw.rglob("*.png"))
+        return [{"path": str(f.relative_to(raw)), "label": f.parent.name} for f in files] + \
+            [{"path": "../secret.png", "label": "bag"}]
+
+    report = ingest.run(_manifest_dataset(tmp_path, rows), Paths.for_root(tmp_path))
+    assert any("outside the data folder" in r["reason"] for r in report["rejected"])
+    assert report["n_rejected"] == 1
+
+
+def test_manifest_missing_column_and_bad_split(tmp_path):
+    raw = write_folder_dataset(tmp_path / "raw", per_class=3)
+    pd.DataFrame({"file": ["bag/bag_0.png"], "label": ["bag"]}).to_csv(raw / "m.csv", index=False)
+    params = parse_params({"data": {"source": "manifest", "path": str(raw / "m.csv")}})
+    with pytest.raises(PipelineError, match=r"lacks column\(s\) \['path'\]"):
+        ingest.run(params, Paths.for_root(tmp_path))
+    pd.DataFrame({"path": ["bag/bag_0.png"], "label": ["bag"], "split": ["holdout"]}).to_csv(raw / "m.csv", index=False)
+    with pytest.raises(PipelineError, match=r"m.csv:2: split 'holdout'"):
+        ingest.run(params, Paths.for_root(tmp_path))
+
+
+def test_duplicates_across_train_and_test_are_reported_as_leakage(tmp_path):
+    def rows(raw):
+        out = []
+        for f in sorted(raw.rglob("*.png")):
+            first_of_class = f.name.endswith("_0.png")
+            out.append({"path": str(f.relative_to(raw)), "label": f.parent.name,
+                        "split": "test" if first_of_class else ""})
+        shutil.copy(raw / "bag/bag_0.png", raw / "bag/copy_of_bag_0.png")
+        out.append({"path": "bag/copy_of_bag_0.png", "label": "bag", "split": "train"})
+        return out
+
+    report = ingest.run(_manifest_dataset(tmp_path, rows), Paths.for_root(tmp_path))
+    assert report["n_leakage"] == 1 and report["leakage"][0]["splits"] == ["test", "train"]
+    assert report["n_duplicates"] == 1
+    manifest = pd.read_parquet(tmp_path / "data/prepared/manifest.parquet")
+    assert manifest["image_id"].is_unique
+    kept = manifest[manifest["source"].str.endswith("bag_0.png")]
+    assert len(kept) == 1 and kept["split"].item() == "test"
+
+
+def test_load_image_on_directory_is_a_bad_image(tmp_path):
+    with pytest.raises(BadImage):
+        load_image(tmp_path)
