@@ -25,11 +25,28 @@ from .feature_cache import FeatureCache
 from .ingest import SPLITS, load_manifest
 
 
-def read_image_tensor(path: str | Path) -> torch.Tensor:
-    """A prepared (RGB PNG) image as a float (3, H, W) tensor in [0, 1]."""
+def read_image_uint8(path: str | Path) -> torch.Tensor:
+    """A prepared (RGB PNG) image as a uint8 (3, H, W) tensor."""
     with Image.open(path) as img:
         arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def read_image_tensor(path: str | Path) -> torch.Tensor:
+    """A prepared (RGB PNG) image as a float (3, H, W) tensor in [0, 1]: the model's input scale."""
+    return read_image_uint8(path).float().div_(255.0)
+
+
+def load_batch(paths: Sequence[str | Path], preprocess) -> torch.Tensor:
+    """Decode a batch of images to a float (N, 3, R, R) tensor in [0, 1] at the model resolution.
+
+    Images of one size (the common case) are resized in one batched call; mixed sizes one by one.
+    Either way each image gets the identical resize.
+    """
+    images = [read_image_uint8(p) for p in paths]
+    if len({tuple(im.shape) for im in images}) == 1:
+        return preprocess.resize(torch.stack(images).float().div_(255.0))
+    return torch.stack([preprocess.resize(im.float().div_(255.0)) for im in images])
 
 
 def _prefetch(batches: Iterable, load, depth: int = 2) -> Iterator:
@@ -48,7 +65,7 @@ def embed_paths(backbone: Backbone, paths: Sequence[str | Path], batch_size: int
                 device: torch.device, desc: str = "featurize") -> np.ndarray:
     """Run the frozen backbone over image files, batched, with a progress bar."""
     def load(batch: Sequence) -> torch.Tensor:
-        return torch.stack([backbone.preprocess.resize(read_image_tensor(p)) for p in batch])
+        return load_batch(batch, backbone.preprocess)
 
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     out = np.zeros((len(paths), backbone.feature_dim), dtype=np.float32)

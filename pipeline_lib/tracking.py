@@ -83,12 +83,17 @@ def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) 
         tags = {"git_commit": git_commit(paths.root) or "unknown", **data_version(paths.dvc_lock)}
         mlflow.set_tags(tags)
         mlflow.log_metrics(stage_metrics(paths))
-        if history.exists():
-            import pandas as pd
+        if history.exists():  # per-epoch curves as step metrics, in one call
+            import time
 
-            for row in pd.read_csv(history).to_dict("records"):
-                mlflow.log_metrics({f"train_head.{k}": v for k, v in row.items()
-                                    if k != "epoch" and v == v}, step=int(row["epoch"]))
+            import pandas as pd
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            steps = [Metric(f"train_head.{k}", float(v), now, int(row["epoch"]))
+                     for row in pd.read_csv(history).to_dict("records") for k, v in row.items()
+                     if k != "epoch" and v == v]
+            mlflow.MlflowClient().log_batch(run.info.run_id, metrics=steps)
         for artifact in (paths.metrics, paths.confusion_png, paths.per_class_csv, paths.ingest_report,
                          paths.featurize_report, paths.train_head_report, paths.predictions):
             if artifact.exists():

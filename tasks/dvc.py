@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import networkx as nx
 from prefect import task
 from prefect.cache_policies import NONE
 
+from pipeline_lib.errors import PipelineError
 
-def _repo(root: Path):
+
+@contextlib.contextmanager
+def _repo(root: Path) -> Iterator:
+    """DVC's Repo; its errors (not a DVC repo, dvc.lock git-ignored, ...) become one clear message."""
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    return Repo(str(root))
+    try:
+        with Repo(str(root)) as repo:
+            yield repo
+    except DvcException as exc:
+        raise PipelineError(f"DVC: {exc} (in {root})") from None
 
 
 def stage_order(root: Path) -> list[str]:
