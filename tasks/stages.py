@@ -1,9 +1,11 @@
-"""One Prefect task per stage function of pipeline_lib, and the MLflow logging task.
+"""One Prefect task per stage of pipeline_lib, and the MLflow logging task.
 
 Prefect's own result caching is off (cache_policy=NONE): DVC decides what is stale.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import pipeline_lib  # noqa: F401  (silences telemetry before Prefect is imported)
 from prefect import task
@@ -11,41 +13,27 @@ from prefect.cache_policies import NONE
 
 from pipeline_lib.config import Params, Paths, load_params
 
-# Stage modules are imported inside each task, so a stage's process loads only what it needs
-# (ingest runs without importing torch).
-
 
 @task(cache_policy=NONE, name="load_params")
 def load_params_task(paths: Paths) -> Params:
     return load_params(paths.root)
 
 
-@task(cache_policy=NONE, name="ingest")
-def ingest_task(params: Params, paths: Paths) -> dict:
-    from pipeline_lib import ingest
+def _stage_task(stage: str):
+    """A task running ``pipeline_lib.<stage>.run``; the module is imported when the task runs, so a
+    stage's process loads only what it needs (ingest runs without importing torch)."""
 
-    return ingest.run(params, paths)
+    @task(cache_policy=NONE, name=stage)
+    def run_stage(params: Params, paths: Paths) -> dict:
+        return importlib.import_module(f"pipeline_lib.{stage}").run(params, paths)
 
-
-@task(cache_policy=NONE, name="featurize")
-def featurize_task(params: Params, paths: Paths) -> dict:
-    from pipeline_lib import featurize
-
-    return featurize.run(params, paths)
+    return run_stage
 
 
-@task(cache_policy=NONE, name="train_head")
-def train_head_task(params: Params, paths: Paths) -> dict:
-    from pipeline_lib import train_head
-
-    return train_head.run(params, paths)
-
-
-@task(cache_policy=NONE, name="evaluate")
-def evaluate_task(params: Params, paths: Paths) -> dict:
-    from pipeline_lib import evaluate
-
-    return evaluate.run(params, paths)
+ingest_task = _stage_task("ingest")
+featurize_task = _stage_task("featurize")
+train_head_task = _stage_task("train_head")
+evaluate_task = _stage_task("evaluate")
 
 
 @task(cache_policy=NONE, name="log_to_mlflow", retries=2, retry_delay_seconds=[2, 8])

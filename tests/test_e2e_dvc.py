@@ -3,8 +3,6 @@ Prefect flow run against a real local Prefect server), MLflow on sqlite in the t
 
 import json
 import os
-import shutil
-import subprocess
 
 import numpy as np
 import pandas as pd
@@ -12,38 +10,20 @@ import pytest
 import yaml
 
 from tests.conftest import run_cmd
+from tests.helpers import copy_project, set_params
 
 pytestmark = pytest.mark.e2e
 STAGES = ("ingest", "featurize", "train_head", "evaluate")
 
 
-def _copy_project(src, dst):
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=src,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        if (src / rel).is_file() and not rel.startswith(("reports/", "models/")) and rel != "dvc.lock":
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / rel, dst / rel)
-
-
-def _set_params(root, **sections):
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in sections.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, project_root, prefect_api):
-    root = tmp_path_factory.mktemp("e2e") / "project"
-    root.mkdir()
-    _copy_project(project_root, root)
-    _set_params(root, data={"shots_per_class": 5, "sample_test_per_class": 10, "val_fraction": 0.1},
+def project(tmp_path_factory, prefect_api):
+    root = copy_project(tmp_path_factory.mktemp("e2e") / "project")
+    set_params(root, data={"shots_per_class": 5, "sample_test_per_class": 10, "val_fraction": 0.1},
                 backbone={"resolution": 32})
     env = {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": ""}
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-        run_cmd(cmd, root)
+    run_cmd(["git", "commit", "-qam", "tiny params"], root)
     return root, env
 
 
@@ -87,7 +67,7 @@ def test_head_param_change_reruns_only_head_and_evaluate(project):
     root, _ = project
     featurize_report = (root / "reports/featurize.json").read_text()
     cached = _cache_files(root)
-    _set_params(root, train_head={"lr": 0.002})
+    set_params(root, train_head={"lr": 0.002})
     out = _repro(project)
     assert _ran(out.stdout) == ["train_head", "evaluate"]
     assert (root / "reports/featurize.json").read_text() == featurize_report
@@ -97,7 +77,7 @@ def test_head_param_change_reruns_only_head_and_evaluate(project):
 def test_more_shots_reuse_the_cache(project):
     root, _ = project
     cached = set(_cache_files(root))
-    _set_params(root, data={"shots_per_class": 6})
+    set_params(root, data={"shots_per_class": 6})
     out = _repro(project)
     assert _ran(out.stdout) == list(STAGES)
     report = json.loads((root / "reports/featurize.json").read_text())
@@ -144,7 +124,7 @@ def test_mlflow_has_one_run_per_execution_with_a_working_model(project):
 
 def test_pipeline_flow_runs_the_stale_part_and_records_it_for_dvc(project):
     root, env = project
-    _set_params(root, train_head={"kind": "mlp"})
+    set_params(root, train_head={"kind": "mlp"})
     out = run_cmd(["python", "-m", "flows.pipeline"], root, env)
     assert "ran ['train_head', 'evaluate']" in out.stdout + out.stderr
     after = _repro(project)
@@ -153,12 +133,12 @@ def test_pipeline_flow_runs_the_stale_part_and_records_it_for_dvc(project):
 
 def test_user_error_is_one_clear_message_not_a_traceback(project):
     root, env = project
-    _set_params(root, data={"source": "folder", "path": "data/nowhere"})
+    set_params(root, data={"source": "folder", "path": "data/nowhere"})
     out = run_cmd(["python", "-m", "flows.ingest"], root, env, check=False)
     assert out.returncode == 2
     assert "error: data folder" in out.stderr and "does not exist" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
-    _set_params(root, data={"source": "sample", "path": "pipeline_lib/sample_data/fashion_mnist_sample.npz"},
+    set_params(root, data={"source": "sample", "path": "pipeline_lib/sample_data/fashion_mnist_sample.npz"},
                 train_head={"kind": "forest"})
     out = run_cmd(["python", "-m", "flows.train_head"], root, env, check=False)
     assert out.returncode == 2 and "train_head.kind: got 'forest'; allowed values: 'linear' or 'mlp'" in out.stderr
