@@ -73,8 +73,10 @@ class EvaluateParams(_Section):
 class MlflowParams(_Section):
     experiment: str = "transfer-learning"
     log_model: bool = True
+    model_name: str = "transfer-classifier"
+    promotion_margin: float = Field(0.0, ge=-1.0, le=1.0)
 
-    @field_validator("experiment")
+    @field_validator("experiment", "model_name")
     @classmethod
     def _not_empty(cls, value: str) -> str:
         if not value.strip():

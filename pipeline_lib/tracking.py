@@ -104,7 +104,7 @@ def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) 
             example = np.random.default_rng(0).random((2, 3, res, res), dtype=np.float32)
             with torch.no_grad():
                 output = model(torch.from_numpy(example)).numpy()
-            mlflow.pytorch.log_model(
+            info = mlflow.pytorch.log_model(
                 model, name="model",
                 signature=mlflow.models.infer_signature(example, output),
                 serialization_format="pt2",  # torch.export graph: loading runs no pickled code
@@ -116,4 +116,14 @@ def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) 
                           "output": "class probabilities (N, n_classes)"},
             )
             mlflow.log_dict({"classes": model.classes}, "classes.json")
+            from .registry import register_and_promote
+
+            decision = register_and_promote(info.model_uri, params, paths,
+                                            float(_read_json(paths.metrics)["accuracy"]))
+            mlflow.set_tags({"promotion.promoted": str(decision.promoted).lower(),
+                             "promotion.reason": decision.reason,
+                             "promotion.challenger_version": decision.challenger_version})
+            if decision.champion_accuracy is not None:
+                mlflow.log_metric("promotion.champion_test_accuracy", decision.champion_accuracy)
+            mlflow.log_dict(decision.as_dict(), "promotion.json")
         return run.info.run_id
