@@ -68,6 +68,8 @@ class TrainHeadParams(_Section):
 
 class EvaluateParams(_Section):
     top_confusions: int = Field(5, ge=0)
+    bootstrap: int = Field(1000, ge=0)
+    ci_level: float = Field(0.95, gt=0.0, lt=1.0)
 
 
 class MlflowParams(_Section):

@@ -12,6 +12,7 @@ from .featurize import load_features
 from .heads import load_head, predict_proba
 from .ingest import load_manifest
 from .plots import plot_confusion
+from .stats import bootstrap_ci
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -43,6 +44,10 @@ def run(params: Params, paths: Paths) -> dict:
     metrics = classification_metrics(y, pred, classes)
     cm = confusion_matrix(y, pred, labels=list(range(len(classes))))
     metrics["top_confusions"] = top_confusions(cm, classes, params.evaluate.top_confusions)
+    if params.evaluate.bootstrap:
+        metrics["ci"] = {"level": params.evaluate.ci_level, "resamples": params.evaluate.bootstrap,
+                         **bootstrap_ci(y, pred, len(classes), params.evaluate.bootstrap,
+                                        params.evaluate.ci_level, params.seed)}
 
     atomic.write_json(paths.metrics, metrics)
     names = np.array(classes)

@@ -13,6 +13,9 @@ def summary(paths: Paths) -> str:
         return f"No metrics yet ({paths.metrics} missing): run `make run` or `dvc repro`."
     m = json.loads(paths.metrics.read_text())
     lines = [f"Test accuracy {m['accuracy']:.1%}   macro-F1 {m['macro_f1']:.3f}   ({m['n_test']} test images)"]
+    if "ci" in m:
+        (alo, ahi), (flo, fhi) = m["ci"]["accuracy"], m["ci"]["macro_f1"]
+        lines.append(f"{m['ci']['level']:.0%} bootstrap CI: accuracy {alo:.1%}–{ahi:.1%}, macro-F1 {flo:.3f}–{fhi:.3f}")
     worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["recall"])[:3]
     lines.append("Hardest classes (recall): " + ", ".join(f"{c} {v['recall']:.0%}" for c, v in worst))
     for pair in m.get("top_confusions", [])[:3]:

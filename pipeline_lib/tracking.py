@@ -57,6 +57,8 @@ def stage_metrics(paths: Paths) -> dict[str, float]:
     for key in ("accuracy", "macro_f1"):
         if key in metrics:
             out[f"test_{key}"] = metrics[key]
+    for key, (lo, hi) in ((k, v) for k, v in (metrics.get("ci") or {}).items() if isinstance(v, list)):
+        out[f"test_{key}_ci_low"], out[f"test_{key}_ci_high"] = lo, hi
     for cls, row in (metrics.get("per_class") or {}).items():
         out[f"test_recall.{cls}"] = row["recall"]
         out[f"test_precision.{cls}"] = row["precision"]

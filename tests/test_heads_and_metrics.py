@@ -64,3 +64,32 @@ def test_metrics_on_known_predictions():
     cm = np.array([[3, 1, 0], [0, 2, 0], [1, 0, 1]])
     assert top_confusions(cm, ["a", "b", "c"], 5) == [
         {"actual": "a", "predicted": "b", "count": 1}, {"actual": "c", "predicted": "a", "count": 1}]
+
+
+def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_data():
+    from pipeline_lib.stats import bootstrap_ci, macro_f1_from_labels
+
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (50, 2000):
+        y = rng.integers(0, 4, n)
+        pred = np.where(rng.random(n) < 0.8, y, rng.integers(0, 4, n))
+        ci = bootstrap_ci(y, pred, 4, n_boot=500, seed=1)
+        acc, f1 = float((y == pred).mean()), macro_f1_from_labels(y, pred, 4)
+        assert ci["accuracy"][0] <= acc <= ci["accuracy"][1]
+        assert ci["macro_f1"][0] <= f1 <= ci["macro_f1"][1]
+        widths.append(ci["accuracy"][1] - ci["accuracy"][0])
+    assert widths[1] < widths[0] / 3  # ~ 1/sqrt(n): 2000 vs 50 images is ~6x narrower
+    assert bootstrap_ci(y, pred, 4, 200, seed=3) == bootstrap_ci(y, pred, 4, 200, seed=3)
+
+
+def test_fast_macro_f1_matches_sklearn():
+    from sklearn.metrics import f1_score
+
+    from pipeline_lib.stats import macro_f1_from_labels
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        k, n = int(rng.integers(2, 6)), int(rng.integers(1, 40))
+        y, p = rng.integers(0, k, n), rng.integers(0, k, n)
+        assert macro_f1_from_labels(y, p, k) == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
