@@ -228,6 +228,10 @@ class Paths:
         return self.reports_dir / "confusion_matrix.png"
 
     @property
+    def reliability_png(self) -> Path:
+        return self.reports_dir / "reliability.png"
+
+    @property
     def per_class_csv(self) -> Path:
         return self.reports_dir / "per_class.csv"
 

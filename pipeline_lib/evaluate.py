@@ -9,10 +9,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from . import atomic
 from .config import Params, Paths
 from .featurize import load_features
-from .heads import load_head, predict_proba
+from .heads import head_logits, load_head, predict_proba
 from .ingest import load_manifest
-from .plots import plot_confusion
-from .stats import bootstrap_ci
+from .plots import plot_confusion, plot_reliability
+from .stats import (bootstrap_ci, expected_calibration_error, fit_temperature, nll, reliability_bins,
+                    softmax)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -35,6 +36,23 @@ def top_confusions(cm: np.ndarray, classes: list[str], k: int) -> list[dict]:
     return [{"actual": a, "predicted": p, "count": n} for n, a, p in off[:k]]
 
 
+def calibrate(head, paths: Paths, X_test: np.ndarray, y_test: np.ndarray) -> dict:
+    """ECE on test before and after temperature scaling fitted on val; reliability diagram PNG."""
+    logits_test = head_logits(head, X_test)
+    raw = softmax(logits_test)
+    X_val, y_val, _ = load_features(paths, "val")
+    temperature = fit_temperature(head_logits(head, X_val), y_val) if len(X_val) else 1.0
+    scaled = softmax(logits_test, temperature)
+    result = {"temperature": temperature, "ece": expected_calibration_error(raw, y_test),
+              "ece_temperature_scaled": expected_calibration_error(scaled, y_test),
+              "nll": nll(raw, y_test), "nll_temperature_scaled": nll(scaled, y_test)}
+    plot_reliability({f"as trained (ECE {result['ece']:.3f})": reliability_bins(raw, y_test),
+                      f"T={temperature:.2f} (ECE {result['ece_temperature_scaled']:.3f})":
+                          reliability_bins(scaled, y_test)},
+                     paths.reliability_png, title="reliability on test; temperature fitted on val")
+    return result
+
+
 def run(params: Params, paths: Paths) -> dict:
     _, classes = load_manifest(paths)
     X, y, image_ids = load_features(paths, "test")
@@ -48,6 +66,8 @@ def run(params: Params, paths: Paths) -> dict:
         metrics["ci"] = {"level": params.evaluate.ci_level, "resamples": params.evaluate.bootstrap,
                          **bootstrap_ci(y, pred, len(classes), params.evaluate.bootstrap,
                                         params.evaluate.ci_level, params.seed)}
+
+    metrics["calibration"] = calibrate(head, paths, X, y)
 
     atomic.write_json(paths.metrics, metrics)
     names = np.array(classes)

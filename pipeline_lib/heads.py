@@ -126,6 +126,10 @@ def load_head(path: Path, meta_path: Path) -> tuple[Head, dict]:
 
 
 @torch.no_grad()
-def predict_proba(head: Head, X: np.ndarray) -> np.ndarray:
+def head_logits(head: Head, X: np.ndarray) -> np.ndarray:
     head.eval()
-    return torch.softmax(head(torch.as_tensor(X, dtype=torch.float32)), dim=1).numpy()
+    return head(torch.as_tensor(X, dtype=torch.float32)).numpy()
+
+
+def predict_proba(head: Head, X: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(head_logits(head, X)), dim=1).numpy()

@@ -36,3 +36,23 @@ def plot_confusion(cm: np.ndarray, classes: list[str], target: Path, title: str 
     with atomic.atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def plot_reliability(curves: dict[str, np.ndarray], target: Path, title: str = "") -> None:
+    """Reliability diagram: accuracy against confidence per bin, one curve per label."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    for label, bins in curves.items():
+        if len(bins):
+            ax.plot(bins[:, 0], bins[:, 1], marker="o", label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (max probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    with atomic.atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

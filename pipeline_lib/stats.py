@@ -25,3 +25,57 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, n_boot:
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     return {"accuracy": [float(np.percentile(acc, lo)), float(np.percentile(acc, hi))],
             "macro_f1": [float(np.percentile(f1, lo)), float(np.percentile(f1, hi))]}
+
+
+def expected_calibration_error(proba: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: the confidence-weighted gap between confidence and accuracy over equal-width bins."""
+    conf = proba.max(1)
+    correct = proba.argmax(1) == y_true
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return float(ece)
+
+
+def reliability_bins(proba: np.ndarray, y_true: np.ndarray, n_bins: int = 15):
+    """Per bin: mean confidence, accuracy and count (empty bins left out)."""
+    conf = proba.max(1)
+    correct = proba.argmax(1) == y_true
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    rows = [(conf[bins == b].mean(), correct[bins == b].mean(), int((bins == b).sum()))
+            for b in range(n_bins) if (bins == b).any()]
+    return np.array(rows).reshape(-1, 3)
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
+    """Temperature scaling: the T > 0 that minimises the NLL of softmax(logits / T) (fit on val)."""
+    import torch
+    from torch.nn import functional as F
+
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(y_true, dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(proba: np.ndarray, y_true: np.ndarray) -> float:
+    return float(-np.log(np.clip(proba[np.arange(len(y_true)), y_true], 1e-12, None)).mean())

@@ -59,6 +59,8 @@ def stage_metrics(paths: Paths) -> dict[str, float]:
             out[f"test_{key}"] = metrics[key]
     for key, (lo, hi) in ((k, v) for k, v in (metrics.get("ci") or {}).items() if isinstance(v, list)):
         out[f"test_{key}_ci_low"], out[f"test_{key}_ci_high"] = lo, hi
+    for key, value in (metrics.get("calibration") or {}).items():
+        out[f"test_calibration.{key}"] = value
     for cls, row in (metrics.get("per_class") or {}).items():
         out[f"test_recall.{cls}"] = row["recall"]
         out[f"test_precision.{cls}"] = row["precision"]
@@ -96,8 +98,8 @@ def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) 
                      for row in pd.read_csv(history).to_dict("records") for k, v in row.items()
                      if k != "epoch" and v == v]
             mlflow.MlflowClient().log_batch(run.info.run_id, metrics=steps)
-        for artifact in (paths.metrics, paths.confusion_png, paths.per_class_csv, paths.ingest_report,
-                         paths.featurize_report, paths.train_head_report, paths.predictions):
+        for artifact in (paths.metrics, paths.confusion_png, paths.reliability_png, paths.per_class_csv,
+                         paths.ingest_report, paths.featurize_report, paths.train_head_report, paths.predictions):
             if artifact.exists():
                 mlflow.log_artifact(str(artifact), artifact_path="reports")
         if params.mlflow.log_model:

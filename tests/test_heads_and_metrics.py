@@ -93,3 +93,27 @@ def test_fast_macro_f1_matches_sklearn():
         k, n = int(rng.integers(2, 6)), int(rng.integers(1, 40))
         y, p = rng.integers(0, k, n), rng.integers(0, k, n)
         assert macro_f1_from_labels(y, p, k) == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
+
+
+def test_temperature_scaling_undoes_overconfidence():
+    from pipeline_lib.stats import expected_calibration_error, fit_temperature, softmax
+
+    rng = np.random.default_rng(0)
+    n, k = 4000, 5
+    true_logits = rng.normal(0, 1.5, (n, k))
+    y = np.array([rng.choice(k, p=p) for p in softmax(true_logits)])  # labels drawn from the model
+    overconfident = true_logits * 3.0
+    t = fit_temperature(overconfident[:2000], y[:2000])
+    assert t == pytest.approx(3.0, rel=0.15)
+    before = expected_calibration_error(softmax(overconfident[2000:]), y[2000:])
+    after = expected_calibration_error(softmax(overconfident[2000:], t), y[2000:])
+    assert after < before / 2 and after < 0.05
+
+
+def test_ece_of_known_predictions():
+    from pipeline_lib.stats import expected_calibration_error
+
+    proba = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    y = np.array([0, 1, 0, 0])
+    # bin 0.9: confidence 0.9, accuracy 0.5; bin 0.6: confidence 0.6, accuracy 1.0
+    assert expected_calibration_error(proba, y, n_bins=10) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
