@@ -47,6 +47,31 @@ class BackboneParams(_Section):
     resolution: int = Field(112, ge=32, le=1024)
 
 
+class AugmentPolicy(_Section):
+    """Each transform: a probability (``*_p``) and a strength."""
+
+    hflip_p: float = Field(0.5, ge=0.0, le=1.0)
+    vflip_p: float = Field(0.0, ge=0.0, le=1.0)
+    affine_p: float = Field(0.5, ge=0.0, le=1.0)
+    rotate_limit: float = Field(10.0, ge=0.0, le=180.0)
+    scale: float = Field(0.1, ge=0.0, lt=1.0)
+    translate: float = Field(0.06, ge=0.0, le=0.5)
+    fill: int = Field(0, ge=0, le=255)
+    crop_p: float = Field(0.3, ge=0.0, le=1.0)
+    crop_scale_min: float = Field(0.8, gt=0.0, le=1.0)
+    brightness_contrast_p: float = Field(0.3, ge=0.0, le=1.0)
+    brightness_limit: float = Field(0.2, ge=0.0, le=1.0)
+    contrast_limit: float = Field(0.2, ge=0.0, le=1.0)
+    noise_p: float = Field(0.0, ge=0.0, le=1.0)
+    noise_std: float = Field(0.03, ge=0.0, le=1.0)
+
+
+class AugmentParams(_Section):
+    copies: int = Field(4, ge=0, le=100)
+    preview_images: int = Field(10, ge=1, le=50)
+    policy: AugmentPolicy = AugmentPolicy()
+
+
 class FeaturizeParams(_Section):
     batch_size: int = Field(64, ge=1)
     cache_dir: str = ".cache/features"
@@ -64,6 +89,7 @@ class TrainHeadParams(_Section):
     patience: int = Field(50, ge=1)
     class_weighting: Literal["balanced", "none"] = "balanced"
     standardize: bool = False
+    use_augmented: bool = False
 
 
 class EvaluateParams(_Section):
@@ -89,6 +115,7 @@ class MlflowParams(_Section):
 class Params(_Section):
     seed: int = 42
     data: DataParams = DataParams()
+    augment: AugmentParams = AugmentParams()
     backbone: BackboneParams = BackboneParams()
     featurize: FeaturizeParams = FeaturizeParams()
     train_head: TrainHeadParams = TrainHeadParams()
@@ -176,6 +203,23 @@ class Paths:
     @property
     def ingest_report(self) -> Path:
         return self.reports_dir / "ingest.json"
+
+    # augment
+    @property
+    def augmented_dir(self) -> Path:
+        return self.root / "data" / "augmented"
+
+    @property
+    def augmented_manifest(self) -> Path:
+        return self.augmented_dir / "manifest.parquet"
+
+    @property
+    def augment_report(self) -> Path:
+        return self.reports_dir / "augment.json"
+
+    @property
+    def augment_preview(self) -> Path:
+        return self.reports_dir / "augment_preview.png"
 
     # featurize
     @property

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -22,7 +23,10 @@ from . import atomic
 from .backbones import Backbone, load_backbone, pick_device
 from .config import Params, Paths
 from .feature_cache import FeatureCache
+from .augment import load_augmented
 from .ingest import SPLITS, load_manifest
+
+AUGMENTED = "train_augmented"  # features of the offline augmented copies of the train images
 
 
 def read_image_uint8(path: str | Path) -> torch.Tensor:
@@ -87,7 +91,8 @@ def run(params: Params, paths: Paths) -> dict:
     p = params.featurize
     configure_threads(p.num_threads)
     manifest, classes = load_manifest(paths)
-    manifest = manifest[manifest["split"].isin(SPLITS)]
+    augmented = load_augmented(paths).assign(split=AUGMENTED)
+    manifest = pd.concat([manifest[manifest["split"].isin(SPLITS)], augmented], ignore_index=True)
     device = pick_device(p.device)
     backbone = load_backbone(params.backbone.name, params.backbone.weights, params.backbone.resolution,
                              paths.root).to(device)
@@ -111,7 +116,7 @@ def run(params: Params, paths: Paths) -> dict:
             vectors[iid] = vec
     compute_s = time.perf_counter() - started
 
-    for split in SPLITS:
+    for split in (*SPLITS, AUGMENTED):
         part = manifest[manifest["split"] == split]
         X = np.stack([vectors[i] for i in part["image_id"]]) if len(part) else \
             np.zeros((0, backbone.feature_dim), np.float32)

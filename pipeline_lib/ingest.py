@@ -192,7 +192,7 @@ def run(params: Params, paths: Paths) -> dict:
         frame["path"] = "data/prepared/images/" + frame["path"]
         atomic.write_parquet(staging / "manifest.parquet", frame)
         atomic.write_json(staging / "classes.json", classes)
-        _swap_dir(staging, paths.prepared_dir)
+        swap_dir(staging, paths.prepared_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -293,7 +293,7 @@ def _remove_orphans(images_dir: Path, keep: set[str]) -> None:
             f.unlink()
 
 
-def _swap_dir(staging: Path, target: Path) -> None:
+def swap_dir(staging: Path, target: Path) -> None:
     """Replace ``target`` by the finished staging folder: the old one is removed only afterwards."""
     old = None
     if target.exists():

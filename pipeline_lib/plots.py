@@ -56,3 +56,25 @@ def plot_reliability(curves: dict[str, np.ndarray], target: Path, title: str = "
     with atomic.atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def plot_image_grid(rows: list[tuple[str, list[np.ndarray]]], col_titles: list[str], target: Path) -> None:
+    """A grid of images: one labelled row per entry, columns titled."""
+    n_rows, n_cols = max(len(rows), 1), len(col_titles)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.3 * n_cols + 1, 1.3 * n_rows + 0.4), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c, img in enumerate(images[:n_cols]):
+            ax = axes[r][c]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(col_titles[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+    for ax in axes.flat[len(rows) * n_cols:]:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic.atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

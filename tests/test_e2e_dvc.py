@@ -13,14 +13,14 @@ from tests.conftest import run_cmd
 from tests.helpers import copy_project, set_params
 
 pytestmark = pytest.mark.e2e
-STAGES = ("ingest", "featurize", "train_head", "evaluate")
+STAGES = ("ingest", "augment", "featurize", "train_head", "evaluate")
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_api):
     root = copy_project(tmp_path_factory.mktemp("e2e") / "project")
     set_params(root, data={"shots_per_class": 5, "sample_test_per_class": 10, "val_fraction": 0.1},
-                backbone={"resolution": 32})
+                augment={"copies": 0}, backbone={"resolution": 32})
     env = {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": ""}
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     run_cmd(["git", "commit", "-qam", "tiny params"], root)
