@@ -17,13 +17,15 @@ from prefect import flow, get_run_logger
 from flows.augment import augment
 from flows.evaluate import evaluate
 from flows.featurize import featurize
+from flows.finetune import finetune
 from flows.ingest import ingest
 from flows.train_head import train_head
 from pipeline_lib.config import Paths, load_params
 from pipeline_lib.errors import PipelineError
 from tasks.dvc import commit_stage, is_stale, stage_order
 
-STAGE_FLOWS = {"ingest": ingest, "augment": augment, "featurize": featurize, "train_head": train_head, "evaluate": evaluate}
+STAGE_FLOWS = {"ingest": ingest, "augment": augment, "featurize": featurize, "train_head": train_head,
+               "finetune": finetune, "evaluate": evaluate}
 
 
 @flow(name="pipeline")

@@ -62,7 +62,7 @@ def augment_image(pixels: np.ndarray, policy: AugmentPolicy, seed: int) -> np.nd
 
 def read_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
 def run(params: Params, paths: Paths) -> dict:

@@ -92,6 +92,29 @@ class TrainHeadParams(_Section):
     use_augmented: bool = False
 
 
+class FinetuneParams(_Section):
+    enabled: bool = True
+    unfreeze_blocks: int | Literal["all"] = Field(3)
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    backbone_lr_mult: float = Field(0.1, ge=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_epochs: int = Field(1, ge=0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    patience: int = Field(4, ge=1)
+    online_augment: bool = True
+
+    @field_validator("unfreeze_blocks")
+    @classmethod
+    def _non_negative(cls, value):
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be >= 0 (0 = head only) or 'all'")
+        return value
+
+
 class EvaluateParams(_Section):
     top_confusions: int = Field(5, ge=0)
     bootstrap: int = Field(1000, ge=0)
@@ -119,6 +142,7 @@ class Params(_Section):
     backbone: BackboneParams = BackboneParams()
     featurize: FeaturizeParams = FeaturizeParams()
     train_head: TrainHeadParams = TrainHeadParams()
+    finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
 
@@ -253,6 +277,31 @@ class Paths:
     @property
     def train_head_history(self) -> Path:
         return self.reports_dir / "plots" / "train_head_history.csv"
+
+    # finetune
+    @property
+    def finetune_dir(self) -> Path:
+        return self.models_dir / "finetune"
+
+    @property
+    def finetuned_model(self) -> Path:
+        return self.finetune_dir / "model.pt"
+
+    @property
+    def finetune_meta(self) -> Path:
+        return self.finetune_dir / "meta.json"
+
+    @property
+    def finetune_report(self) -> Path:
+        return self.reports_dir / "finetune.json"
+
+    @property
+    def finetune_history(self) -> Path:
+        return self.reports_dir / "plots" / "finetune_history.csv"
+
+    def finetune_checkpoint(self, key: str) -> Path:
+        """Per-epoch checkpoint, outside DVC's outputs (DVC deletes outputs before a stage runs)."""
+        return self.root / ".cache" / "checkpoints" / f"finetune-{key}.pt"
 
     # evaluate
     @property

@@ -9,7 +9,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from . import atomic
 from .config import Params, Paths
 from .featurize import load_features
-from .heads import head_logits, load_head, predict_proba
+from . import finetune
+from .heads import load_head, predict_proba
 from .ingest import load_manifest
 from .plots import plot_confusion, plot_reliability
 from .stats import (bootstrap_ci, expected_calibration_error, fit_temperature, nll, reliability_bins,
@@ -36,38 +37,83 @@ def top_confusions(cm: np.ndarray, classes: list[str], k: int) -> list[dict]:
     return [{"actual": a, "predicted": p, "count": n} for n, a, p in off[:k]]
 
 
-def calibrate(head, paths: Paths, X_test: np.ndarray, y_test: np.ndarray) -> dict:
-    """ECE on test before and after temperature scaling fitted on val; reliability diagram PNG."""
-    logits_test = head_logits(head, X_test)
-    raw = softmax(logits_test)
-    X_val, y_val, _ = load_features(paths, "val")
-    temperature = fit_temperature(head_logits(head, X_val), y_val) if len(X_val) else 1.0
+def calibrate(val_proba: np.ndarray, y_val: np.ndarray, test_proba: np.ndarray, y_test: np.ndarray,
+              target) -> dict:
+    """ECE on test before and after temperature scaling fitted on val; reliability diagram PNG.
+
+    Log-probabilities serve as logits (softmax(log p / T) is temperature scaling of the logits).
+    """
+    logits_test = np.log(np.clip(test_proba, 1e-12, None))
+    temperature = fit_temperature(np.log(np.clip(val_proba, 1e-12, None)), y_val) if len(y_val) else 1.0
     scaled = softmax(logits_test, temperature)
-    result = {"temperature": temperature, "ece": expected_calibration_error(raw, y_test),
+    result = {"temperature": temperature, "ece": expected_calibration_error(test_proba, y_test),
               "ece_temperature_scaled": expected_calibration_error(scaled, y_test),
-              "nll": nll(raw, y_test), "nll_temperature_scaled": nll(scaled, y_test)}
-    plot_reliability({f"as trained (ECE {result['ece']:.3f})": reliability_bins(raw, y_test),
+              "nll": nll(test_proba, y_test), "nll_temperature_scaled": nll(scaled, y_test)}
+    plot_reliability({f"as trained (ECE {result['ece']:.3f})": reliability_bins(test_proba, y_test),
                       f"T={temperature:.2f} (ECE {result['ece_temperature_scaled']:.3f})":
                           reliability_bins(scaled, y_test)},
-                     paths.reliability_png, title="reliability on test; temperature fitted on val")
+                     target, title="reliability on test; temperature fitted on val")
     return result
+
+
+def model_probabilities(params: Params, paths: Paths) -> dict[str, dict[str, np.ndarray]]:
+    """Val and test class probabilities of every trained model, in the feature files' row order."""
+    head, _ = load_head(paths.head, paths.head_meta)
+    out = {"head": {split: predict_proba(head, load_features(paths, split)[0]) for split in ("val", "test")}}
+    tuned = finetune.load_finetuned(params, paths)
+    if tuned is not None:
+        manifest = load_manifest(paths)[0].set_index("image_id")
+        out["finetune"] = {}
+        for split in ("val", "test"):
+            ids = load_features(paths, split)[2]
+            images = finetune.Images(manifest.loc[list(ids)].reset_index(), paths, tuned.preprocess)
+            out["finetune"][split] = finetune.predict_proba(tuned, images)
+    return out
+
+
+def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """McNemar's exact test on the discordant pairs: do two models' test errors differ?"""
+    from scipy.stats import binomtest
+
+    only_a, only_b = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"only_first_correct": only_a, "only_second_correct": only_b, "mcnemar_p": float(p)}
+
+
+def choose_candidate(val_scores: dict[str, tuple[float, float]]) -> str:
+    """The model with the best val accuracy (ties: lower val loss); never chosen on test."""
+    return max(val_scores, key=lambda name: (val_scores[name][0], -val_scores[name][1]))
 
 
 def run(params: Params, paths: Paths) -> dict:
     _, classes = load_manifest(paths)
-    X, y, image_ids = load_features(paths, "test")
-    head, _ = load_head(paths.head, paths.head_meta)
-    proba = predict_proba(head, X)
+    _, y_val, _ = load_features(paths, "val")
+    _, y, image_ids = load_features(paths, "test")
+    probas = model_probabilities(params, paths)
+    val_scores = {name: (float((p["val"].argmax(1) == y_val).mean()) if len(y_val) else 0.0,
+                         nll(p["val"], y_val) if len(y_val) else 0.0) for name, p in probas.items()}
+    candidate = choose_candidate(val_scores)
+    models = {}
+    for name, p in probas.items():
+        pred_m = p["test"].argmax(1)
+        models[name] = {"val_accuracy": val_scores[name][0], "val_loss": val_scores[name][1],
+                        "test_accuracy": float((pred_m == y).mean()),
+                        "test_macro_f1": classification_metrics(y, pred_m, classes)["macro_f1"]}
+
+    proba = probas[candidate]["test"]
     pred = proba.argmax(1)
     metrics = classification_metrics(y, pred, classes)
+    metrics.update(candidate=candidate, models=models)
+    if "finetune" in probas:
+        metrics["comparison"] = {"first": "head", "second": "finetune", **paired_comparison(
+            probas["head"]["test"].argmax(1) == y, probas["finetune"]["test"].argmax(1) == y)}
     cm = confusion_matrix(y, pred, labels=list(range(len(classes))))
     metrics["top_confusions"] = top_confusions(cm, classes, params.evaluate.top_confusions)
     if params.evaluate.bootstrap:
         metrics["ci"] = {"level": params.evaluate.ci_level, "resamples": params.evaluate.bootstrap,
                          **bootstrap_ci(y, pred, len(classes), params.evaluate.bootstrap,
                                         params.evaluate.ci_level, params.seed)}
-
-    metrics["calibration"] = calibrate(head, paths, X, y)
+    metrics["calibration"] = calibrate(probas[candidate]["val"], y_val, proba, y, paths.reliability_png)
 
     atomic.write_json(paths.metrics, metrics)
     names = np.array(classes)
@@ -77,5 +123,5 @@ def run(params: Params, paths: Paths) -> dict:
     with atomic.atomic_path(paths.per_class_csv) as tmp:
         pd.DataFrame(metrics["per_class"]).T.rename_axis("class").reset_index().to_csv(tmp, index=False)
     plot_confusion(cm, classes, paths.confusion_png,
-                   title=f"test accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f}")
+                   title=f"{candidate}: test accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f}")
     return metrics

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import Backbone, Preprocess, load_backbone
+from .backbones import Preprocess, load_backbone
 from .config import Params, Paths
 from .heads import Head, load_head
 
@@ -26,9 +26,13 @@ class Classifier(nn.Module):
         return torch.softmax(self.head(self.backbone(self.preprocess(images))), dim=1)
 
 
-def build_classifier(params: Params, paths: Paths, backbone: Backbone | None = None) -> Classifier:
+def build_classifier(params: Params, paths: Paths, candidate: str = "head") -> Classifier:
+    """The deployable model: the frozen backbone + trained head, or the fine-tuned network."""
     head, meta = load_head(paths.head, paths.head_meta)
-    bb = backbone or load_backbone(params.backbone.name, params.backbone.weights,
-                                   params.backbone.resolution, paths.root)
-    model = Classifier(bb.preprocess, bb.model, head, meta["classes"]).eval()
-    return model.cpu()
+    if candidate == "finetune":
+        from .finetune import load_finetuned
+
+        tuned = load_finetuned(params, paths)
+        return Classifier(tuned.preprocess, tuned.backbone, tuned.head, meta["classes"]).eval()
+    bb = load_backbone(params.backbone.name, params.backbone.weights, params.backbone.resolution, paths.root)
+    return Classifier(bb.preprocess, bb.model, head, meta["classes"]).eval()

@@ -16,6 +16,12 @@ def summary(paths: Paths) -> str:
     if "ci" in m:
         (alo, ahi), (flo, fhi) = m["ci"]["accuracy"], m["ci"]["macro_f1"]
         lines.append(f"{m['ci']['level']:.0%} bootstrap CI: accuracy {alo:.1%}–{ahi:.1%}, macro-F1 {flo:.3f}–{fhi:.3f}")
+    models = m.get("models") or {}
+    if len(models) > 1:
+        lines.append(f"Model: {m['candidate']} (chosen on val: " + ", ".join(
+            f"{n} {v['val_accuracy']:.1%}" for n, v in models.items()) + "); on test: " + ", ".join(
+            f"{n} {v['test_accuracy']:.1%}" for n, v in models.items())
+            + (f" (McNemar p={m['comparison']['mcnemar_p']:.3f})" if "comparison" in m else ""))
     worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["recall"])[:3]
     lines.append("Hardest classes (recall): " + ", ".join(f"{c} {v['recall']:.0%}" for c, v in worst))
     for pair in m.get("top_confusions", [])[:3]:

@@ -49,7 +49,8 @@ def stage_metrics(paths: Paths) -> dict[str, float]:
     for key in ("n_rejected", "n_duplicates", "n_leakage"):
         if key in ingest:
             out[f"ingest.{key}"] = ingest[key]
-    for stage, path in (("featurize", paths.featurize_report), ("train_head", paths.train_head_report)):
+    for stage, path in (("featurize", paths.featurize_report), ("train_head", paths.train_head_report),
+                        ("augment", paths.augment_report), ("finetune", paths.finetune_report)):
         for key, value in _read_json(path).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"{stage}.{key}"] = value
@@ -57,6 +58,11 @@ def stage_metrics(paths: Paths) -> dict[str, float]:
     for key in ("accuracy", "macro_f1"):
         if key in metrics:
             out[f"test_{key}"] = metrics[key]
+    for name, scores in (metrics.get("models") or {}).items():
+        for key, value in scores.items():
+            out[f"{name}.{key}"] = value
+    if "comparison" in metrics:
+        out["comparison.mcnemar_p"] = metrics["comparison"]["mcnemar_p"]
     for key, (lo, hi) in ((k, v) for k, v in (metrics.get("ci") or {}).items() if isinstance(v, list)):
         out[f"test_{key}_ci_low"], out[f"test_{key}_ci_high"] = lo, hi
     for key, value in (metrics.get("calibration") or {}).items():
@@ -65,6 +71,22 @@ def stage_metrics(paths: Paths) -> dict[str, float]:
         out[f"test_recall.{cls}"] = row["recall"]
         out[f"test_precision.{cls}"] = row["precision"]
     return out
+
+
+def _log_histories(run_id: str, histories: dict[str, Path]) -> None:
+    """Per-epoch curves as step metrics ("<stage>.val_loss" at step = epoch), in one call."""
+    import time
+
+    import mlflow
+    import pandas as pd
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    steps = [Metric(f"{stage}.{k}", float(v), now, int(row["epoch"]))
+             for stage, path in histories.items() if path.exists()
+             for row in pd.read_csv(path).to_dict("records") for k, v in row.items() if k != "epoch" and v == v]
+    if steps:
+        mlflow.MlflowClient().log_batch(run_id, metrics=steps)
 
 
 def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) -> str:
@@ -81,29 +103,19 @@ def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) 
     except Exception as exc:  # noqa: BLE001 - tracking store unreachable or broken
         raise PipelineError(f"MLflow tracking at {paths.mlflow_uri} is not usable: {exc}. Check "
                             "MLFLOW_TRACKING_URI (unset it to use sqlite:///mlflow.db in the project).") from None
-    history = paths.train_head_history
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(params.flat())
         tags = {"git_commit": git_commit(paths.root) or "unknown", **data_version(paths.dvc_lock)}
         mlflow.set_tags(tags)
         mlflow.log_metrics(stage_metrics(paths))
-        if history.exists():  # per-epoch curves as step metrics, in one call
-            import time
-
-            import pandas as pd
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            steps = [Metric(f"train_head.{k}", float(v), now, int(row["epoch"]))
-                     for row in pd.read_csv(history).to_dict("records") for k, v in row.items()
-                     if k != "epoch" and v == v]
-            mlflow.MlflowClient().log_batch(run.info.run_id, metrics=steps)
+        _log_histories(run.info.run_id, {"train_head": paths.train_head_history,
+                                         "finetune": paths.finetune_history})
         for artifact in (paths.metrics, paths.confusion_png, paths.reliability_png, paths.per_class_csv,
-                         paths.ingest_report, paths.featurize_report, paths.train_head_report, paths.predictions):
+                         paths.augment_preview, paths.finetune_report, paths.ingest_report, paths.featurize_report, paths.train_head_report, paths.predictions):
             if artifact.exists():
                 mlflow.log_artifact(str(artifact), artifact_path="reports")
         if params.mlflow.log_model:
-            model = build_classifier(params, paths)
+            model = build_classifier(params, paths, _read_json(paths.metrics).get("candidate", "head"))
             res = params.backbone.resolution
             example = np.random.default_rng(0).random((2, 3, res, res), dtype=np.float32)
             with torch.no_grad():

@@ -34,6 +34,7 @@ ingest_task = _stage_task("ingest")
 augment_task = _stage_task("augment")
 featurize_task = _stage_task("featurize")
 train_head_task = _stage_task("train_head")
+finetune_task = _stage_task("finetune")
 evaluate_task = _stage_task("evaluate")
 
 

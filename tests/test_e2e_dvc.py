@@ -13,14 +13,15 @@ from tests.conftest import run_cmd
 from tests.helpers import copy_project, set_params
 
 pytestmark = pytest.mark.e2e
-STAGES = ("ingest", "augment", "featurize", "train_head", "evaluate")
+STAGES = ("ingest", "augment", "featurize", "train_head", "finetune", "evaluate")
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_api):
     root = copy_project(tmp_path_factory.mktemp("e2e") / "project")
     set_params(root, data={"shots_per_class": 5, "sample_test_per_class": 10, "val_fraction": 0.1},
-                augment={"copies": 0}, backbone={"resolution": 32})
+                augment={"copies": 0}, backbone={"resolution": 32},
+                finetune={"epochs": 2, "batch_size": 16, "unfreeze_blocks": 1})
     env = {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": ""}
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     run_cmd(["git", "commit", "-qam", "tiny params"], root)
@@ -63,13 +64,13 @@ def test_second_repro_runs_nothing(project):
     assert (root / "reports/metrics.json").stat().st_mtime_ns == before
 
 
-def test_head_param_change_reruns_only_head_and_evaluate(project):
+def test_head_param_change_reruns_only_what_depends_on_the_head(project):
     root, _ = project
     featurize_report = (root / "reports/featurize.json").read_text()
     cached = _cache_files(root)
     set_params(root, train_head={"lr": 0.002})
     out = _repro(project)
-    assert _ran(out.stdout) == ["train_head", "evaluate"]
+    assert _ran(out.stdout) == ["train_head", "finetune", "evaluate"]
     assert (root / "reports/featurize.json").read_text() == featurize_report
     assert _cache_files(root) == cached  # no new feature computed
 
@@ -126,7 +127,7 @@ def test_pipeline_flow_runs_the_stale_part_and_records_it_for_dvc(project):
     root, env = project
     set_params(root, train_head={"kind": "mlp"})
     out = run_cmd(["python", "-m", "flows.pipeline"], root, env)
-    assert "ran ['train_head', 'evaluate']" in out.stdout + out.stderr
+    assert "ran ['train_head', 'finetune', 'evaluate']" in out.stdout + out.stderr
     after = _repro(project)
     assert _ran(after.stdout) == [] and "up to date" in after.stdout
 

@@ -1,0 +1,20 @@
+"""Flow finetune: the DVC stage of the same name runs `python -m flows.finetune`."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from pipeline_lib.config import Paths
+from tasks.stages import finetune_task, load_params_task
+
+
+@flow(name="finetune")
+def finetune(root: str | None = None) -> dict:
+    paths = Paths.for_root(root)
+    return finetune_task(load_params_task(paths), paths)
+
+
+if __name__ == "__main__":
+    from flows._cli import run
+
+    run(finetune)

@@ -1,0 +1,279 @@
+"""Stage finetune: linear probe, then fine-tune (LP-FT) with selective unfreezing.
+
+The classifier starts from the head trained by train_head (known to beat a random head on small
+data). The last ``unfreeze_blocks`` blocks of the backbone train at ``lr * backbone_lr_mult``,
+the head at ``lr``; AdamW, linear warm-up then cosine decay, label smoothing, gradient clipping,
+the albumentations policy applied online, early stopping on val loss with the best epoch restored.
+
+BatchNorm: every BN layer stays in eval mode, frozen blocks and unfrozen ones alike: running
+statistics are never updated (batches of a few images give useless statistics), while the BN
+affine weights of unfrozen blocks still train.
+
+Each epoch is checkpointed atomically; a killed run resumes from its last finished epoch and, as
+every random draw is seeded from (seed, epoch), ends where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from . import atomic
+from .augment import make_policy, read_rgb
+from .backbones import Preprocess, load_backbone, pick_device
+from .config import Params, Paths
+from .errors import PipelineError
+from .featurize import configure_threads
+from .heads import Head, load_head
+from .ingest import load_manifest
+
+
+class FinetuneModel(nn.Module):
+    """preprocess -> backbone -> head; outputs logits. BatchNorm stays in eval mode."""
+
+    def __init__(self, preprocess: Preprocess, backbone: nn.Module, head: Head):
+        super().__init__()
+        self.preprocess = preprocess
+        self.backbone = backbone
+        self.head = head
+
+    def train(self, mode: bool = True) -> "FinetuneModel":
+        super().train(mode)
+        for module in self.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(self.preprocess(images)))
+
+
+def feature_blocks(model: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks, input side first: what `unfreeze_blocks` counts from the end."""
+    if isinstance(getattr(model, "features", None), nn.Sequential):  # mobilenet, efficientnet, convnext, vgg
+        return list(model.features)
+    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):  # resnet family
+        return [nn.Sequential(model.conv1, model.bn1), model.layer1, model.layer2, model.layer3, model.layer4]
+    return [m for m in model.children() if any(p.numel() for p in m.parameters())]
+
+
+def unfreeze(backbone: nn.Module, n_blocks: int | str) -> int:
+    """Make the last n blocks trainable ("all" = every block); returns the trainable parameter count."""
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    blocks = feature_blocks(backbone)
+    chosen = blocks if n_blocks == "all" else (blocks[-n_blocks:] if n_blocks else [])
+    for block in chosen:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    return sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class Images:
+    """The split's images in memory (uint8 HWC) with labels; batches resized to the model input."""
+
+    def __init__(self, frame, paths: Paths, preprocess: Preprocess):
+        self.pixels = [read_rgb(paths.resolve(p)) for p in frame["path"]]
+        self.labels = torch.tensor(frame["label_idx"].to_numpy().copy(), dtype=torch.long)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def batch(self, idx, policies: dict | None = None) -> torch.Tensor:
+        out = []
+        for i in idx:
+            img = self.pixels[i]
+            if policies is not None:
+                img = policies[img.shape[:2]](image=img)["image"]
+            tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+            out.append(self.preprocess.resize(tensor))
+        return torch.stack(out)
+
+
+def predict_proba(model: FinetuneModel, data: Images, batch_size: int = 64, device="cpu") -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            idx = list(range(i, min(i + batch_size, len(data))))
+            out.append(torch.softmax(model(data.batch(idx).to(device)), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.head.config["n_classes"]), np.float32)
+
+
+def _evaluate(model: FinetuneModel, data: Images, batch_size: int, device) -> tuple[float, float]:
+    model.eval()
+    losses, correct = [], 0
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            idx = list(range(i, min(i + batch_size, len(data))))
+            logits = model(data.batch(idx).to(device))
+            y = data.labels[idx].to(device)
+            losses.append(F.cross_entropy(logits, y, reduction="sum").item())
+            correct += int((logits.argmax(1) == y).sum())
+    return sum(losses) / max(1, len(data)), correct / max(1, len(data))
+
+
+def config_hash(params: Params, paths: Paths) -> str:
+    """What a checkpoint must match to be resumed: the params and the inputs (data, head)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in params.model_dump().items()
+                                   if k in ("seed", "backbone", "finetune", "augment")}, sort_keys=True).encode())
+    for f in (paths.manifest, paths.head):
+        h.update(f.read_bytes() if f.exists() else b"")
+    return h.hexdigest()[:16]
+
+
+def build_model(params: Params, paths: Paths) -> tuple[FinetuneModel, dict]:
+    head, meta = load_head(paths.head, paths.head_meta)
+    for module in head.modules():  # the fine-tuning dropout replaces the head's
+        if isinstance(module, nn.Dropout):
+            module.p = params.finetune.dropout
+    bb = load_backbone(params.backbone.name, params.backbone.weights, params.backbone.resolution, paths.root)
+    return FinetuneModel(bb.preprocess, bb.model, head), meta
+
+
+def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> dict:
+    p = params.finetune
+    paths.finetune_dir.mkdir(parents=True, exist_ok=True)
+    if not p.enabled:
+        for stale in (paths.finetuned_model,):
+            stale.unlink(missing_ok=True)
+        report = {"enabled": False}
+        atomic.write_json(paths.finetune_meta, report)
+        atomic.write_json(paths.finetune_report, report)
+        return report
+    configure_threads(params.featurize.num_threads)
+    device = pick_device(params.featurize.device)
+    manifest, classes = load_manifest(paths)
+    model, meta = build_model(params, paths)
+    trainable_backbone = unfreeze(model.backbone, p.unfreeze_blocks)
+    model.to(device)
+    train = Images(manifest[manifest["split"] == "train"], paths, model.preprocess)
+    val = Images(manifest[manifest["split"] == "val"], paths, model.preprocess)
+    if len(val) == 0:
+        raise PipelineError("finetune needs a validation split (early stopping and model choice): "
+                            "set data.val_fraction > 0")
+
+    groups = [{"params": list(model.head.parameters()), "lr": p.lr},
+              {"params": [q for q in model.backbone.parameters() if q.requires_grad],
+               "lr": p.lr * p.backbone_lr_mult}]
+    groups = [g for g in groups if g["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=p.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / p.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(p.epochs * steps_per_epoch, p.warmup_epochs * steps_per_epoch))
+    trainable = [q for g in groups for q in g["params"]]
+
+    state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "stale": 0, "history": [],
+             "best_state": None}
+    ckpt = paths.finetune_checkpoint(config_hash(params, paths))
+    if ckpt.exists():
+        saved = torch.load(ckpt, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+    resumed_from = state["epoch"]
+    if resumed_from == 0:  # epoch 0 is the linear probe itself: fine-tuning must beat it on val
+        val_loss0, val_acc0 = _evaluate(model, val, p.batch_size, device)
+        state.update(best_val_loss=val_loss0, val_loss_before=val_loss0, val_accuracy_before=val_acc0,
+                     best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    started = time.perf_counter()
+    sizes = {img.shape[:2] for img in train.pixels}
+    for epoch in range(state["epoch"] + 1, p.epochs + 1):
+        if state["stale"] >= p.patience:
+            break
+        torch.manual_seed(params.seed * 1000 + epoch)  # dropout, order: a function of (seed, epoch)
+        policies = ({hw: make_policy(params.augment.policy, *hw, seed=params.seed * 1000 + epoch) for hw in sizes}
+                    if p.online_augment else None)
+        order = torch.randperm(len(train)).tolist()
+        model.train()
+        total, correct, n = 0.0, 0, 0
+        with tqdm(total=len(train), desc=f"finetune epoch {epoch}/{p.epochs}", unit="img", leave=False) as bar:
+            for i in range(0, len(order), p.batch_size):
+                idx = order[i:i + p.batch_size]
+                x, y = train.batch(idx, policies).to(device), train.labels[idx].to(device)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=p.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if p.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(trainable, p.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(idx)
+                correct += int((logits.argmax(1) == y).sum())
+                n += len(idx)
+                bar.update(len(idx))
+        val_loss, val_acc = _evaluate(model, val, p.batch_size, device)
+        state["history"].append({"epoch": epoch, "train_loss": total / n, "train_accuracy": correct / n,
+                                 "val_loss": val_loss, "val_accuracy": val_acc,
+                                 "lr_head": optimizer.param_groups[0]["lr"]})
+        if val_loss < state["best_val_loss"] - 1e-6:
+            state.update(best_val_loss=val_loss, best_epoch=epoch, stale=0,
+                         best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            state["stale"] += 1
+        state["epoch"] = epoch
+        with atomic.atomic_path(ckpt) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "state": state}, tmp)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            return {"interrupted_after_epoch": epoch}
+    seconds = time.perf_counter() - started
+
+    model.load_state_dict(state["best_state"])
+    model.cpu().eval()
+    with atomic.atomic_path(paths.finetuned_model) as tmp:
+        torch.save(copy.deepcopy(model.state_dict()), tmp)
+    best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]),
+                {"val_accuracy": state["val_accuracy_before"]})
+    report = {
+        "enabled": True, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+        "best_val_loss": state["best_val_loss"], "val_accuracy": best.get("val_accuracy"),
+        "val_accuracy_before": state["val_accuracy_before"], "val_loss_before": state["val_loss_before"],
+        "kept_linear_probe": state["best_epoch"] == 0, "resumed_from_epoch": resumed_from,
+        "trainable_backbone_params": trainable_backbone, "train_seconds": round(seconds, 2),
+        "n_train": len(train), "n_val": len(val), "device": str(device),
+    }
+    atomic.write_json(paths.finetune_meta, {**meta, "classes": classes, "finetune": p.model_dump(),
+                                            "head": model.head.config})
+    atomic.write_json(paths.finetune_report, report)
+    with atomic.atomic_path(paths.finetune_history) as tmp:
+        import pandas as pd
+
+        pd.DataFrame(state["history"]).to_csv(tmp, index=False)
+    ckpt.unlink(missing_ok=True)
+    return report
+
+
+def load_finetuned(params: Params, paths: Paths) -> FinetuneModel | None:
+    """The fine-tuned classifier (eval mode, CPU), or None when finetune is disabled."""
+    if not paths.finetuned_model.exists():
+        return None
+    meta = json.loads(paths.finetune_meta.read_text())
+    head = Head(**meta["head"])
+    bb = load_backbone(params.backbone.name, params.backbone.weights, params.backbone.resolution, paths.root)
+    model = FinetuneModel(bb.preprocess, bb.model, head)
+    model.load_state_dict(torch.load(paths.finetuned_model, map_location="cpu", weights_only=True))
+    return model.eval()

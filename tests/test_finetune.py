@@ -1,0 +1,122 @@
+"""finetune at a tiny size, with the real pretrained MobileNetV2."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from pipeline_lib import augment, featurize, finetune, ingest, train_head
+from pipeline_lib.backbones import load_backbone
+from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.evaluate import choose_candidate, paired_comparison
+from tests.helpers import write_folder_dataset
+
+RAW = {"data": {"source": "folder", "shots_per_class": None, "val_fraction": 0.3},
+       "backbone": {"resolution": 32}, "augment": {"copies": 0},
+       "finetune": {"epochs": 4, "batch_size": 8, "unfreeze_blocks": 2, "lr": 0.001, "patience": 10}}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    write_folder_dataset(root / "raw", per_class=10, classes=("shirt", "coat", "pullover"))
+    params = _params(root)
+    paths = Paths.for_root(root)
+    for stage in (ingest, augment, featurize, train_head):
+        stage.run(params, paths)
+    return root
+
+
+def _params(root, **finetune_overrides):
+    raw = json.loads(json.dumps(RAW))
+    raw["data"]["path"] = str(root / "raw")
+    raw["finetune"].update(finetune_overrides)
+    return parse_params(raw)
+
+
+def _bn_stats(model):
+    return {n: b.clone() for n, b in model.named_buffers() if "running_" in n}
+
+
+def test_unfreeze_counts_blocks_from_the_end():
+    bb = load_backbone("mobilenet_v2", resolution=32).model
+    assert finetune.unfreeze(bb, 0) == 0
+    blocks = finetune.feature_blocks(bb)
+    last = sum(p.numel() for p in blocks[-1].parameters())
+    assert finetune.unfreeze(bb, 1) == last
+    assert finetune.unfreeze(bb, "all") == sum(p.numel() for p in bb.parameters())
+
+
+def test_finetune_learns_and_never_ends_worse_than_the_probe(prepared):
+    params, paths = _params(prepared), Paths.for_root(prepared)
+    report = finetune.run(params, paths)
+    curve = pd.read_csv(paths.finetune_history)
+    assert curve["train_loss"].iloc[-1] < curve["train_loss"].iloc[0]  # it learns
+    assert report["best_val_loss"] <= report["val_loss_before"]  # the probe (epoch 0) is the floor
+
+
+def test_training_step_moves_only_unfrozen_blocks_and_never_batchnorm_statistics(prepared):
+    params, paths = _params(prepared), Paths.for_root(prepared)
+    model, _ = finetune.build_model(params, paths)
+    finetune.unfreeze(model.backbone, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    for _ in range(2):
+        loss = nn.functional.cross_entropy(model(torch.rand(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = model.state_dict()
+    stats = [k for k in before if "running_" in k]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    n_blocks = len(finetune.feature_blocks(model.backbone))
+    frozen = [k for k in before if k.startswith("backbone.features.")
+              and int(k.split(".")[2]) < n_blocks - 2 and "running_" not in k]
+    unfrozen = [k for k in before if k.startswith(f"backbone.features.{n_blocks - 1}.") and "weight" in k]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in unfrozen)
+    assert not torch.equal(before["head.net.1.weight"], after["head.net.1.weight"])
+
+
+def test_train_mode_keeps_batchnorm_in_eval(prepared):
+    model, _ = finetune.build_model(_params(prepared), Paths.for_root(prepared))
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns) and model.head.training
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(prepared):
+    params, paths = _params(prepared, epochs=3), Paths.for_root(prepared)
+    finetune.run(params, paths)
+    reference = torch.load(paths.finetuned_model, weights_only=True)
+
+    assert finetune.run(params, paths, stop_after_epoch=2) == {"interrupted_after_epoch": 2}
+    ckpt = paths.finetune_checkpoint(finetune.config_hash(params, paths))
+    assert ckpt.exists()
+    report = finetune.run(params, paths)
+    assert report["resumed_from_epoch"] == 2 and report["epochs_run"] == 3
+    assert not ckpt.exists()
+    resumed = torch.load(paths.finetuned_model, weights_only=True)
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-4, atol=1e-5)
+
+
+def test_disabled_finetune_leaves_no_model(prepared):
+    paths = Paths.for_root(prepared)
+    assert finetune.run(_params(prepared, enabled=False), paths) == {"enabled": False}
+    assert not paths.finetuned_model.exists()
+    assert finetune.load_finetuned(_params(prepared), paths) is None
+
+
+def test_candidate_is_chosen_on_val_and_paired_comparison_counts():
+    assert choose_candidate({"head": (0.80, 0.5), "finetune": (0.82, 0.6)}) == "finetune"
+    assert choose_candidate({"head": (0.80, 0.5), "finetune": (0.80, 0.6)}) == "head"
+    a = np.array([True, True, False, False, True])
+    b = np.array([True, False, True, True, True])
+    res = paired_comparison(a, b)
+    assert (res["only_first_correct"], res["only_second_correct"]) == (1, 2)
+    assert res["mcnemar_p"] == pytest.approx(1.0)
