@@ -16,7 +16,6 @@ import io
 import shutil
 import time
 
-import numpy as np
 import torch
 from _common import copy_project
 

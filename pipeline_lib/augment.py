@@ -10,9 +10,6 @@ A preview grid (original | K augmented copies) shows what the policy does to the
 from __future__ import annotations
 
 import hashlib
-import io
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ from PIL import Image
 from . import atomic
 from .config import AugmentPolicy, Params, Paths
 from .images import image_id
-from .ingest import MANIFEST_COLUMNS, load_manifest, swap_dir
+from .ingest import MANIFEST_COLUMNS, load_manifest
 
 
 def make_policy(policy: AugmentPolicy, height: int, width: int, seed: int | None = None):
@@ -69,9 +66,8 @@ def run(params: Params, paths: Paths) -> dict:
     manifest, classes = load_manifest(paths)
     train = manifest[manifest["split"] == "train"]
     k = params.augment.copies
-    staging = Path(tempfile.mkdtemp(prefix=".augmented-", dir=paths.prepared_dir.parent))
     rows = []
-    try:
+    with atomic.replace_dir(paths.augmented_dir) as staging:
         (staging / "images").mkdir()
         for row in train.itertuples(index=False):
             pixels = read_rgb(paths.resolve(row.path))
@@ -80,18 +76,13 @@ def run(params: Params, paths: Paths) -> dict:
                 iid = image_id(out)
                 if iid == row.image_id:  # no transform fired: the real image is already in train
                     continue
-                buf = io.BytesIO()
-                Image.fromarray(out, "RGB").save(buf, format="PNG")
-                (staging / "images" / f"{iid}.png").write_bytes(buf.getvalue())
+                atomic.write_png(staging / "images" / f"{iid}.png", out)
                 rows.append({"image_id": iid, "path": f"data/augmented/images/{iid}.png",
                              "source": f"augment:{row.image_id}#{c}", "label": row.label,
                              "label_idx": row.label_idx, "split": "train", "height": out.shape[0],
                              "width": out.shape[1], "orig_mode": "RGB", "note": f"copy {c} of {row.image_id}"})
         frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).drop_duplicates("image_id")
         atomic.write_parquet(staging / "manifest.parquet", frame)
-        swap_dir(staging, paths.augmented_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     preview(train, params, paths)
     report = {"copies_per_image": k, "real_train_images": int(len(train)), "augmented_images": int(len(frame)),
               "identical_copies_dropped": int(k * len(train) - len(frame))}

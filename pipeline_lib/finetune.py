@@ -3,7 +3,8 @@
 The classifier starts from the head trained by train_head (known to beat a random head on small
 data). The last ``unfreeze_blocks`` blocks of the backbone train at ``lr * backbone_lr_mult``,
 the head at ``lr``; AdamW, linear warm-up then cosine decay, label smoothing, gradient clipping,
-the albumentations policy applied online, early stopping on val loss with the best epoch restored.
+the albumentations policy applied online, early stopping on val accuracy (ties: val loss) or val
+loss with the best epoch restored.
 
 BatchNorm: every BN layer stays in eval mode, frozen blocks and unfrozen ones alike: running
 statistics are never updated (batches of a few images give useless statistics), while the BN
@@ -133,6 +134,14 @@ def _evaluate(model: FinetuneModel, data: Images, batch_size: int, device) -> tu
     return sum(losses) / max(1, len(data)), correct / max(1, len(data))
 
 
+def _better(monitor: str, new: tuple[float, float], best: tuple[float, float]) -> bool:
+    """Is (val accuracy, val loss) ``new`` an improvement on ``best`` for the monitored quantity?"""
+    (acc, loss), (best_acc, best_loss) = new, best
+    if monitor == "val_loss":
+        return loss < best_loss - 1e-6
+    return acc > best_acc + 1e-9 or (abs(acc - best_acc) <= 1e-9 and loss < best_loss - 1e-6)
+
+
 def config_hash(params: Params, paths: Paths) -> str:
     """What a checkpoint must match to be resumed: the params and the inputs (data, head)."""
     h = hashlib.sha256(json.dumps({k: v for k, v in params.model_dump().items()
@@ -183,8 +192,7 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
         optimizer, _lr_lambda(p.epochs * steps_per_epoch, p.warmup_epochs * steps_per_epoch))
     trainable = [q for g in groups for q in g["params"]]
 
-    state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "stale": 0, "history": [],
-             "best_state": None}
+    state = {"epoch": 0, "best_epoch": 0, "stale": 0, "history": [], "best_state": None}
     ckpt = paths.finetune_checkpoint(config_hash(params, paths))
     if ckpt.exists():
         saved = torch.load(ckpt, map_location=device, weights_only=True)
@@ -195,7 +203,8 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
     resumed_from = state["epoch"]
     if resumed_from == 0:  # epoch 0 is the linear probe itself: fine-tuning must beat it on val
         val_loss0, val_acc0 = _evaluate(model, val, p.batch_size, device)
-        state.update(best_val_loss=val_loss0, val_loss_before=val_loss0, val_accuracy_before=val_acc0,
+        state.update(best_val_loss=val_loss0, best_val_accuracy=val_acc0, val_loss_before=val_loss0,
+                     val_accuracy_before=val_acc0,
                      best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
 
     started = time.perf_counter()
@@ -229,8 +238,8 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
         state["history"].append({"epoch": epoch, "train_loss": total / n, "train_accuracy": correct / n,
                                  "val_loss": val_loss, "val_accuracy": val_acc,
                                  "lr_head": optimizer.param_groups[0]["lr"]})
-        if val_loss < state["best_val_loss"] - 1e-6:
-            state.update(best_val_loss=val_loss, best_epoch=epoch, stale=0,
+        if _better(p.monitor, (val_acc, val_loss), (state["best_val_accuracy"], state["best_val_loss"])):
+            state.update(best_val_loss=val_loss, best_val_accuracy=val_acc, best_epoch=epoch, stale=0,
                          best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
         else:
             state["stale"] += 1
@@ -246,11 +255,9 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
     model.cpu().eval()
     with atomic.atomic_path(paths.finetuned_model) as tmp:
         torch.save(copy.deepcopy(model.state_dict()), tmp)
-    best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]),
-                {"val_accuracy": state["val_accuracy_before"]})
     report = {
-        "enabled": True, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
-        "best_val_loss": state["best_val_loss"], "val_accuracy": best.get("val_accuracy"),
+        "enabled": True, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "monitor": p.monitor,
+        "best_val_loss": state["best_val_loss"], "val_accuracy": state["best_val_accuracy"],
         "val_accuracy_before": state["val_accuracy_before"], "val_loss_before": state["val_loss_before"],
         "kept_linear_probe": state["best_epoch"] == 0, "resumed_from_epoch": resumed_from,
         "trainable_backbone_params": trainable_backbone, "train_seconds": round(seconds, 2),

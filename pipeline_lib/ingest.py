@@ -9,18 +9,13 @@ manifest, classes.json and reports/ingest.json.
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import shutil
-import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from . import atomic, fashion_mnist
 from .config import Params, Paths
@@ -177,8 +172,7 @@ def run(params: Params, paths: Paths) -> dict:
     else:
         candidates, classes = _manifest_candidates(paths.resolve(d.path), report, strict)
 
-    staging = Path(tempfile.mkdtemp(prefix=".prepared-", dir=_ensure_dir(paths.prepared_dir.parent)))
-    try:
+    with atomic.replace_dir(paths.prepared_dir) as staging:
         rows = _validate_and_write(candidates, staging / "images", params, report, strict)
         frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
         frame = _check_classes(frame, classes, params, report, strict)
@@ -192,18 +186,10 @@ def run(params: Params, paths: Paths) -> dict:
         frame["path"] = "data/prepared/images/" + frame["path"]
         atomic.write_parquet(staging / "manifest.parquet", frame)
         atomic.write_json(staging / "classes.json", classes)
-        swap_dir(staging, paths.prepared_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
     summary = _summary(frame, classes, report)
     atomic.write_json(paths.ingest_report, summary)
     return summary
-
-
-def _ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _validate_and_write(candidates, images_dir: Path, params: Params, report: IngestReport,
@@ -242,9 +228,7 @@ def _validate_and_write(candidates, images_dir: Path, params: Params, report: In
             report.duplicates.append(entry)
             continue
         name = f"{iid}.png"
-        buf = io.BytesIO()
-        Image.fromarray(pixels, "RGB").save(buf, format="PNG")
-        (images_dir / name).write_bytes(buf.getvalue())
+        atomic.write_png(images_dir / name, pixels)
         row = {"image_id": iid, "path": name, "source": cand.source, "label": cand.label,
                "label_idx": -1, "split": cand.split, "height": pixels.shape[0], "width": pixels.shape[1],
                "orig_mode": mode, "note": note}
@@ -291,17 +275,6 @@ def _remove_orphans(images_dir: Path, keep: set[str]) -> None:
     for f in images_dir.iterdir():
         if f.name not in keep:
             f.unlink()
-
-
-def swap_dir(staging: Path, target: Path) -> None:
-    """Replace ``target`` by the finished staging folder: the old one is removed only afterwards."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _summary(frame: pd.DataFrame, classes: list[str], report: IngestReport) -> dict:

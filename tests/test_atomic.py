@@ -22,3 +22,18 @@ def test_unwritable_folder_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(PipelineError, match=f"cannot write to {blocker}"):
         atomic.write_text(blocker / "x.txt", "data")
+
+
+def test_replace_dir_swaps_only_on_success(tmp_path):
+    target = tmp_path / "out"
+    with atomic.replace_dir(target) as staging:
+        (staging / "a.txt").write_text("first")
+    with pytest.raises(ValueError):
+        with atomic.replace_dir(target) as staging:
+            (staging / "b.txt").write_text("half")
+            raise ValueError("stage failed")
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    with atomic.replace_dir(target) as staging:
+        (staging / "c.txt").write_text("second")
+    assert [p.name for p in target.iterdir()] == ["c.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or old folder left

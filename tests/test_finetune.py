@@ -50,12 +50,19 @@ def test_unfreeze_counts_blocks_from_the_end():
     assert finetune.unfreeze(bb, "all") == sum(p.numel() for p in bb.parameters())
 
 
-def test_finetune_learns_and_never_ends_worse_than_the_probe(prepared):
-    params, paths = _params(prepared), Paths.for_root(prepared)
+@pytest.mark.parametrize("monitor", ["val_accuracy", "val_loss"])
+def test_finetune_learns_and_never_ends_worse_than_the_probe(prepared, monitor):
+    params, paths = _params(prepared, monitor=monitor), Paths.for_root(prepared)
     report = finetune.run(params, paths)
     curve = pd.read_csv(paths.finetune_history)
     assert curve["train_loss"].iloc[-1] < curve["train_loss"].iloc[0]  # it learns
-    assert report["best_val_loss"] <= report["val_loss_before"]  # the probe (epoch 0) is the floor
+    # the probe (epoch 0) is the floor of the monitored quantity on val
+    if monitor == "val_loss":
+        assert report["best_val_loss"] <= report["val_loss_before"]
+    else:
+        assert report["val_accuracy"] >= report["val_accuracy_before"]
+    assert report["val_accuracy"] == (curve.set_index("epoch").loc[report["best_epoch"], "val_accuracy"]
+                                      if report["best_epoch"] else report["val_accuracy_before"])
 
 
 def test_training_step_moves_only_unfrozen_blocks_and_never_batchnorm_statistics(prepared):
