@@ -18,6 +18,9 @@ import contextlib
 import io
 import time
 from collections import defaultdict
+from pathlib import Path
+
+import yaml
 
 from _common import copy_project, mean_std
 
@@ -31,17 +34,32 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--resolution", type=int, default=112)
     parser.add_argument("--strategies", nargs="+", default=["head", "head_aug", "finetune"])
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "reports" / "learning_curve"),
+                        help="folder for learning_curve.png, results.json and recommendation.md")
+    parser.add_argument("--mlflow", action="store_true", help="log the curve to MLflow (experiment learning-curve)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override params, as `dvc exp run -S`: --set finetune.epochs=20")
     args = parser.parse_args()
     from sklearn.linear_model import LogisticRegression
 
     root = copy_project()
     paths = Paths.for_root(root)
     base = load_params(root).model_dump()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *sections, leaf = key.split(".")
+        target = base
+        for section in sections:
+            target = target[section]
+        target[leaf] = yaml.safe_load(value)
+    if args.set:
+        print("overrides:", " ".join(args.set))
     names = ["lr", *args.strategies] + (["chosen"] if "finetune" in args.strategies else [])
     print(f"sample: 1000 test images, mobilenet_v2 @ {args.resolution}px, {args.seeds} seeds; "
           "test accuracy %, mean ± std")
     print(f"{'shots':>5}  " + "  ".join(f"{n:>13}" for n in names) + "  finetune s")
     started = time.perf_counter()
+    curves: dict[str, dict[int, list[float]]] = defaultdict(dict)
     for shots in args.shots:
         acc, ft_seconds = defaultdict(list), []
         for seed in range(args.seeds):
@@ -69,7 +87,38 @@ def main() -> None:
                 acc["chosen"].append(metrics["accuracy"])
         ft = f"{sum(ft_seconds) / len(ft_seconds):10.1f}" if ft_seconds else ""
         print(f"{shots:>5}  " + "  ".join(f"{mean_std(acc[n]):>13}" for n in names) + f"  {ft}", flush=True)
+        for name in names:
+            curves[name][shots] = acc[name]
     print(f"(total {time.perf_counter() - started:.0f}s)")
+    report(curves, Path(args.out), base["data"]["shots_per_class"] or max(args.shots), args)
+
+
+def report(curves, out: Path, user_shots: int, args) -> None:
+    """Learning-curve PNG, raw results and the plain-language recommendation (optionally to MLflow)."""
+    from pipeline_lib import atomic
+    from pipeline_lib.learning_curve import plot_learning_curve, recommend
+
+    shown = {n: c for n, c in curves.items() if n != "chosen"}
+    plot_learning_curve(shown, out / "learning_curve.png",
+                        title=f"sample, mobilenet_v2 @ {args.resolution}px, {args.seeds} seeds (mean ± std)")
+    atomic.write_json(out / "results.json", {n: {str(k): v for k, v in c.items()} for n, c in curves.items()})
+    advice = recommend({n: c for n, c in shown.items() if n != "lr"}, user_shots)
+    atomic.write_text(out / "recommendation.md", advice + "\n")
+    print("\n" + advice + f"\n(written to {out})")
+    if args.mlflow:
+        import mlflow
+
+        from pipeline_lib.config import Paths
+
+        mlflow.set_tracking_uri(Paths.for_root(Path(__file__).resolve().parents[1]).mlflow_uri)
+        mlflow.set_experiment("learning-curve")
+        with mlflow.start_run():
+            mlflow.log_params({"seeds": args.seeds, "resolution": args.resolution, "shots": str(args.shots),
+                               "overrides": " ".join(args.set) or "none"})
+            for name, per in curves.items():
+                for shots, values in per.items():
+                    mlflow.log_metric(f"{name}.accuracy_mean", sum(values) / len(values), step=shots)
+            mlflow.log_artifacts(str(out), artifact_path="learning_curve")
 
 
 def _test_accuracy(params, paths) -> float:

@@ -105,7 +105,7 @@ class FinetuneParams(_Section):
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, ge=0.0)
     patience: int = Field(4, ge=1)
-    monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
     online_augment: bool = True
 
     @field_validator("unfreeze_blocks")

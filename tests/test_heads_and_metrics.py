@@ -117,3 +117,17 @@ def test_ece_of_known_predictions():
     y = np.array([0, 1, 0, 0])
     # bin 0.9: confidence 0.9, accuracy 0.5; bin 0.6: confidence 0.6, accuracy 1.0
     assert expected_calibration_error(proba, y, n_bins=10) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+
+
+def test_learning_curve_advice_and_plot(tmp_path):
+    from pipeline_lib.learning_curve import doubling_gain, plot_learning_curve, recommend
+
+    assert doubling_gain([5, 10, 20, 40], [0.60, 0.65, 0.70, 0.75]) == pytest.approx(0.05)
+    results = {"head": {5: [0.60, 0.62], 10: [0.66, 0.66], 20: [0.70, 0.72]},
+               "finetune": {5: [0.58, 0.60], 10: [0.68, 0.70], 20: [0.76, 0.76]}}
+    advice = recommend(results, at_shots=20)
+    assert "use **finetune**" in advice and "76.0%" in advice and "+5.0%" in advice
+    assert "about 8.5% accuracy" in advice  # least-squares slope of 59, 69, 76 % on log2(5, 10, 20)
+    assert "use **head**" in recommend(results, at_shots=7)  # nearest curve point below: 5
+    plot_learning_curve(results, tmp_path / "lc.png")
+    assert (tmp_path / "lc.png").stat().st_size > 5_000
