@@ -94,8 +94,8 @@ class TrainHeadParams(_Section):
 
 class FinetuneParams(_Section):
     enabled: bool = True
-    unfreeze_blocks: int | Literal["all"] = Field(3)
-    epochs: int = Field(15, ge=1)
+    unfreeze_blocks: int | Literal["all"] = Field(6)
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     backbone_lr_mult: float = Field(0.1, ge=0.0)
@@ -104,8 +104,8 @@ class FinetuneParams(_Section):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, ge=0.0)
-    patience: int = Field(4, ge=1)
-    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    patience: int = Field(8, ge=1)
+    monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     online_augment: bool = True
 
     @field_validator("unfreeze_blocks")

@@ -80,8 +80,11 @@ def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     return {"only_first_correct": only_a, "only_second_correct": only_b, "mcnemar_p": float(p)}
 
 
-def choose_candidate(val_scores: dict[str, tuple[float, float]]) -> str:
-    """The model with the best val accuracy (ties: lower val loss); never chosen on test."""
+def choose_candidate(val_scores: dict[str, tuple[float, float]], monitor: str = "val_loss") -> str:
+    """The better model on val, by the criterion finetune monitors (val loss, or val accuracy with
+    ties to the lower loss); never chosen on test. On ties the first (simpler) model wins."""
+    if monitor == "val_loss":
+        return min(val_scores, key=lambda name: val_scores[name][1])
     return max(val_scores, key=lambda name: (val_scores[name][0], -val_scores[name][1]))
 
 
@@ -92,7 +95,7 @@ def run(params: Params, paths: Paths) -> dict:
     probas = model_probabilities(params, paths)
     val_scores = {name: (float((p["val"].argmax(1) == y_val).mean()) if len(y_val) else 0.0,
                          nll(p["val"], y_val) if len(y_val) else 0.0) for name, p in probas.items()}
-    candidate = choose_candidate(val_scores)
+    candidate = choose_candidate(val_scores, params.finetune.monitor)
     models = {}
     for name, p in probas.items():
         pred_m = p["test"].argmax(1)

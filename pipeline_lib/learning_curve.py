@@ -25,16 +25,19 @@ def recommend(results: dict[str, dict[int, list[float]]], at_shots: int) -> str:
     near = max([s for s in shots if s <= at_shots] or [shots[0]])
     means = {name: float(np.mean(per[near])) for name, per in results.items() if near in per}
     best = max(means, key=means.get)
-    runner_up = sorted(means.values())[-2] if len(means) > 1 else means[best]
     curve = [float(np.mean(results[best][s])) for s in shots if s in results[best]]
     gain = doubling_gain([s for s in shots if s in results[best]], curve)
+    lead = ""
+    if len(means) > 1:
+        runner_up = sorted(means.values())[-2]
+        lead = f", {means[best] - runner_up:+.1%} over the next best strategy"
     lines = [
         f"At {at_shots} labelled images per class (curve point {near}), use **{best}**: "
-        f"{means[best]:.1%} test accuracy, {means[best] - runner_up:+.1%} over the next best strategy.",
+        f"{means[best]:.1%} test accuracy{lead}.",
         f"Doubling the labelled data is expected to add about {gain:.1%} accuracy "
         f"(slope of the {best} curve per doubling, {shots[0]}–{shots[-1]} images per class).",
     ]
-    if means[best] - runner_up < 0.005:
+    if len(means) > 1 and means[best] - runner_up < 0.005:
         lines.append("The strategies are within half a point here: prefer the cheapest (the head).")
     return "\n".join(lines)
 

@@ -120,8 +120,11 @@ def test_disabled_finetune_leaves_no_model(prepared):
 
 
 def test_candidate_is_chosen_on_val_and_paired_comparison_counts():
-    assert choose_candidate({"head": (0.80, 0.5), "finetune": (0.82, 0.6)}) == "finetune"
-    assert choose_candidate({"head": (0.80, 0.5), "finetune": (0.80, 0.6)}) == "head"
+    scores = {"head": (0.80, 0.5), "finetune": (0.82, 0.6)}
+    assert choose_candidate(scores, "val_accuracy") == "finetune"
+    assert choose_candidate(scores, "val_loss") == "head"
+    assert choose_candidate({"head": (0.80, 0.5), "finetune": (0.80, 0.6)}, "val_accuracy") == "head"
+    assert choose_candidate({"head": (0.80, 0.5), "finetune": (0.81, 0.5)}, "val_loss") == "head"
     a = np.array([True, True, False, False, True])
     b = np.array([True, False, True, True, True])
     res = paired_comparison(a, b)

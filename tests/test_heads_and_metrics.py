@@ -131,3 +131,10 @@ def test_learning_curve_advice_and_plot(tmp_path):
     assert "use **head**" in recommend(results, at_shots=7)  # nearest curve point below: 5
     plot_learning_curve(results, tmp_path / "lc.png")
     assert (tmp_path / "lc.png").stat().st_size > 5_000
+
+
+def test_learning_curve_advice_for_a_single_strategy():
+    from pipeline_lib.learning_curve import recommend
+
+    advice = recommend({"finetune": {10: [0.7], 20: [0.75]}}, at_shots=20)
+    assert "use **finetune**: 75.0% test accuracy." in advice and "next best" not in advice
