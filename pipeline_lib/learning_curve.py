@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic
 
 
 def doubling_gain(shots: list[int], accuracies: list[float]) -> float:
@@ -43,7 +42,7 @@ def recommend(results: dict[str, dict[int, list[float]]], at_shots: int) -> str:
 
 
 def plot_learning_curve(results: dict[str, dict[int, list[float]]], target: Path, title: str = "") -> None:
-    from .plots import plt
+    from .plots import plt, save_png
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, per in results.items():
@@ -60,7 +59,4 @@ def plot_learning_curve(results: dict[str, dict[int, list[float]]], target: Path
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    with atomic.atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, target)

@@ -13,6 +13,14 @@ import numpy as np  # noqa: E402
 from . import atomic  # noqa: E402
 
 
+def save_png(fig, target: Path, dpi: int = 110) -> None:
+    """Write a figure atomically as PNG and free it."""
+    fig.tight_layout()
+    with atomic.atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
 def plot_confusion(cm: np.ndarray, classes: list[str], target: Path, title: str = "") -> None:
     n = len(classes)
     size = max(4.0, 0.55 * n + 2)
@@ -32,10 +40,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], target: Path, title: str 
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the actual class")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    with atomic.atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, target)
 
 
 def plot_reliability(curves: dict[str, np.ndarray], target: Path, title: str = "") -> None:
@@ -52,10 +57,7 @@ def plot_reliability(curves: dict[str, np.ndarray], target: Path, title: str = "
     ax.legend(loc="upper left", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    with atomic.atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, target)
 
 
 def plot_image_grid(rows: list[tuple[str, list[np.ndarray]]], col_titles: list[str], target: Path) -> None:
@@ -74,7 +76,4 @@ def plot_image_grid(rows: list[tuple[str, list[np.ndarray]]], col_titles: list[s
                 ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
     for ax in axes.flat[len(rows) * n_cols:]:
         ax.axis("off")
-    fig.tight_layout()
-    with atomic.atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, target, dpi=100)

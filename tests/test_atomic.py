@@ -37,3 +37,12 @@ def test_replace_dir_swaps_only_on_success(tmp_path):
         (staging / "c.txt").write_text("second")
     assert [p.name for p in target.iterdir()] == ["c.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or old folder left
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    import os
+
+    atomic.write_text(tmp_path / "r.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "r.txt").stat().st_mode & 0o777 == 0o666 & ~umask
