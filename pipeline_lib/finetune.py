@@ -36,6 +36,7 @@ from .errors import PipelineError
 from .featurize import configure_threads
 from .heads import Head, load_head
 from .ingest import load_manifest
+from .stats import nll
 
 
 class FinetuneModel(nn.Module):
@@ -122,16 +123,10 @@ def predict_proba(model: FinetuneModel, data: Images, batch_size: int = 64, devi
 
 
 def _evaluate(model: FinetuneModel, data: Images, batch_size: int, device) -> tuple[float, float]:
-    model.eval()
-    losses, correct = [], 0
-    with torch.no_grad():
-        for i in range(0, len(data), batch_size):
-            idx = list(range(i, min(i + batch_size, len(data))))
-            logits = model(data.batch(idx).to(device))
-            y = data.labels[idx].to(device)
-            losses.append(F.cross_entropy(logits, y, reduction="sum").item())
-            correct += int((logits.argmax(1) == y).sum())
-    return sum(losses) / max(1, len(data)), correct / max(1, len(data))
+    """Mean cross-entropy and accuracy on a split."""
+    proba = predict_proba(model, data, batch_size, device)
+    y = data.labels.numpy()
+    return nll(proba, y), float((proba.argmax(1) == y).mean()) if len(y) else 0.0
 
 
 def _better(monitor: str, new: tuple[float, float], best: tuple[float, float]) -> bool:

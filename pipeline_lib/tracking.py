@@ -115,7 +115,8 @@ def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) 
             if artifact.exists():
                 mlflow.log_artifact(str(artifact), artifact_path="reports")
         if params.mlflow.log_model:
-            model = build_classifier(params, paths, _read_json(paths.metrics).get("candidate", "head"))
+            metrics = _read_json(paths.metrics)
+            model = build_classifier(params, paths, metrics.get("candidate", "head"))
             res = params.backbone.resolution
             example = np.random.default_rng(0).random((2, 3, res, res), dtype=np.float32)
             with torch.no_grad():
@@ -135,7 +136,7 @@ def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) 
             from .registry import register_and_promote
 
             decision = register_and_promote(info.model_uri, params, paths,
-                                            float(_read_json(paths.metrics)["accuracy"]))
+                                            float(metrics["accuracy"]))
             mlflow.set_tags({"promotion.promoted": str(decision.promoted).lower(),
                              "promotion.reason": decision.reason,
                              "promotion.challenger_version": decision.challenger_version})
