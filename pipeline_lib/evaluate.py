@@ -10,6 +10,7 @@ from . import atomic
 from .config import Params, Paths
 from .featurize import load_features
 from . import finetune
+from .backbones import Preprocess, backbone_for
 from .heads import load_head, predict_proba
 from .ingest import load_manifest
 from .plots import plot_confusion, plot_reliability
@@ -57,17 +58,28 @@ def calibrate(val_proba: np.ndarray, y_val: np.ndarray, test_proba: np.ndarray, 
 
 
 def model_probabilities(params: Params, paths: Paths) -> dict[str, dict[str, np.ndarray]]:
-    """Val and test class probabilities of every trained model, in the feature files' row order."""
+    """Val and test class probabilities of every trained model, in the feature files' row order:
+    "head", "finetune" (when enabled) and, with evaluate.tta, each one's flip-averaged variant
+    ("head_tta", "finetune_tta")."""
     head, _ = load_head(paths.head, paths.head_meta)
     out = {"head": {split: predict_proba(head, load_features(paths, split)[0]) for split in ("val", "test")}}
     tuned = finetune.load_finetuned(params, paths)
-    if tuned is not None:
-        manifest = load_manifest(paths)[0].set_index("image_id")
-        out["finetune"] = {}
-        for split in ("val", "test"):
-            ids = load_features(paths, split)[2]
-            images = finetune.Images(manifest.loc[list(ids)].reset_index(), paths, tuned.preprocess)
-            out["finetune"][split] = finetune.predict_proba(tuned, images)
+    tta = params.evaluate.tta == "hflip"
+    if tuned is None and not tta:
+        return out
+    manifest = load_manifest(paths)[0].set_index("image_id")
+    preprocess = Preprocess(params.backbone.resolution)
+    images = {split: finetune.Images(manifest.loc[list(load_features(paths, split)[2])].reset_index(), paths,
+                                      preprocess) for split in ("val", "test")}
+    models = {"finetune": tuned} if tuned is not None else {}
+    if tta:
+        bb = backbone_for(params, paths.root)
+        frozen = finetune.FinetuneModel(bb.preprocess, bb.model, head)
+        out["head_tta"] = {split: finetune.predict_proba(frozen, images[split], tta=True) for split in images}
+    for name, model in models.items():
+        out[name] = {split: finetune.predict_proba(model, images[split]) for split in images}
+        if tta:
+            out[f"{name}_tta"] = {split: finetune.predict_proba(model, images[split], tta=True) for split in images}
     return out
 
 

@@ -47,6 +47,8 @@ def test_first_repro_runs_every_stage_as_a_prefect_flow(project, prefect_api):
     assert _ran(out.stdout) == list(STAGES)
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert metrics["n_test"] == 100 and metrics["accuracy"] > 0.45  # chance is 0.10
+    assert set(metrics["models"]) == {"head", "head_tta", "finetune", "finetune_tta"}
+    assert metrics["candidate"] in metrics["models"]
     assert (root / "reports/confusion_matrix.png").stat().st_size > 10_000
     import httpx
 

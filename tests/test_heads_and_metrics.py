@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 
 from pipeline_lib.config import TrainHeadParams
@@ -138,3 +139,17 @@ def test_learning_curve_advice_for_a_single_strategy():
 
     advice = recommend({"finetune": {10: [0.7], 20: [0.75]}}, at_shots=20)
     assert "use **finetune**: 75.0% test accuracy." in advice and "next best" not in advice
+
+
+def test_flip_tta_averages_the_mirror_images_probabilities(backbone_small):
+    from pipeline_lib.heads import Head
+    from pipeline_lib.model import Classifier
+
+    torch.manual_seed(0)
+    head = Head(backbone_small.feature_dim, 3)
+    plain = Classifier(backbone_small.preprocess, backbone_small.model, head, ["a", "b", "c"]).eval()
+    tta = Classifier(backbone_small.preprocess, backbone_small.model, head, ["a", "b", "c"], tta=True).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(tta(x), (plain(x) + plain(x.flip(-1))) / 2)
+        assert torch.allclose(tta(x), tta(x.flip(-1)), atol=1e-6)  # mirror-invariant by construction
