@@ -134,6 +134,35 @@ def _strip_final_linear(model: nn.Module) -> int:
     return last.in_features
 
 
+class Truncated(nn.Module):
+    """The first ``n`` feature blocks of a network, global-average-pooled: features from a middle
+    layer, which transfer better than the last ones when the data is far from ImageNet."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.features = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1)
+
+
+def truncate(model: nn.Module, n_blocks: int, name: str) -> Truncated:
+    """Keep the first ``n_blocks`` blocks (the stem counts as one) of a torchvision network."""
+    if isinstance(getattr(model, "features", None), nn.Sequential):  # mobilenet, efficientnet, convnext, vgg
+        blocks = list(model.features)
+    elif all(hasattr(model, f"layer{i}") for i in range(1, 5)):  # resnet family
+        blocks = [nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool),
+                  model.layer1, model.layer2, model.layer3, model.layer4]
+    else:
+        raise PipelineError(f"backbone.blocks: cannot cut {name} into blocks (supported: networks with a "
+                            "`features` sequence such as mobilenet/efficientnet/convnext, and resnets); "
+                            "set backbone.blocks: null")
+    if n_blocks > len(blocks):
+        raise PipelineError(f"backbone.blocks: {name} has {len(blocks)} blocks, got {n_blocks} "
+                            f"(null = the whole network)")
+    return Truncated(blocks[:n_blocks])
+
+
 @dataclass
 class Backbone:
     """The frozen feature extractor: preprocessing + network without its classifier."""
@@ -143,12 +172,17 @@ class Backbone:
     preprocess: Preprocess
     feature_dim: int
     weights: WeightsSpec
+    blocks: int | None = None
+
+    @property
+    def blocks_tag(self) -> str:
+        return "" if self.blocks is None else f"blocks={self.blocks}|"
 
     @property
     def key(self) -> str:
         """Identifies the features this backbone produces (name, weights, preprocessing)."""
         return hashlib.sha256(
-            f"{self.name}|{self.weights.sha256}|res={self.preprocess.resolution}|"
+            f"{self.name}|{self.weights.sha256}|res={self.preprocess.resolution}|{self.blocks_tag}"
             f"mean={IMAGENET_MEAN}|std={IMAGENET_STD}|bilinear-antialias".encode()).hexdigest()[:16]
 
     def to(self, device: torch.device) -> "Backbone":
@@ -162,7 +196,8 @@ class Backbone:
 
 
 def load_backbone(name: str, weights: str = "default", resolution: int = 112,
-                  root: Path | None = None) -> Backbone:
+                  root: Path | None = None, blocks: int | None = None) -> Backbone:
+    """The pretrained network without its classifier (or only its first ``blocks`` blocks), frozen."""
     spec = resolve_weights(name, weights, root)
     _torchvision_weights_enum(name)
     model = torchvision.models.get_model(name, weights=None)
@@ -178,11 +213,21 @@ def load_backbone(name: str, weights: str = "default", resolution: int = 112,
         raise PipelineError(f"backbone.weights: {spec.path} does not fit torchvision's {name}: "
                             f"{str(exc).splitlines()[0]}") from None
     feature_dim = _strip_final_linear(model)
+    if blocks is not None:
+        model = truncate(model, blocks, name)
+        with torch.no_grad():
+            feature_dim = int(model.eval()(torch.zeros(1, 3, 64, 64)).shape[1])
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return Backbone(name=name, model=model, preprocess=Preprocess(resolution), feature_dim=feature_dim,
-                    weights=spec)
+                    weights=spec, blocks=blocks)
+
+
+def backbone_for(params, root: Path | None = None) -> Backbone:
+    """The backbone that params.yaml's `backbone` section describes."""
+    b = params.backbone
+    return load_backbone(b.name, b.weights, b.resolution, root, blocks=b.blocks)
 
 
 def pick_device(preference: str = "auto") -> torch.device:

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import atomic
-from .backbones import Backbone, load_backbone, pick_device
+from .backbones import Backbone, backbone_for, pick_device
 from .config import Params, Paths
 from .feature_cache import FeatureCache
 from .augment import load_augmented
@@ -94,8 +94,7 @@ def run(params: Params, paths: Paths) -> dict:
     augmented = load_augmented(paths).assign(split=AUGMENTED)
     manifest = pd.concat([manifest[manifest["split"].isin(SPLITS)], augmented], ignore_index=True)
     device = pick_device(p.device)
-    backbone = load_backbone(params.backbone.name, params.backbone.weights, params.backbone.resolution,
-                             paths.root).to(device)
+    backbone = backbone_for(params, paths.root).to(device)
     cache = FeatureCache(paths.cache_dir(params), backbone.key)
 
     started = time.perf_counter()

@@ -108,3 +108,20 @@ def test_features_match_a_direct_forward_pass(tmp_path, backbone_small):
     manifest = pd.read_parquet(paths.manifest).set_index("image_id")
     images = torch.stack([featurize.read_image_tensor(tmp_path / manifest.loc[i, "path"]) for i in ids])
     np.testing.assert_allclose(X, backbone_small(images).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_truncated_backbone_pools_a_middle_block_and_has_its_own_cache_key(tmp_path, backbone_small):
+    import torchvision
+
+    cut = load_backbone("mobilenet_v2", resolution=32, blocks=15)
+    assert cut.feature_dim == 160  # MobileNetV2 block 14 has 160 channels
+    assert len(cut.model.features) == 15 and not any(p.requires_grad for p in cut.model.parameters())
+    x = torch.rand(2, 3, 32, 32)
+    expected = backbone_small.model.features[:15](backbone_small.preprocess(x)).mean((2, 3))
+    torch.testing.assert_close(cut(x), expected)
+    assert cut.key != backbone_small.key
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    assert load_backbone("resnet18", str(weights), resolution=32, blocks=4).feature_dim == 256
+    with pytest.raises(PipelineError, match="has 19 blocks, got 20"):
+        load_backbone("mobilenet_v2", resolution=32, blocks=20)
