@@ -25,7 +25,7 @@ class _Section(BaseModel):
 class DataParams(_Section):
     source: Literal["sample", "folder", "manifest"] = "sample"
     path: str = "pipeline_lib/sample_data/fashion_mnist_sample.npz"
-    sample_test_per_class: int = Field(100, ge=1, le=100)
+    sample_test_per_class: int = Field(100, ge=1)
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     shots_per_class: int | None = Field(20, ge=1)
@@ -45,6 +45,7 @@ class BackboneParams(_Section):
     name: str = "mobilenet_v2"
     weights: str = "default"
     resolution: int = Field(112, ge=32, le=1024)
+    blocks: int | None = Field(None, ge=1)
 
 
 class AugmentPolicy(_Section):
@@ -107,6 +108,8 @@ class FinetuneParams(_Section):
     patience: int = Field(8, ge=1)
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     online_augment: bool = True
+    batchnorm: Literal["frozen", "train"] = "frozen"
+    mixup: float = Field(0.0, ge=0.0)
 
     @field_validator("unfreeze_blocks")
     @classmethod
@@ -120,6 +123,7 @@ class EvaluateParams(_Section):
     top_confusions: int = Field(5, ge=0)
     bootstrap: int = Field(1000, ge=0)
     ci_level: float = Field(0.95, gt=0.0, lt=1.0)
+    tta: Literal["none", "hflip"] = "hflip"
 
 
 class MlflowParams(_Section):

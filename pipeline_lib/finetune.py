@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import atomic
 from .augment import make_policy, read_rgb
-from .backbones import Preprocess, load_backbone, pick_device
+from .backbones import Preprocess, backbone_for, pick_device
 from .config import Params, Paths
 from .errors import PipelineError
 from .featurize import configure_threads
@@ -42,17 +42,19 @@ from .stats import nll
 class FinetuneModel(nn.Module):
     """preprocess -> backbone -> head; outputs logits. BatchNorm stays in eval mode."""
 
-    def __init__(self, preprocess: Preprocess, backbone: nn.Module, head: Head):
+    def __init__(self, preprocess: Preprocess, backbone: nn.Module, head: Head, bn_train: bool = False):
         super().__init__()
         self.preprocess = preprocess
         self.backbone = backbone
         self.head = head
+        self.bn_train = bn_train
 
     def train(self, mode: bool = True) -> "FinetuneModel":
         super().train(mode)
         for module in self.backbone.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+                trainable = any(q.requires_grad for q in module.parameters())
+                module.train(mode and self.bn_train and trainable)
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -112,13 +114,18 @@ class Images:
         return torch.stack(out)
 
 
-def predict_proba(model: FinetuneModel, data: Images, batch_size: int = 64, device="cpu") -> np.ndarray:
+def predict_proba(model: FinetuneModel, data: Images, batch_size: int = 64, device="cpu",
+                  tta: bool = False) -> np.ndarray:
+    """Class probabilities; ``tta`` averages them with those of the horizontally flipped image."""
     model.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
-            idx = list(range(i, min(i + batch_size, len(data))))
-            out.append(torch.softmax(model(data.batch(idx).to(device)), dim=1).cpu().numpy())
+            x = data.batch(list(range(i, min(i + batch_size, len(data))))).to(device)
+            proba = torch.softmax(model(x), dim=1)
+            if tta:
+                proba = (proba + torch.softmax(model(x.flip(-1)), dim=1)) / 2
+            out.append(proba.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.head.config["n_classes"]), np.float32)
 
 
@@ -151,8 +158,8 @@ def build_model(params: Params, paths: Paths) -> tuple[FinetuneModel, dict]:
     for module in head.modules():  # the fine-tuning dropout replaces the head's
         if isinstance(module, nn.Dropout):
             module.p = params.finetune.dropout
-    bb = load_backbone(params.backbone.name, params.backbone.weights, params.backbone.resolution, paths.root)
-    return FinetuneModel(bb.preprocess, bb.model, head), meta
+    bb = backbone_for(params, paths.root)
+    return FinetuneModel(bb.preprocess, bb.model, head, bn_train=params.finetune.batchnorm == "train"), meta
 
 
 def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> dict:
@@ -217,8 +224,15 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
             for i in range(0, len(order), p.batch_size):
                 idx = order[i:i + p.batch_size]
                 x, y = train.batch(idx, policies).to(device), train.labels[idx].to(device)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=p.label_smoothing)
+                if p.mixup > 0:
+                    lam = float(np.random.default_rng([params.seed, epoch, i]).beta(p.mixup, p.mixup))
+                    perm = torch.randperm(len(idx), device=device)
+                    logits = model(lam * x + (1 - lam) * x[perm])
+                    loss = (lam * F.cross_entropy(logits, y, label_smoothing=p.label_smoothing)
+                            + (1 - lam) * F.cross_entropy(logits, y[perm], label_smoothing=p.label_smoothing))
+                else:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=p.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if p.grad_clip:
@@ -275,7 +289,7 @@ def load_finetuned(params: Params, paths: Paths) -> FinetuneModel | None:
         return None
     meta = json.loads(paths.finetune_meta.read_text())
     head = Head(**meta["head"])
-    bb = load_backbone(params.backbone.name, params.backbone.weights, params.backbone.resolution, paths.root)
+    bb = backbone_for(params, paths.root)
     model = FinetuneModel(bb.preprocess, bb.model, head)
     model.load_state_dict(torch.load(paths.finetuned_model, map_location="cpu", weights_only=True))
     return model.eval()

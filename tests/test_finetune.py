@@ -96,6 +96,18 @@ def test_train_mode_keeps_batchnorm_in_eval(prepared):
     assert bns and not any(m.training for m in bns) and model.head.training
 
 
+def test_batchnorm_train_mode_updates_only_unfrozen_blocks_statistics(prepared):
+    model, _ = finetune.build_model(_params(prepared, batchnorm="train"), Paths.for_root(prepared))
+    finetune.unfreeze(model.backbone, 2)
+    before = _bn_stats(model)
+    model.train()
+    model(torch.rand(4, 3, 32, 32))
+    after = _bn_stats(model)
+    n_blocks = len(finetune.feature_blocks(model.backbone))
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(int(k.split(".")[2]) >= n_blocks - 2 for k in moved)
+
+
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(prepared):
     params, paths = _params(prepared, epochs=3), Paths.for_root(prepared)
     finetune.run(params, paths)
@@ -130,3 +142,45 @@ def test_candidate_is_chosen_on_val_and_paired_comparison_counts():
     res = paired_comparison(a, b)
     assert (res["only_first_correct"], res["only_second_correct"]) == (1, 2)
     assert res["mcnemar_p"] == pytest.approx(1.0)
+
+
+def test_sigkilled_run_resumes_from_its_last_checkpoint(prepared, tmp_path):
+    """A real process killed (SIGKILL) mid-training; the re-run resumes and matches an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    overrides = {"epochs": 25, "patience": 25}
+    params, paths = _params(prepared, **overrides), Paths.for_root(prepared)
+    finetune.run(params, paths)
+    reference = torch.load(paths.finetuned_model, weights_only=True)
+    paths.finetuned_model.unlink()
+
+    script = tmp_path / "run_finetune.py"
+    script.write_text(
+        "import json, sys\n"
+        "from pipeline_lib import finetune\n"
+        "from pipeline_lib.config import Paths, parse_params\n"
+        "finetune.run(parse_params(json.loads(sys.argv[1])), Paths.for_root(sys.argv[2]))\n")
+    raw = json.loads(json.dumps(RAW))
+    raw["data"]["path"] = str(prepared / "raw")
+    raw["finetune"].update(overrides)
+    ckpt = paths.finetune_checkpoint(finetune.config_hash(params, paths))
+    proc = subprocess.Popen([sys.executable, str(script), json.dumps(raw), str(prepared)],
+                            cwd=os.getcwd(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = torch.load(ckpt, weights_only=True)["state"]["epoch"]
+    assert 1 <= killed_at < 25 and not paths.finetuned_model.exists()
+
+    report = finetune.run(params, paths)
+    assert report["resumed_from_epoch"] == killed_at and report["epochs_run"] == 25
+    resumed = torch.load(paths.finetuned_model, weights_only=True)
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-4, atol=1e-5)
