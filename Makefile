@@ -15,7 +15,11 @@ export DVC_NO_ANALYTICS := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run pipeline test bench mlflow-ui clean
+FASTAI_VENV := .venv-fastai
+# fastai beside the project's own torch/torchvision (its pins would pull another torch): benchmark only
+FASTAI_PKGS := fastai==2.8.12 fastcore fastdownload fastprogress fasttransform 'plum-dispatch<2.10' cloudpickle
+
+.PHONY: install run pipeline test bench bench-fastai mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +48,17 @@ bench: install
 	$(PY) benchmarks/featurize_throughput.py
 	$(PY) benchmarks/accuracy_vs_shots.py
 	$(PY) benchmarks/pipeline_overhead.py
+	$(PY) benchmarks/baseline_scratch.py
+
+$(FASTAI_VENV)/.stamp: $(STAMP)
+	$(PYTHON) -m venv $(FASTAI_VENV)
+	$(PY) -c "import site; print(site.getsitepackages()[0])" > $$(echo $(FASTAI_VENV)/lib/python3*/site-packages)/project-venv.pth
+	$(FASTAI_VENV)/bin/pip install -q $(FASTAI_PKGS) --no-deps
+	$(FASTAI_VENV)/bin/pip install -q python-fasthtml beartype typing-extensions
+	@touch $@
+
+bench-fastai: $(FASTAI_VENV)/.stamp
+	$(FASTAI_VENV)/bin/python benchmarks/peer_fastai.py
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1

@@ -20,3 +20,24 @@ def mean_std(values) -> str:
 
     arr = np.asarray(values, dtype=float)
     return f"{arr.mean() * 100:5.1f} ± {arr.std() * 100:3.1f}"
+
+
+def full_data_npz(seed: int, out_dir: Path, pool_per_class: int = 100, test_per_class: int = 200) -> Path:
+    """A per-seed draw from the full Fashion-MNIST (Debian's dataset-fashion-mnist), in the sample's
+    format: a labelled pool from the 60,000 training images, 200 test images per class from t10k."""
+    import numpy as np
+
+    from pipeline_lib.fashion_mnist import build_sample
+
+    path = Path(out_dir) / f"fashion_mnist_full_seed{seed}.npz"
+    if not path.exists():
+        np.savez_compressed(path, **build_sample(pool_per_class, test_per_class, seed=1000 + seed))
+    return path
+
+
+def benchmark_params(base: dict, seed: int, shots: int, data: str, root: Path) -> dict:
+    """Raw params for one (seed, shots) cell on the embedded sample or on a full-data draw."""
+    raw = {**base, "seed": seed, "data": {**base["data"], "shots_per_class": shots}}
+    if data == "full":
+        raw["data"].update(source="sample", path=str(full_data_npz(seed, root)), sample_test_per_class=200)
+    return raw

@@ -1,14 +1,15 @@
 """Test accuracy at 5/10/20/50 labelled images per class on the embedded sample (1,000 test
-images), mean ± std over seeds, per strategy, each through the pipeline's own stages:
+images) or on per-seed draws from the full Fashion-MNIST (--data full, 2,000 test images), mean ±
+std over seeds, per strategy, each through the pipeline's own stages:
 
   lr        scikit-learn LogisticRegression on the cached features (the linear-probe reference)
   head      train_head (the pipeline's linear head) on the cached features
   head_aug  train_head with the offline augmented copies added (augment.copies per image)
   finetune  LP-FT: the finetune stage started from that head
-  chosen    what evaluate deploys: head or finetune, whichever is better on val
+  chosen    what evaluate deploys: head or finetune, with or without flip TTA, whichever is best on val
 
-    .venv/bin/python benchmarks/accuracy_vs_shots.py [--seeds 3] [--shots 5 10 20 50]
-        [--strategies head head_aug finetune]
+    .venv/bin/python benchmarks/accuracy_vs_shots.py [--seeds 3] [--shots 5 10 20 50] [--data full]
+        [--strategies head head_aug finetune] [--set finetune.epochs=30 ...]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from _common import copy_project, mean_std
+from _common import benchmark_params, copy_project, mean_std
 
 from pipeline_lib import augment, evaluate, featurize, finetune, ingest, train_head
 from pipeline_lib.config import Paths, load_params, parse_params
@@ -32,7 +33,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20, 50])
-    parser.add_argument("--resolution", type=int, default=112)
+    parser.add_argument("--data", choices=["sample", "full"], default="sample",
+                        help="the embedded sample (1,000 test images) or a per-seed draw from the full "
+                             "Fashion-MNIST (Debian dataset-fashion-mnist; 2,000 test images)")
     parser.add_argument("--strategies", nargs="+", default=["head", "head_aug", "finetune"])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "reports" / "learning_curve"),
                         help="folder for learning_curve.png, results.json and recommendation.md")
@@ -55,7 +58,7 @@ def main() -> None:
     if args.set:
         print("overrides:", " ".join(args.set))
     names = ["lr", *args.strategies] + (["chosen"] if "finetune" in args.strategies else [])
-    print(f"sample: 1000 test images, mobilenet_v2 @ {args.resolution}px, {args.seeds} seeds; "
+    print(f"{args.data} data, {base['backbone']['name']} @ {base['backbone']['resolution']}px, {args.seeds} seeds; "
           "test accuracy %, mean ± std")
     print(f"{'shots':>5}  " + "  ".join(f"{n:>13}" for n in names) + "  finetune s")
     started = time.perf_counter()
@@ -63,8 +66,7 @@ def main() -> None:
     for shots in args.shots:
         acc, ft_seconds = defaultdict(list), []
         for seed in range(args.seeds):
-            raw = {**base, "seed": seed, "data": {**base["data"], "shots_per_class": shots},
-                   "backbone": {**base["backbone"], "resolution": args.resolution}}
+            raw = benchmark_params(base, seed, shots, args.data, root)
             params = parse_params(raw)
             with contextlib.redirect_stderr(io.StringIO()):
                 ingest.run(params, paths)
@@ -100,7 +102,7 @@ def report(curves, out: Path, user_shots: int, args) -> None:
 
     shown = {n: c for n, c in curves.items() if n != "chosen"}
     plot_learning_curve(shown, out / "learning_curve.png",
-                        title=f"sample, mobilenet_v2 @ {args.resolution}px, {args.seeds} seeds (mean ± std)")
+                        title=f"{args.data} data, {args.seeds} seeds (mean ± std)")
     atomic.write_json(out / "results.json", {n: {str(k): v for k, v in c.items()} for n, c in curves.items()})
     advice = recommend({n: c for n, c in shown.items() if n != "lr"}, user_shots)
     atomic.write_text(out / "recommendation.md", advice + "\n")
@@ -113,7 +115,7 @@ def report(curves, out: Path, user_shots: int, args) -> None:
         mlflow.set_tracking_uri(Paths.for_root(Path(__file__).resolve().parents[1]).mlflow_uri)
         mlflow.set_experiment("learning-curve")
         with mlflow.start_run():
-            mlflow.log_params({"seeds": args.seeds, "resolution": args.resolution, "shots": str(args.shots),
+            mlflow.log_params({"seeds": args.seeds, "data": args.data, "shots": str(args.shots),
                                "overrides": " ".join(args.set) or "none"})
             for name, per in curves.items():
                 for shots, values in per.items():
