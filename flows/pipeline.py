@@ -15,6 +15,7 @@ import json
 from prefect import flow, get_run_logger
 
 from flows.augment import augment
+from flows.synthesize import synthesize
 from flows.evaluate import evaluate
 from flows.featurize import featurize
 from flows.finetune import finetune
@@ -24,7 +25,7 @@ from pipeline_lib.config import Paths, load_params
 from pipeline_lib.errors import PipelineError
 from tasks.dvc import commit_stage, is_stale, stage_order
 
-STAGE_FLOWS = {"ingest": ingest, "augment": augment, "featurize": featurize, "train_head": train_head,
+STAGE_FLOWS = {"ingest": ingest, "synthesize": synthesize, "augment": augment, "featurize": featurize, "train_head": train_head,
                "finetune": finetune, "evaluate": evaluate}
 
 

@@ -33,12 +33,63 @@ class DataParams(_Section):
     min_image_size: int = Field(8, ge=1)
     on_bad_file: Literal["quarantine", "error"] = "quarantine"
     on_unusual_mode: Literal["convert", "reject"] = "convert"
+    unlabeled: str | None = None  # folder of unlabelled deployment-domain images (finetune.adapt: dann)
 
     @model_validator(mode="after")
     def _fractions(self) -> "DataParams":
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("data.val_fraction + data.test_fraction must be < 1")
         return self
+
+
+class DdpmParams(_Section):
+    """The small class-conditional diffusion model trained here on the real training images."""
+
+    resolution: int = Field(32, ge=8, le=256)
+    channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
+    train_steps: int = Field(3000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(5e-4, gt=0.0)
+    sample_steps: int = Field(50, ge=1)       # DDIM steps
+    guidance_scale: float = Field(2.0, ge=0.0)  # classifier-free guidance (1 = off)
+    hflip: bool = True                        # mirror training images (data augmentation)
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: list[int]) -> list[int]:
+        if not value or any(c < 8 or c % 8 for c in value):
+            raise ValueError("a non-empty list of multiples of 8 (the UNet's GroupNorm needs them)")
+        return value
+
+
+class StableDiffusionParams(_Section):
+    model: str = ""                           # local pipeline directory, or a hub id already in the HF cache
+    prompt: str = "a photo of a {label}"      # {label}: class name with _ as spaces
+    class_prompts: dict[str, str] = Field(default_factory=dict)  # per-class overrides
+    negative_prompt: str = "blurry, low quality, text, watermark"
+    guidance_scale: float = Field(7.5, ge=0.0)
+    steps: int = Field(25, ge=1)
+    resolution: int = Field(512, ge=8, le=2048)
+    img2img_strength: float = Field(0.0, ge=0.0, le=1.0)  # > 0: variations of the real training images
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError("must be a multiple of 8")
+        return value
+
+
+class SyntheticParams(_Section):
+    generator: Literal["none", "ddpm", "stable_diffusion"] = "none"
+    per_class: int = Field(20, ge=1)          # images generated per class
+    ratio: float = Field(1.0, ge=0.0)         # at most ratio x real training images per class are used
+    loss_weight: float = Field(1.0, ge=0.0, le=1.0)  # weight of a synthetic image in the training loss
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0)  # keep images a real-data probe gives >= this for their class
+    dedup_similarity: float = Field(1.0, gt=0.0, le=1.0)  # drop near-duplicates above this cosine similarity (1 = off)
+    preview_per_class: int = Field(6, ge=1)
+    ddpm: DdpmParams = DdpmParams()
+    stable_diffusion: StableDiffusionParams = StableDiffusionParams()
 
 
 class BackboneParams(_Section):
@@ -110,6 +161,8 @@ class FinetuneParams(_Section):
     online_augment: bool = True
     batchnorm: Literal["frozen", "train"] = "frozen"
     mixup: float = Field(0.0, ge=0.0)
+    adapt: Literal["none", "dann"] = "none"
+    dann_weight: float = Field(0.1, ge=0.0)
 
     @field_validator("unfreeze_blocks")
     @classmethod
@@ -124,6 +177,7 @@ class EvaluateParams(_Section):
     bootstrap: int = Field(1000, ge=0)
     ci_level: float = Field(0.95, gt=0.0, lt=1.0)
     tta: Literal["none", "hflip"] = "hflip"
+    zero_shot_model: str = ""   # local CLIP model directory for the zero-shot baseline ("" = off)
 
 
 class MlflowParams(_Section):
@@ -143,6 +197,7 @@ class MlflowParams(_Section):
 class Params(_Section):
     seed: int = 42
     data: DataParams = DataParams()
+    synthetic: SyntheticParams = SyntheticParams()
     augment: AugmentParams = AugmentParams()
     backbone: BackboneParams = BackboneParams()
     featurize: FeaturizeParams = FeaturizeParams()
@@ -232,6 +287,32 @@ class Paths:
     @property
     def ingest_report(self) -> Path:
         return self.reports_dir / "ingest.json"
+
+    # synthesize
+    @property
+    def synthetic_dir(self) -> Path:
+        return self.root / "data" / "synthetic"
+
+    @property
+    def synthetic_manifest(self) -> Path:
+        return self.synthetic_dir / "manifest.parquet"
+
+    @property
+    def ddpm_dir(self) -> Path:
+        return self.models_dir / "ddpm"
+
+    @property
+    def ddpm_cache(self) -> Path:
+        """Trained generators by data version and params, reused when only sampling params change."""
+        return self.root / ".cache" / "ddpm"
+
+    @property
+    def synthesize_report(self) -> Path:
+        return self.reports_dir / "synthesize.json"
+
+    @property
+    def synthetic_preview(self) -> Path:
+        return self.reports_dir / "synthetic_preview.png"
 
     # augment
     @property

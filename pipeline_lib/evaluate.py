@@ -100,6 +100,33 @@ def choose_candidate(val_scores: dict[str, tuple[float, float]], monitor: str = 
     return max(val_scores, key=lambda name: (val_scores[name][0], -val_scores[name][1]))
 
 
+def baselines(params: Params, paths: Paths, classes: list[str], y_test: np.ndarray) -> dict:
+    """Test accuracy without real labels: synthetic-only nearest class mean; CLIP zero-shot if given."""
+    from .featurize import SYNTHETIC
+    from .generators import class_prompt
+    from .zero_shot import clip_zero_shot, nearest_class_mean
+
+    out = {}
+    if paths.features(SYNTHETIC).exists():
+        X_syn, y_syn, _ = load_features(paths, SYNTHETIC)
+        if len(X_syn):
+            X_test = load_features(paths, "test")[0]
+            pred = nearest_class_mean(X_syn, y_syn, X_test, len(classes))
+            out["synthetic_only"] = {"test_accuracy": float((pred == y_test).mean()), "n_reference": int(len(X_syn)),
+                                     "classes_without_images": [c for i, c in enumerate(classes)
+                                                                if not (y_syn == i).any()]}
+    if params.evaluate.zero_shot_model:
+        from .augment import read_rgb
+
+        manifest = load_manifest(paths)[0].set_index("image_id")
+        ids = load_features(paths, "test")[2]
+        images = [read_rgb(paths.resolve(manifest.loc[i, "path"])) for i in ids]
+        prompts = [class_prompt(params.synthetic.stable_diffusion, c) for c in classes]
+        proba = clip_zero_shot(paths.resolve(params.evaluate.zero_shot_model), prompts, images)
+        out["clip_zero_shot"] = {"test_accuracy": float((proba.argmax(1) == y_test).mean()), "prompts": prompts}
+    return out
+
+
 def run(params: Params, paths: Paths) -> dict:
     _, classes = load_manifest(paths)
     _, y_val, _ = load_features(paths, "val")
@@ -128,6 +155,7 @@ def run(params: Params, paths: Paths) -> dict:
         metrics["ci"] = {"level": params.evaluate.ci_level, "resamples": params.evaluate.bootstrap,
                          **bootstrap_ci(y, pred, len(classes), params.evaluate.bootstrap,
                                         params.evaluate.ci_level, params.seed)}
+    metrics["baselines"] = baselines(params, paths, classes, y)
     metrics["calibration"] = calibrate(probas[candidate]["val"], y_val, proba, y, paths.reliability_png)
 
     atomic.write_json(paths.metrics, metrics)

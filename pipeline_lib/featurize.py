@@ -25,6 +25,7 @@ from .config import Params, Paths
 from .feature_cache import FeatureCache
 from .augment import load_augmented
 from .ingest import SPLITS, load_manifest
+from .synthesize import SPLIT as SYNTHETIC, load_synthetic
 
 AUGMENTED = "train_augmented"  # features of the offline augmented copies of the train images
 
@@ -92,7 +93,8 @@ def run(params: Params, paths: Paths) -> dict:
     configure_threads(p.num_threads)
     manifest, classes = load_manifest(paths)
     augmented = load_augmented(paths).assign(split=AUGMENTED)
-    manifest = pd.concat([manifest[manifest["split"].isin(SPLITS)], augmented], ignore_index=True)
+    synthetic = load_synthetic(paths)[augmented.columns].assign(split=SYNTHETIC)
+    manifest = pd.concat([manifest[manifest["split"].isin(SPLITS)], augmented, synthetic], ignore_index=True)
     device = pick_device(p.device)
     backbone = backbone_for(params, paths.root).to(device)
     cache = FeatureCache(paths.cache_dir(params), backbone.key)
@@ -115,7 +117,7 @@ def run(params: Params, paths: Paths) -> dict:
             vectors[iid] = vec
     compute_s = time.perf_counter() - started
 
-    for split in (*SPLITS, AUGMENTED):
+    for split in (*SPLITS, AUGMENTED, SYNTHETIC):
         part = manifest[manifest["split"] == split]
         X = np.stack([vectors[i] for i in part["image_id"]]) if len(part) else \
             np.zeros((0, backbone.feature_dim), np.float32)

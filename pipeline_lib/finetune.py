@@ -23,6 +23,7 @@ import math
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -33,9 +34,12 @@ from .augment import make_policy, read_rgb
 from .backbones import Preprocess, backbone_for, pick_device
 from .config import Params, Paths
 from .errors import PipelineError
+from .domain_adaptation import DomainClassifier, dann_lambda, load_target_images
+from . import domain_adaptation
 from .featurize import configure_threads
 from .heads import Head, load_head
 from .ingest import load_manifest
+from .synthesize import load_synthetic
 from .stats import nll
 
 
@@ -57,8 +61,11 @@ class FinetuneModel(nn.Module):
                 module.train(mode and self.bn_train and trainable)
         return self
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.preprocess(images))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(self.preprocess(images)))
+        return self.head(self.features(images))
 
 
 def feature_blocks(model: nn.Module) -> list[nn.Module]:
@@ -95,10 +102,19 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
 class Images:
     """The split's images in memory (uint8 HWC) with labels; batches resized to the model input."""
 
-    def __init__(self, frame, paths: Paths, preprocess: Preprocess):
+    def __init__(self, frame, paths: Paths, preprocess: Preprocess, weights=None):
         self.pixels = [read_rgb(paths.resolve(p)) for p in frame["path"]]
-        self.labels = torch.tensor(frame["label_idx"].to_numpy().copy(), dtype=torch.long)
+        self.labels = torch.tensor(frame["label_idx"].to_numpy().astype(np.int64), dtype=torch.long)
+        self.weights = torch.ones(len(self.pixels)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
         self.preprocess = preprocess
+
+    @classmethod
+    def unlabeled(cls, pixels: list[np.ndarray], preprocess: Preprocess) -> "Images":
+        out = cls.__new__(cls)
+        out.pixels, out.preprocess = list(pixels), preprocess
+        out.labels = torch.full((len(out.pixels),), -1, dtype=torch.long)
+        out.weights = torch.ones(len(out.pixels))
+        return out
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -136,6 +152,12 @@ def _evaluate(model: FinetuneModel, data: Images, batch_size: int, device) -> tu
     return nll(proba, y), float((proba.argmax(1) == y).mean()) if len(y) else 0.0
 
 
+def _weighted_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy averaged with per-example weights (synthetic images may count less)."""
+    per = F.cross_entropy(logits, y, label_smoothing=smoothing, reduction="none")
+    return (per * w).sum() / w.sum().clamp_min(1e-12)
+
+
 def _better(monitor: str, new: tuple[float, float], best: tuple[float, float]) -> bool:
     """Is (val accuracy, val loss) ``new`` an improvement on ``best`` for the monitored quantity?"""
     (acc, loss), (best_acc, best_loss) = new, best
@@ -147,8 +169,9 @@ def _better(monitor: str, new: tuple[float, float], best: tuple[float, float]) -
 def config_hash(params: Params, paths: Paths) -> str:
     """What a checkpoint must match to be resumed: the params and the inputs (data, head)."""
     h = hashlib.sha256(json.dumps({k: v for k, v in params.model_dump().items()
-                                   if k in ("seed", "backbone", "finetune", "augment")}, sort_keys=True).encode())
-    for f in (paths.manifest, paths.head):
+                                   if k in ("seed", "backbone", "finetune", "augment", "synthetic")}, sort_keys=True).encode())
+    h.update(json.dumps(domain_adaptation.target_files(params, paths)).encode())
+    for f in (paths.manifest, paths.head, paths.synthetic_manifest):
         h.update(f.read_bytes() if f.exists() else b"")
     return h.hexdigest()[:16]
 
@@ -178,15 +201,26 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
     model, meta = build_model(params, paths)
     trainable_backbone = unfreeze(model.backbone, p.unfreeze_blocks)
     model.to(device)
-    train = Images(manifest[manifest["split"] == "train"], paths, model.preprocess)
+    real_train, synthetic = manifest[manifest["split"] == "train"], load_synthetic(paths)
+    train = Images(pd.concat([real_train, synthetic[real_train.columns]], ignore_index=True), paths, model.preprocess,
+                   np.r_[np.ones(len(real_train)), np.full(len(synthetic), params.synthetic.loss_weight)])
     val = Images(manifest[manifest["split"] == "val"], paths, model.preprocess)
     if len(val) == 0:
         raise PipelineError("finetune needs a validation split (early stopping and model choice): "
                             "set data.val_fraction > 0")
 
+    target, domain, target_skipped = None, None, []
+    if p.adapt == "dann":
+        if not trainable_backbone:
+            raise PipelineError("finetune.adapt: dann aligns the backbone's features, so it needs trainable blocks: "
+                                "set finetune.unfreeze_blocks > 0 (or all)")
+        pixels, target_skipped = load_target_images(params, paths, train.pixels[:len(real_train)])
+        target = Images.unlabeled(pixels, model.preprocess)
+        domain = DomainClassifier(model.head.config["in_dim"]).to(device)
     groups = [{"params": list(model.head.parameters()), "lr": p.lr},
               {"params": [q for q in model.backbone.parameters() if q.requires_grad],
-               "lr": p.lr * p.backbone_lr_mult}]
+               "lr": p.lr * p.backbone_lr_mult},
+              {"params": list(domain.parameters()) if domain is not None else [], "lr": p.lr}]
     groups = [g for g in groups if g["params"]]
     optimizer = torch.optim.AdamW(groups, weight_decay=p.weight_decay)
     steps_per_epoch = math.ceil(len(train) / p.batch_size)
@@ -199,6 +233,8 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
     if ckpt.exists():
         saved = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
+        if domain is not None:
+            domain.load_state_dict(saved["domain"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
@@ -210,7 +246,8 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
                      best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
 
     started = time.perf_counter()
-    sizes = {img.shape[:2] for img in train.pixels}
+    sizes = {img.shape[:2] for img in train.pixels + (target.pixels if target is not None else [])}
+    total_steps = p.epochs * steps_per_epoch
     for epoch in range(state["epoch"] + 1, p.epochs + 1):
         if state["stale"] >= p.patience:
             break
@@ -219,20 +256,33 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
                     if p.online_augment else None)
         order = torch.randperm(len(train)).tolist()
         model.train()
-        total, correct, n = 0.0, 0, 0
+        if domain is not None:
+            domain.train()
+        total, correct, n, domain_correct, domain_n = 0.0, 0, 0, 0, 0
         with tqdm(total=len(train), desc=f"finetune epoch {epoch}/{p.epochs}", unit="img", leave=False) as bar:
-            for i in range(0, len(order), p.batch_size):
+            for step, i in enumerate(range(0, len(order), p.batch_size)):
                 idx = order[i:i + p.batch_size]
-                x, y = train.batch(idx, policies).to(device), train.labels[idx].to(device)
+                x, y, w = train.batch(idx, policies).to(device), train.labels[idx].to(device), train.weights[idx].to(device)
                 if p.mixup > 0:
                     lam = float(np.random.default_rng([params.seed, epoch, i]).beta(p.mixup, p.mixup))
                     perm = torch.randperm(len(idx), device=device)
-                    logits = model(lam * x + (1 - lam) * x[perm])
-                    loss = (lam * F.cross_entropy(logits, y, label_smoothing=p.label_smoothing)
-                            + (1 - lam) * F.cross_entropy(logits, y[perm], label_smoothing=p.label_smoothing))
+                    x = lam * x + (1 - lam) * x[perm]
+                feats = model.features(x)
+                logits = model.head(feats)
+                if p.mixup > 0:
+                    loss = (lam * _weighted_ce(logits, y, w, p.label_smoothing)
+                            + (1 - lam) * _weighted_ce(logits, y[perm], w[perm], p.label_smoothing))
                 else:
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=p.label_smoothing)
+                    loss = _weighted_ce(logits, y, w, p.label_smoothing)
+                if domain is not None:
+                    progress = ((epoch - 1) * steps_per_epoch + step) / max(1, total_steps)
+                    tidx = torch.randint(0, len(target), (len(idx),)).tolist()
+                    both = torch.cat([feats, model.features(target.batch(tidx, policies).to(device))])
+                    is_target = torch.cat([torch.zeros(len(idx)), torch.ones(len(tidx))]).to(device)
+                    d_logits = domain(both, dann_lambda(progress, p.dann_weight))
+                    loss = loss + F.binary_cross_entropy_with_logits(d_logits, is_target)
+                    domain_correct += int(((d_logits > 0).float() == is_target).sum())
+                    domain_n += len(is_target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if p.grad_clip:
@@ -246,7 +296,8 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
         val_loss, val_acc = _evaluate(model, val, p.batch_size, device)
         state["history"].append({"epoch": epoch, "train_loss": total / n, "train_accuracy": correct / n,
                                  "val_loss": val_loss, "val_accuracy": val_acc,
-                                 "lr_head": optimizer.param_groups[0]["lr"]})
+                                 "lr_head": optimizer.param_groups[0]["lr"],
+                                 **({"domain_accuracy": domain_correct / domain_n} if domain_n else {})})
         if _better(p.monitor, (val_acc, val_loss), (state["best_val_accuracy"], state["best_val_loss"])):
             state.update(best_val_loss=val_loss, best_val_accuracy=val_acc, best_epoch=epoch, stale=0,
                          best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
@@ -255,7 +306,8 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
         state["epoch"] = epoch
         with atomic.atomic_path(ckpt) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "state": state}, tmp)
+                        "scheduler": scheduler.state_dict(), "state": state,
+                        "domain": domain.state_dict() if domain is not None else {}}, tmp)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             return {"interrupted_after_epoch": epoch}
     seconds = time.perf_counter() - started
@@ -270,14 +322,17 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
         "val_accuracy_before": state["val_accuracy_before"], "val_loss_before": state["val_loss_before"],
         "kept_linear_probe": state["best_epoch"] == 0, "resumed_from_epoch": resumed_from,
         "trainable_backbone_params": trainable_backbone, "train_seconds": round(seconds, 2),
-        "n_train": len(train), "n_val": len(val), "device": str(device),
+        "n_train": len(train), "n_train_synthetic": len(synthetic), "n_val": len(val), "device": str(device),
+        "adapt": p.adapt,
     }
+    if domain is not None:
+        last = state["history"][-1] if state["history"] else {}
+        report.update(target_images=len(target), target_skipped=target_skipped,
+                      domain_accuracy_last_epoch=last.get("domain_accuracy"))
     atomic.write_json(paths.finetune_meta, {**meta, "classes": classes, "finetune": p.model_dump(),
                                             "head": model.head.config})
     atomic.write_json(paths.finetune_report, report)
     with atomic.atomic_path(paths.finetune_history) as tmp:
-        import pandas as pd
-
         pd.DataFrame(state["history"]).to_csv(tmp, index=False)
     ckpt.unlink(missing_ok=True)
     return report

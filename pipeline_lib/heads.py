@@ -58,8 +58,10 @@ def class_weights(y: np.ndarray, n_classes: int, mode: str) -> torch.Tensor:
 
 
 def train_head(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None,
-               n_classes: int, p: TrainHeadParams, seed: int) -> TrainResult:
-    """Full-batch AdamW on the features; keeps the epoch with the lowest val loss."""
+               n_classes: int, p: TrainHeadParams, seed: int, sample_weight: np.ndarray | None = None) -> TrainResult:
+    """Full-batch AdamW on the features; keeps the epoch with the lowest val loss.
+
+    ``sample_weight`` scales each training example's loss (synthetic images are down-weighted)."""
     if len(X_train) == 0:
         raise PipelineError("train_head: the training split is empty (check data.* params and the ingest report)")
     torch.manual_seed(seed)
@@ -74,6 +76,8 @@ def train_head(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray | Non
         head.mean.copy_(Xt.mean(0))
         head.scale.copy_(Xt.std(0, unbiased=False).clamp_min(1e-6))
     weights = class_weights(y_train, n_classes, p.class_weighting)
+    sw = torch.ones(len(yt)) if sample_weight is None else torch.as_tensor(sample_weight, dtype=torch.float32)
+    norm = (weights[yt] * sw).sum().clamp_min(1e-12)
     opt = torch.optim.AdamW(head.parameters(), lr=p.lr, weight_decay=p.weight_decay)
 
     best_state, best_loss, best_epoch, stale = None, float("inf"), 0, 0
@@ -83,7 +87,7 @@ def train_head(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray | Non
         head.train()
         opt.zero_grad(set_to_none=True)
         logits = head(Xt)
-        loss = F.cross_entropy(logits, yt, weight=weights)
+        loss = (F.cross_entropy(logits, yt, weight=weights, reduction="none") * sw).sum() / norm
         loss.backward()
         opt.step()
         row = {"epoch": epoch, "train_loss": loss.item(),

@@ -22,6 +22,8 @@ def summary(paths: Paths) -> str:
             f"{n} {v['val_accuracy']:.1%}" for n, v in models.items()) + "); on test: " + ", ".join(
             f"{n} {v['test_accuracy']:.1%}" for n, v in models.items())
             + (f" (McNemar p={m['comparison']['mcnemar_p']:.3f})" if "comparison" in m else ""))
+    for name, row in (m.get("baselines") or {}).items():
+        lines.append(f"Baseline without real labels, {name.replace('_', ' ')}: {row['test_accuracy']:.1%}")
     worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["recall"])[:3]
     lines.append("Hardest classes (recall): " + ", ".join(f"{c} {v['recall']:.0%}" for c, v in worst))
     for pair in m.get("top_confusions", [])[:3]:

@@ -49,7 +49,8 @@ def stage_metrics(paths: Paths) -> dict[str, float]:
     for key in ("n_rejected", "n_duplicates", "n_leakage"):
         if key in ingest:
             out[f"ingest.{key}"] = ingest[key]
-    for stage, path in (("featurize", paths.featurize_report), ("train_head", paths.train_head_report),
+    for stage, path in (("synthesize", paths.synthesize_report),
+                        ("featurize", paths.featurize_report), ("train_head", paths.train_head_report),
                         ("augment", paths.augment_report), ("finetune", paths.finetune_report)):
         for key, value in _read_json(path).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -61,6 +62,8 @@ def stage_metrics(paths: Paths) -> dict[str, float]:
     for name, scores in (metrics.get("models") or {}).items():
         for key, value in scores.items():
             out[f"{name}.{key}"] = value
+    for name, row in (metrics.get("baselines") or {}).items():
+        out[f"baseline.{name}.test_accuracy"] = row["test_accuracy"]
     if "comparison" in metrics:
         out["comparison.mcnemar_p"] = metrics["comparison"]["mcnemar_p"]
     for key, (lo, hi) in ((k, v) for k, v in (metrics.get("ci") or {}).items() if isinstance(v, list)):
@@ -111,9 +114,15 @@ def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) 
         _log_histories(run.info.run_id, {"train_head": paths.train_head_history,
                                          "finetune": paths.finetune_history})
         for artifact in (paths.metrics, paths.confusion_png, paths.reliability_png, paths.per_class_csv,
-                         paths.augment_preview, paths.finetune_report, paths.ingest_report, paths.featurize_report, paths.train_head_report, paths.predictions):
+                         paths.augment_preview, paths.finetune_report, paths.ingest_report, paths.featurize_report,
+                         paths.train_head_report, paths.predictions, paths.synthesize_report, paths.synthetic_preview):
             if artifact.exists():
                 mlflow.log_artifact(str(artifact), artifact_path="reports")
+        synthesis = _read_json(paths.synthesize_report)
+        if synthesis.get("generated"):  # provenance of every generated image: generator, prompt, seed, model hash
+            mlflow.log_artifact(str(paths.synthetic_manifest), artifact_path="synthetic")
+            mlflow.set_tags({"synthetic.generator": synthesis["generator"],
+                             "synthetic.model_hash": synthesis["model_hash"]})
         if params.mlflow.log_model:
             metrics = _read_json(paths.metrics)
             model = build_classifier(params, paths, metrics.get("candidate", "head"))

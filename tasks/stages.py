@@ -31,6 +31,7 @@ def _stage_task(stage: str):
 
 
 ingest_task = _stage_task("ingest")
+synthesize_task = _stage_task("synthesize")
 augment_task = _stage_task("augment")
 featurize_task = _stage_task("featurize")
 train_head_task = _stage_task("train_head")

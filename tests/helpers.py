@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from PIL import Image
 
@@ -55,3 +56,73 @@ def set_params(root: Path, **sections) -> None:
     for section, values in sections.items():
         params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _write_clip_tokenizer_files(folder: Path) -> tuple[Path, Path]:
+    """A character-level CLIP BPE vocabulary (no merges), written for CLIPTokenizer."""
+    import json
+    import string
+
+    chars = list(string.ascii_lowercase + string.digits + ".,!?'-")
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return folder / "vocab.json", folder / "merges.txt"
+
+
+def tiny_clip_text(folder: Path):
+    """(tokenizer, text model): a randomly initialised CLIP text encoder from a tiny config."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab, merges = _write_clip_tokenizer_files(folder)
+    tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                            num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                            pad_token_id=1, projection_dim=32)
+    return tokenizer, CLIPTextModel(config).eval()
+
+
+def build_tiny_stable_diffusion(target: Path) -> Path:
+    """A complete, randomly initialised Stable Diffusion pipeline (UNet, VAE, CLIP text encoder,
+    tokenizer, scheduler) built from tiny configs and saved with save_pretrained: the real diffusers
+    loading and generation code runs against it, offline, in seconds."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer, text_encoder = tiny_clip_text(target.parent / f"{target.name}-tokenizer-src")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), cross_attention_dim=32, attention_head_dim=8,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        sample_size=32)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(target)
+    return target
+
+
+def build_tiny_clip(target: Path) -> Path:
+    """A randomly initialised CLIPModel + CLIPProcessor from tiny configs, saved for zero-shot tests."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
+
+    tokenizer, text = tiny_clip_text(target.parent / f"{target.name}-tokenizer-src")
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                              image_size=32, patch_size=8, projection_dim=32)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig.from_text_vision_configs(text.config, vision, projection_dim=32)
+                      if hasattr(CLIPConfig, "from_text_vision_configs")
+                      else CLIPConfig(text_config=text.config.to_dict(), vision_config=vision.to_dict(),
+                                      projection_dim=32))
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    return target

@@ -13,7 +13,7 @@ from tests.conftest import run_cmd
 from tests.helpers import copy_project, set_params
 
 pytestmark = pytest.mark.e2e
-STAGES = ("ingest", "augment", "featurize", "train_head", "finetune", "evaluate")
+STAGES = ("ingest", "synthesize", "augment", "featurize", "train_head", "finetune", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +21,9 @@ def project(tmp_path_factory, prefect_api):
     root = copy_project(tmp_path_factory.mktemp("e2e") / "project")
     set_params(root, data={"shots_per_class": 5, "sample_test_per_class": 10, "val_fraction": 0.1},
                 augment={"copies": 0}, backbone={"resolution": 32},
+                synthetic={"generator": "ddpm", "per_class": 2,
+                           "ddpm": {"resolution": 16, "channels": [8, 16], "train_steps": 4, "batch_size": 8,
+                                    "sample_steps": 2}},
                 finetune={"epochs": 2, "batch_size": 16, "unfreeze_blocks": 1})
     env = {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": ""}
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -84,8 +87,11 @@ def test_more_shots_reuse_the_cache(project):
     out = _repro(project)
     assert _ran(out.stdout) == list(STAGES)
     report = json.loads((root / "reports/featurize.json").read_text())
-    assert report["computed"] == 10 and report["cache_hits"] == report["images"] - 10
-    assert len(set(_cache_files(root)) - cached) == 10
+    # 10 new real training images; the DDPM retrained on the new data draws new synthetic images
+    synthetic = {f"{i}.npy" for i in pd.read_parquet(root / "data/synthetic/manifest.parquet")["image_id"]}
+    new = 10 + len(synthetic - cached)
+    assert report["computed"] == new and report["cache_hits"] == report["images"] - new
+    assert len(set(_cache_files(root)) - cached) == new
 
 
 def test_mlflow_has_one_run_per_execution_with_a_working_model(project):
@@ -110,6 +116,8 @@ def test_mlflow_has_one_run_per_execution_with_a_working_model(project):
     prepared = next(o for o in lock["stages"]["ingest"]["outs"] if o["path"] == "data/prepared")
     assert run.data.tags["dvc.ingest.data/prepared"] == prepared["md5"]
     assert len(run.data.tags["git_commit"]) == 40
+    assert run.data.tags["synthetic.generator"] == "ddpm" and len(run.data.tags["synthetic.model_hash"]) == 16
+    assert {"synthetic/manifest.parquet"} == {a.path for a in client.list_artifacts(run.info.run_id, "synthetic")}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
     assert {"reports/confusion_matrix.png", "reports/metrics.json"} <= artifacts
 
@@ -123,6 +131,20 @@ def test_mlflow_has_one_run_per_execution_with_a_working_model(project):
     classes = json.loads((root / "data/prepared/classes.json").read_text())
     assert [classes[i] for i in proba.argmax(1)] == preds["predicted"].tolist()
     np.testing.assert_allclose(proba.max(1), preds["confidence"], atol=1e-4)
+
+
+def test_synthetic_param_change_reruns_synthesize_and_downstream_only_and_reuses_the_ddpm(project):
+    root, _ = project
+    set_params(root, synthetic={"per_class": 3})
+    out = _repro(project)
+    assert _ran(out.stdout) == ["synthesize", "featurize", "train_head", "finetune", "evaluate"]
+    report = json.loads((root / "reports/synthesize.json").read_text())
+    assert report["generated"] == 30 and report["ddpm_reused"]
+    manifest = pd.read_parquet(root / "data/prepared/manifest.parquet")
+    synthetic = set(pd.read_parquet(root / "data/synthetic/manifest.parquet")["image_id"])
+    assert not synthetic & set(manifest["image_id"])  # never in train/val/test of the real manifest
+    for split in ("val", "test"):
+        assert not synthetic & set(np.load(root / f"data/features/{split}.npz")["image_id"])
 
 
 def test_pipeline_flow_runs_the_stale_part_and_records_it_for_dvc(project):

@@ -1,0 +1,20 @@
+"""Flow synthesize: the DVC stage of the same name runs `python -m flows.synthesize`."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from pipeline_lib.config import Paths
+from tasks.stages import synthesize_task, load_params_task
+
+
+@flow(name="synthesize")
+def synthesize(root: str | None = None) -> dict:
+    paths = Paths.for_root(root)
+    return synthesize_task(load_params_task(paths), paths)
+
+
+if __name__ == "__main__":
+    from flows._cli import run
+
+    run(synthesize)

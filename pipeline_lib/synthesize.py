@@ -1,0 +1,240 @@
+"""Stage synthesize: generated training images for scarce classes (diffusers), filtered and capped.
+
+Runs after ingest (it learns from, and is filtered against, the real *training* images only) and
+before augment. Writes ``data/synthetic/{images/, manifest.parquet}``; every row carries its
+provenance (generator, prompt, seed, model hash) and whether it is used (``kept``) and why not.
+Synthetic images only ever join the training set: val and test stay real (featurize and finetune
+read them under the split name ``synthetic``).
+
+Filtering (optional): a probe (the train_head recipe on the frozen backbone's features of the real
+training images) scores each synthetic image; those below ``min_confidence`` for their intended
+class are dropped; near-duplicates (cosine similarity of features above ``dedup_similarity``)
+too. Then at most ``ratio`` x (real training images of the class) are kept, the most confident
+first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+
+from . import atomic
+from .augment import read_rgb
+from .backbones import backbone_for, pick_device
+from .config import Params, Paths
+from .errors import PipelineError
+from .feature_cache import FeatureCache
+from .generators import Generated, dir_hash, sample_ddpm, sample_stable_diffusion, train_ddpm
+from .heads import predict_proba, train_head
+from .images import image_id
+from .ingest import MANIFEST_COLUMNS, load_manifest
+
+SPLIT = "synthetic"
+PROVENANCE_COLUMNS = ["generator", "prompt", "seed", "model_hash", "confidence", "kept", "dropped_because"]
+
+
+def run(params: Params, paths: Paths) -> dict:
+    from .featurize import configure_threads
+
+    s = params.synthetic
+    configure_threads(params.featurize.num_threads)
+    manifest, classes = load_manifest(paths)
+    train = manifest[manifest["split"] == "train"]
+    if s.generator == "none":
+        _write_empty(paths)
+        _no_ddpm(paths, "none")
+        report = {"generator": "none", "generated": 0, "kept": 0}
+        atomic.write_json(paths.synthesize_report, report)
+        return report
+
+    device = pick_device(params.featurize.device)
+    real = {c: [read_rgb(paths.resolve(p)) for p in train.loc[train["label_idx"] == c, "path"]]
+            for c in range(len(classes))}
+    size = _common_size(train)
+    started = time.perf_counter()
+    info: dict = {}
+    if s.generator == "ddpm":
+        model_dir, info = _ddpm_model(params, paths, train, real, len(classes), device)
+        generated = sample_ddpm(model_dir, len(classes), s.per_class, s.ddpm, params.seed, size, device)
+        model_hash = dir_hash(model_dir)
+    else:
+        _no_ddpm(paths, s.generator)
+        generated, model_hash = sample_stable_diffusion(s.stable_diffusion, classes, s.per_class, params.seed,
+                                                        device, real)
+    generate_s = time.perf_counter() - started
+
+    with atomic.replace_dir(paths.synthetic_dir) as staging:
+        (staging / "images").mkdir()
+        rows = []
+        for g in generated:
+            iid = image_id(g.pixels)
+            atomic.write_png(staging / "images" / f"{iid}.png", g.pixels)
+            rows.append({"image_id": iid, "path": f"data/synthetic/images/{iid}.png",
+                         "source": f"{s.generator}:{classes[g.label_idx]}#{g.seed}", "label": classes[g.label_idx],
+                         "label_idx": g.label_idx, "split": SPLIT, "height": g.pixels.shape[0],
+                         "width": g.pixels.shape[1], "orig_mode": "RGB", "note": "",
+                         "generator": s.generator, "prompt": g.prompt, "seed": g.seed, "model_hash": model_hash})
+        frame = pd.DataFrame(rows).drop_duplicates("image_id").reset_index(drop=True)
+        frame = select(frame, params, paths, staging, train, len(classes))
+        atomic.write_parquet(staging / "manifest.parquet", frame[MANIFEST_COLUMNS + PROVENANCE_COLUMNS])
+    preview(frame, real, classes, params, paths)
+
+    per_class = {label: {"generated": int((frame["label"] == label).sum()),
+                         "kept": int(((frame["label"] == label) & frame["kept"]).sum()),
+                         "real": int((train["label"] == label).sum())} for label in classes}
+    report = {"generator": s.generator, "model_hash": model_hash, "generated": int(len(frame)),
+              "kept": int(frame["kept"].sum()), "dropped": frame.loc[~frame["kept"], "dropped_because"]
+              .value_counts().to_dict(), "per_class": per_class, "generate_seconds": round(generate_s, 1),
+              "device": str(device), **{f"ddpm_{k}": v for k, v in info.items()}}
+    atomic.write_json(paths.synthesize_report, report)
+    return report
+
+
+def _common_size(train: pd.DataFrame) -> tuple[int, int]:
+    """Generated images get the real training images' most common size."""
+    if train.empty:
+        raise PipelineError("synthesize: the training split is empty (check data.* params)")
+    h, w = train.groupby(["height", "width"]).size().idxmax()
+    return int(h), int(w)
+
+
+def _ddpm_model(params: Params, paths: Paths, train: pd.DataFrame, real: dict, n_classes: int, device):
+    """Train the DDPM once per (real training images, ddpm params, seed) and reuse it afterwards."""
+    p = params.synthetic.ddpm
+    key = hashlib.sha256(json.dumps({"ids": sorted(train["image_id"]), "labels": sorted(
+        zip(train["image_id"], train["label_idx"].astype(int).tolist())), "ddpm": p.model_dump(),
+        "seed": params.seed}, sort_keys=True).encode()).hexdigest()[:16]
+    cached = paths.ddpm_cache / key
+    reused = (cached / "training.json").exists()
+    if not reused:
+        images = [img for c in range(n_classes) for img in real[c]]
+        if len({img.shape for img in images}) > 1:  # mixed sizes: one size before stacking
+            images = [_fit(img, (p.resolution, p.resolution, 3)) for img in images]
+        labels = np.array([c for c in range(n_classes) for _ in real[c]])
+        with atomic.replace_dir(cached) as staging:
+            train_ddpm(np.stack(images), labels, n_classes, p, params.seed, staging, device)
+    info = json.loads((cached / "training.json").read_text())
+    with atomic.replace_dir(paths.ddpm_dir) as staging:  # the DVC output: a copy of the cached model
+        shutil.copytree(cached, staging, dirs_exist_ok=True)
+    return paths.ddpm_dir, {**info, "reused": reused}
+
+
+def select(frame: pd.DataFrame, params: Params, paths: Paths, staging, train: pd.DataFrame,
+           n_classes: int) -> pd.DataFrame:
+    """Confidence filter, near-duplicate filter and the per-class ratio cap; adds kept/why columns."""
+    s = params.synthetic
+    frame = frame.assign(confidence=np.nan, kept=True, dropped_because="")
+    if frame.empty:
+        return frame
+    if s.min_confidence > 0 or s.dedup_similarity < 1.0:
+        X_syn, probe_conf = _probe(frame, params, paths, staging, train, n_classes)
+        frame["confidence"] = probe_conf
+        low = frame["confidence"] < s.min_confidence
+        frame.loc[low, ["kept", "dropped_because"]] = [False, "low_confidence"]
+        if s.dedup_similarity < 1.0:
+            drop_near_duplicates(frame, X_syn, s.dedup_similarity)
+    real_counts = train["label_idx"].value_counts()
+    for c in range(n_classes):
+        cap = int(np.floor(s.ratio * real_counts.get(c, 0)))
+        idx = frame.index[(frame["label_idx"] == c) & frame["kept"]]
+        order = frame.loc[idx].sort_values("confidence", ascending=False, kind="stable").index \
+            if frame["confidence"].notna().any() else idx
+        frame.loc[order[cap:], ["kept", "dropped_because"]] = [False, "ratio_cap"]
+    return frame
+
+
+def drop_near_duplicates(frame: pd.DataFrame, X: np.ndarray, threshold: float) -> None:
+    """Greedily, per class, drop a kept image whose features' cosine similarity to an image kept
+    before it exceeds ``threshold`` (frame has a RangeIndex aligned with the rows of X)."""
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True).clip(1e-12)
+    for c in frame["label_idx"].unique():
+        chosen: list[int] = []
+        for i in frame.index[(frame["label_idx"] == c) & frame["kept"]]:
+            if chosen and float((unit[chosen] @ unit[i]).max()) > threshold:
+                frame.loc[i, ["kept", "dropped_because"]] = [False, "near_duplicate"]
+            else:
+                chosen.append(i)
+
+
+def _probe(frame: pd.DataFrame, params: Params, paths: Paths, staging, train: pd.DataFrame, n_classes: int):
+    """Features (shared content-addressed cache) and a real-data head's confidence in the intended class."""
+    from .featurize import embed_paths
+
+    device = pick_device(params.featurize.device)
+    backbone = backbone_for(params, paths.root).to(device)
+    cache = FeatureCache(paths.cache_dir(params), backbone.key)
+
+    def features(ids, files) -> np.ndarray:
+        todo = [(i, f) for i, f in zip(ids, files) if cache.get(i) is None]
+        if todo:
+            for (i, _), vec in zip(todo, embed_paths(backbone, [f for _, f in todo], params.featurize.batch_size,
+                                                     device, desc="synthesize: probe features")):
+                cache.put(i, vec)
+        return np.stack([cache.get(i) for i in ids])
+
+    manifest, _ = load_manifest(paths)
+    val = manifest[manifest["split"] == "val"]
+    X_train = features(train["image_id"].tolist(), [paths.resolve(p) for p in train["path"]])
+    X_val = features(val["image_id"].tolist(), [paths.resolve(p) for p in val["path"]]) if len(val) else None
+    X_syn = features(frame["image_id"].tolist(), [staging / "images" / f"{i}.png" for i in frame["image_id"]])
+    probe = train_head(X_train, train["label_idx"].to_numpy(), X_val,
+                       val["label_idx"].to_numpy() if len(val) else None, n_classes, params.train_head,
+                       params.seed).head
+    proba = predict_proba(probe, X_syn)
+    return X_syn, proba[np.arange(len(frame)), frame["label_idx"].to_numpy()]
+
+
+def _no_ddpm(paths: Paths, generator: str) -> None:
+    """models/ddpm is a DVC output: without a DDPM it holds only a note saying so."""
+    with atomic.replace_dir(paths.ddpm_dir) as staging:
+        atomic.write_json(staging / "unused.json", {"generator": generator})
+
+
+def _write_empty(paths: Paths) -> None:
+    with atomic.replace_dir(paths.synthetic_dir) as staging:
+        (staging / "images").mkdir()
+        atomic.write_parquet(staging / "manifest.parquet",
+                             pd.DataFrame(columns=MANIFEST_COLUMNS + PROVENANCE_COLUMNS))
+
+
+def load_synthetic(paths: Paths, kept_only: bool = True) -> pd.DataFrame:
+    """The synthetic images' manifest (only those used for training, by default)."""
+    if not paths.synthetic_manifest.exists():
+        return pd.DataFrame(columns=MANIFEST_COLUMNS + PROVENANCE_COLUMNS)
+    frame = pd.read_parquet(paths.synthetic_manifest)
+    return frame[frame["kept"].astype(bool)].reset_index(drop=True) if kept_only else frame
+
+
+def preview(frame: pd.DataFrame, real: dict, classes: list[str], params: Params, paths: Paths) -> None:
+    """One row per class: real training images, then synthetic ones (kept first)."""
+    from .plots import plot_image_grid
+
+    k = params.synthetic.preview_per_class
+    blank = None
+    rows = []
+    for c, label in enumerate(classes):
+        reals = real[c][:k]
+        syn_rows = frame[frame["label_idx"] == c].sort_values("kept", ascending=False, kind="stable").head(k)
+        syns = [read_rgb(paths.synthetic_dir / "images" / f"{i}.png") for i in syn_rows["image_id"]]
+        sample = (reals + syns)[0] if reals + syns else np.zeros((8, 8, 3), np.uint8)
+        blank = np.full_like(sample, 255)
+        pad = lambda imgs: imgs + [blank] * (k - len(imgs))  # noqa: E731
+        rows.append((label, pad(reals) + pad([_fit(img, sample.shape) for img in syns])))
+    plot_image_grid(rows, [f"real {i + 1}" for i in range(k)] + [f"synthetic {i + 1}" for i in range(k)],
+                    paths.synthetic_preview)
+
+
+def _fit(img: np.ndarray, shape) -> np.ndarray:
+    if img.shape == shape:
+        return img
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+__all__ = ["run", "select", "load_synthetic", "SPLIT", "Generated"]

@@ -1,0 +1,66 @@
+"""Baselines that use no real labelled image: what zero real labels buys.
+
+- ``synthetic_only``: nearest class mean (cosine) of the synthetic images' backbone features, the
+  classifier a model trained purely on generated data amounts to.
+- ``clip``: image-text similarity with a CLIP-style model from a local directory
+  (``evaluate.zero_shot_model``; transformers' CLIPModel + CLIPProcessor layout), prompts from
+  ``synthetic.stable_diffusion.prompt`` / ``class_prompts``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import PipelineError
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
+def nearest_class_mean(X_ref: np.ndarray, y_ref: np.ndarray, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """Predicted class per row of X; classes without reference images are never predicted."""
+    means = np.full((n_classes, X_ref.shape[1]), np.nan, dtype=np.float64)
+    for c in range(n_classes):
+        if (y_ref == c).any():
+            means[c] = _unit(X_ref[y_ref == c]).mean(0)
+    sims = _unit(X) @ np.nan_to_num(_unit(np.nan_to_num(means)), nan=0.0).T
+    sims[:, np.isnan(means).any(1)] = -np.inf
+    return sims.argmax(1)
+
+
+def clip_zero_shot(model_dir: str | Path, prompts: list[str], images: list[np.ndarray],
+                   batch_size: int = 64) -> np.ndarray:
+    """Class probabilities (softmax over prompt similarities) for uint8 HWC images."""
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor
+
+    path = Path(model_dir)
+    if not (path / "config.json").exists():
+        raise PipelineError(f"evaluate.zero_shot_model: {path} is not a CLIP model directory (config.json missing); "
+                            "save one with CLIPModel.save_pretrained + CLIPProcessor.save_pretrained, or set it to ''")
+    from .generators import quiet_hf
+
+    quiet_hf()
+    model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
+    processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
+    with torch.no_grad():
+        text = model.get_text_features(**processor(text=prompts, padding=True, return_tensors="pt"))
+        text = torch.nn.functional.normalize(_as_tensor(text), dim=-1)
+        out = []
+        for i in range(0, len(images), batch_size):
+            pil = [Image.fromarray(img) for img in images[i:i + batch_size]]
+            img = model.get_image_features(**processor(images=pil, return_tensors="pt"))
+            img = torch.nn.functional.normalize(_as_tensor(img), dim=-1)
+            out.append(torch.softmax(model.logit_scale.exp() * img @ text.T, dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(prompts)), np.float32)
+
+
+def _as_tensor(x) -> torch.Tensor:
+    """transformers 5 may return a model output instead of a tensor from get_*_features."""
+    if isinstance(x, torch.Tensor):
+        return x
+    return getattr(x, "pooler_output", None) if getattr(x, "pooler_output", None) is not None else x[0]
