@@ -41,3 +41,17 @@ def benchmark_params(base: dict, seed: int, shots: int, data: str, root: Path) -
     if data == "full":
         raw["data"].update(source="sample", path=str(full_data_npz(seed, root)), sample_test_per_class=200)
     return raw
+
+
+def apply_overrides(base: dict, items: list[str]) -> dict:
+    """KEY=VALUE overrides (dotted keys, YAML values), as `dvc exp run -S` takes them."""
+    import yaml
+
+    for item in items:
+        key, _, value = item.partition("=")
+        *sections, leaf = key.split(".")
+        target = base
+        for section in sections:
+            target = target[section]
+        target[leaf] = yaml.safe_load(value)
+    return base

@@ -21,9 +21,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
 
-from _common import benchmark_params, copy_project, mean_std
+from _common import apply_overrides, benchmark_params, copy_project, mean_std
 
 from pipeline_lib import augment, evaluate, featurize, finetune, ingest, train_head
 from pipeline_lib.config import Paths, load_params, parse_params
@@ -48,13 +47,7 @@ def main() -> None:
     root = copy_project()
     paths = Paths.for_root(root)
     base = load_params(root).model_dump()
-    for item in args.set:
-        key, _, value = item.partition("=")
-        *sections, leaf = key.split(".")
-        target = base
-        for section in sections:
-            target = target[section]
-        target[leaf] = yaml.safe_load(value)
+    apply_overrides(base, args.set)
     if args.set:
         print("overrides:", " ".join(args.set))
     names = ["lr", *args.strategies] + (["chosen"] if "finetune" in args.strategies else [])

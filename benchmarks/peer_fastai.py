@@ -22,10 +22,8 @@ import contextlib
 import io
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from _common import benchmark_params, copy_project, mean_std
 
