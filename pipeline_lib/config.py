@@ -96,7 +96,7 @@ class BackboneParams(_Section):
     name: str = "mobilenet_v2"
     weights: str = "default"
     resolution: int = Field(112, ge=32, le=1024)
-    blocks: int | None = Field(None, ge=1)
+    blocks: int | None = Field(15, ge=1)
 
 
 class AugmentPolicy(_Section):
@@ -146,17 +146,17 @@ class TrainHeadParams(_Section):
 
 class FinetuneParams(_Section):
     enabled: bool = True
-    unfreeze_blocks: int | Literal["all"] = Field(6)
-    epochs: int = Field(20, ge=1)
+    unfreeze_blocks: int | Literal["all"] = Field("all")
+    epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0.0)
-    backbone_lr_mult: float = Field(0.1, ge=0.0)
+    backbone_lr_mult: float = Field(0.3, ge=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_epochs: int = Field(1, ge=0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, ge=0.0)
-    patience: int = Field(8, ge=1)
+    patience: int = Field(10, ge=1)
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     online_augment: bool = True
     batchnorm: Literal["frozen", "train"] = "frozen"
