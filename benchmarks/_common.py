@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pipeline_lib  # noqa: F401  (telemetry off)
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import pipeline_lib  # noqa: E402, F401  (telemetry off)
 
 from tests.helpers import copy_project, set_params  # noqa: E402
 

@@ -24,8 +24,8 @@ from torch import nn
 
 from .config import Params, Paths
 from .errors import PipelineError
+from .images import IMAGE_EXTENSIONS
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -66,9 +66,9 @@ def target_files(params: Params, paths: Paths) -> list[str]:
         raise PipelineError(f"data.unlabeled: folder {folder} not found (a folder of unlabelled images from the "
                             "deployment domain, any layout; or null to use the training images without labels)")
     files = sorted(str(f.relative_to(folder)) for f in folder.rglob("*")
-                   if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+                   if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise PipelineError(f"data.unlabeled: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+        raise PipelineError(f"data.unlabeled: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
     return files
 
 

@@ -156,6 +156,31 @@ def test_pipeline_flow_runs_the_stale_part_and_records_it_for_dvc(project):
     assert _ran(after.stdout) == [] and "up to date" in after.stdout
 
 
+def test_predict_with_the_registered_model_matches_evaluate_and_skips_bad_files(project):
+    root, env = project
+    manifest = pd.read_parquet(root / "data/prepared/manifest.parquet").set_index("image_id")
+    expected = pd.read_csv(root / "reports/predictions.csv").head(12)
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    listing = pd.DataFrame({"path": [str(root / manifest.loc[i, "path"]) for i in expected["image_id"]]
+                            + ["broken.png", "missing.png"]})
+    listing.to_csv(root / "to_predict.csv", index=False)
+    out = run_cmd(["python", "-m", "flows.predict", "to_predict.csv", "--model",
+                   "models:/transfer-classifier@challenger", "--out", "preds.csv"], root, env)
+    assert "12 predictions" in out.stdout
+    preds = pd.read_csv(root / "preds.csv")
+    assert preds["predicted"].tolist() == expected["predicted"].tolist()
+    np.testing.assert_allclose(preds["raw_confidence"], expected["confidence"], atol=1e-4)
+    assert (preds["top1"] == preds["predicted"]).all() and {"top3", "top3_p"} <= set(preds.columns)
+    report = json.loads((root / "preds.report.json").read_text())
+    assert [os.path.basename(s["path"]) for s in report["skipped"]] == ["broken.png", "missing.png"]
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert report["temperature"] == pytest.approx(metrics["calibration"]["temperature"])
+    bad = run_cmd(["python", "-m", "flows.predict", "to_predict.csv", "--model", "models:/transfer-classifier@nobody"],
+                  root, env, check=False)
+    assert bad.returncode == 2 and "cannot load models:/transfer-classifier@nobody" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 def test_user_error_is_one_clear_message_not_a_traceback(project):
     root, env = project
     set_params(root, data={"source": "folder", "path": "data/nowhere"})

@@ -1,0 +1,21 @@
+"""Thin Prefect tasks for batch prediction; loading the model retries (the tracking server may be
+restarting), predicting does not (a bad input is not transient)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from pipeline_lib import predict
+
+
+@task(cache_policy=NONE, name="load_model", retries=2, retry_delay_seconds=[2, 8])
+def load_model_task(model_uri: str, tracking_uri: str) -> predict.LoadedModel:
+    return predict.load_registered(model_uri, tracking_uri)
+
+
+@task(cache_policy=NONE, name="predict")
+def predict_task(loaded: predict.LoadedModel, source: str, out: str, batch_size: int, top_k: int) -> dict:
+    return predict.write_predictions(loaded, predict.list_inputs(Path(source)), Path(out), batch_size, top_k)
