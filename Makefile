@@ -19,7 +19,7 @@ FASTAI_VENV := .venv-fastai
 # fastai beside the project's own torch/torchvision (its pins would pull another torch): benchmark only
 FASTAI_PKGS := fastai==2.8.12 fastcore fastdownload fastprogress fasttransform 'plum-dispatch<2.10' cloudpickle
 
-.PHONY: install run pipeline test bench bench-fastai mlflow-ui clean
+.PHONY: install run pipeline test bench bench-fastai mlflow-ui mlflow-server clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ $(FASTAI_VENV)/.stamp: $(STAMP)
 
 bench-fastai: $(FASTAI_VENV)/.stamp
 	$(FASTAI_VENV)/bin/python benchmarks/peer_fastai.py
+
+# a local tracking server (sqlite backend, local artifact root); point runs at it with
+# MLFLOW_TRACKING_URI=http://127.0.0.1:5001
+mlflow-server: install
+	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///mlflow-server.db --artifacts-destination ./mlartifacts \
+		--host 127.0.0.1 --port 5001 --workers 1
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1

@@ -414,6 +414,15 @@ class Paths:
     def per_class_csv(self) -> Path:
         return self.reports_dir / "per_class.csv"
 
+    # retrain
+    @property
+    def retrain_lock(self) -> Path:
+        return self.root / ".cache" / "retrain.lock"
+
+    @property
+    def retrain_history(self) -> Path:
+        return self.reports_dir / "retrain_history.jsonl"
+
     # tracking and state
     @property
     def mlflow_uri(self) -> str:

@@ -39,6 +39,13 @@ def is_stale(root: Path, stage: str) -> bool:
         return bool(repo.status(targets=[stage]))
 
 
+@task(cache_policy=NONE, name="dvc_status_all")
+def stale_stages(root: Path) -> list[str]:
+    """Every stage DVC would re-run (`dvc status`): changed data, params, code, or never run."""
+    with _repo(root) as repo:
+        return sorted(name.split(":")[-1] for name in repo.status())
+
+
 @task(cache_policy=NONE, name="dvc_commit")
 def commit_stage(root: Path, stage: str) -> None:
     """Store the stage's outputs in the DVC cache and its hashes in dvc.lock, as `dvc repro` does."""

@@ -181,6 +181,36 @@ def test_predict_with_the_registered_model_matches_evaluate_and_skips_bad_files(
     assert "Traceback" not in bad.stderr
 
 
+def test_retrain_skips_when_nothing_changed_and_refuses_a_concurrent_run(project):
+    import subprocess
+    import sys
+    import time
+
+    root, env = project
+    out = run_cmd(["python", "-m", "flows.retrain", "run"], root, env)
+    assert "retrain skipped" in out.stdout
+    history = [json.loads(line) for line in (root / "reports/retrain_history.jsonl").read_text().splitlines()]
+    assert history[-1]["status"] == "skipped"
+
+    set_params(root, train_head={"lr": 0.003})
+    full_env = {**os.environ, **env, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    first = subprocess.Popen([sys.executable, "-m", "flows.retrain", "run"], cwd=root, env=full_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock = root / ".cache/retrain.lock"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:
+        if lock.exists() and f'"pid": {first.pid}' in lock.read_text():
+            break
+        time.sleep(0.1)
+    second = run_cmd(["python", "-m", "flows.retrain", "run"], root, env, check=False)
+    output, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, output[-3000:]
+    assert second.returncode == 2 and "another retrain run is in progress" in second.stderr
+    assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    last = json.loads((root / "reports/retrain_history.jsonl").read_text().splitlines()[-1])
+    assert last["status"] == "ran" and "train_head" in last["stale"] and "train_head" in last["ran"]
+
+
 def test_user_error_is_one_clear_message_not_a_traceback(project):
     root, env = project
     set_params(root, data={"source": "folder", "path": "data/nowhere"})
