@@ -129,6 +129,10 @@ class FeaturizeParams(_Section):
     cache_dir: str = ".cache/features"
     num_threads: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    executor: Literal["local", "dask"] = "local"
+    dask_address: str = ""        # an existing Dask scheduler (tcp://host:8786); "" = a LocalCluster
+    dask_workers: int = Field(2, ge=1)  # LocalCluster worker processes
+    shard_size: int = Field(256, ge=1)  # images per Dask task
 
 
 class TrainHeadParams(_Section):

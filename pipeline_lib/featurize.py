@@ -6,9 +6,11 @@ DVC outputs are the feature matrices of the train, val and test splits.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import deque
+from functools import lru_cache
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -88,13 +90,56 @@ def configure_threads(num_threads: int) -> None:
     torch.set_num_threads(num_threads or os.cpu_count() or 1)
 
 
-def run(params: Params, paths: Paths) -> dict:
-    p = params.featurize
-    configure_threads(p.num_threads)
-    manifest, classes = load_manifest(paths)
+def all_images(paths: Paths) -> pd.DataFrame:
+    """Every image featurize embeds: train/val/test, the augmented copies and the synthetic images."""
+    manifest, _ = load_manifest(paths)
     augmented = load_augmented(paths).assign(split=AUGMENTED)
     synthetic = load_synthetic(paths)[augmented.columns].assign(split=SYNTHETIC)
-    manifest = pd.concat([manifest[manifest["split"].isin(SPLITS)], augmented, synthetic], ignore_index=True)
+    return pd.concat([manifest[manifest["split"].isin(SPLITS)], augmented, synthetic], ignore_index=True)
+
+
+def plan_shards(params: Params, paths: Paths, shard_size: int) -> list[list[tuple[str, str]]]:
+    """The images whose features are not cached yet, as (image id, path) shards for workers."""
+    backbone = backbone_for(params, paths.root)
+    cache = FeatureCache(paths.cache_dir(params), backbone.key)
+    todo, seen = [], set()
+    for iid, rel in zip(*all_images(paths)[["image_id", "path"]].to_numpy().T):
+        if iid not in seen and not _cached(cache, iid, backbone.feature_dim):
+            todo.append((str(iid), str(paths.resolve(rel))))
+        seen.add(iid)
+    return [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
+
+
+def _cached(cache: FeatureCache, iid: str, dim: int) -> bool:
+    vec = cache.get(iid)
+    return vec is not None and vec.shape == (dim,)
+
+
+@lru_cache(maxsize=2)
+def _worker_backbone(params_json: str, root: str) -> Backbone:
+    from .config import parse_params
+
+    params = parse_params(json.loads(params_json))
+    return backbone_for(params, Path(root)).to(pick_device(params.featurize.device))
+
+
+def embed_shard(params: Params, paths: Paths, shard: list[tuple[str, str]]) -> int:
+    """Embed one shard into the content-addressed cache (on whichever process runs it); returns
+    how many vectors it wrote. The backbone is loaded once per worker process."""
+    backbone = _worker_backbone(json.dumps(params.model_dump(), sort_keys=True), str(paths.root))
+    cache = FeatureCache(paths.cache_dir(params), backbone.key)
+    feats = embed_paths(backbone, [path for _, path in shard], params.featurize.batch_size,
+                        pick_device(params.featurize.device), desc="featurize shard")
+    for (iid, _), vec in zip(shard, feats):
+        cache.put(iid, vec)
+    return len(shard)
+
+
+def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
+    p = params.featurize
+    configure_threads(p.num_threads)
+    _, classes = load_manifest(paths)
+    manifest = all_images(paths)
     device = pick_device(p.device)
     backbone = backbone_for(params, paths.root).to(device)
     cache = FeatureCache(paths.cache_dir(params), backbone.key)
@@ -128,7 +173,7 @@ def run(params: Params, paths: Paths) -> dict:
         "backbone": params.backbone.name, "backbone_key": backbone.key,
         "weights_sha256": backbone.weights.sha256, "feature_dim": backbone.feature_dim,
         "device": str(device), "images": len(manifest), "cache_hits": cache.hits,
-        "computed": len(todo), "seconds": round(compute_s, 3),
+        "computed": len(todo), "computed_by_workers": computed_by_workers, "seconds": round(compute_s, 3),
         "images_per_second": round(len(todo) / compute_s, 1) if todo and compute_s > 0 else None,
         "classes": classes,
     }

@@ -24,8 +24,8 @@ def _stage_task(stage: str):
     stage's process loads only what it needs (ingest runs without importing torch)."""
 
     @task(cache_policy=NONE, name=stage)
-    def run_stage(params: Params, paths: Paths) -> dict:
-        return importlib.import_module(f"pipeline_lib.{stage}").run(params, paths)
+    def run_stage(params: Params, paths: Paths, **kwargs) -> dict:
+        return importlib.import_module(f"pipeline_lib.{stage}").run(params, paths, **kwargs)
 
     return run_stage
 
@@ -37,6 +37,21 @@ featurize_task = _stage_task("featurize")
 train_head_task = _stage_task("train_head")
 finetune_task = _stage_task("finetune")
 evaluate_task = _stage_task("evaluate")
+
+
+@task(cache_policy=NONE, name="plan_featurize_shards")
+def plan_shards_task(params: Params, paths: Paths) -> list:
+    from pipeline_lib import featurize
+
+    return featurize.plan_shards(params, paths, params.featurize.shard_size)
+
+
+@task(cache_policy=NONE, name="embed_shard", retries=1)
+def embed_shard_task(shard: list, params: Params, paths: Paths) -> int:
+    """Runs on a Dask worker: embeds one shard into the shared content-addressed cache."""
+    from pipeline_lib import featurize
+
+    return featurize.embed_shard(params, paths, shard)
 
 
 @task(cache_policy=NONE, name="log_to_mlflow", retries=2, retry_delay_seconds=[2, 8])
