@@ -8,8 +8,8 @@ synthetic: per (shots, seed) the DDPM is trained once on the real training image
     ddpm r=X        ratio X synthetic : real per class, unfiltered
     ddpm r=1 filt   ratio 1, kept only if a real-data probe gives >= 0.5 to the intended class
     synthetic-only  nearest class mean of the synthetic features (no real label used to classify)
-  Each variant: the head (train_head) on all variants, and fine-tuning (LP-FT) for none / r=1 /
-  r=1 filtered. Test accuracy %, mean ± std.
+  Each variant: the head (train_head) on all variants, and fine-tuning (LP-FT) for
+  --finetune-variants (default none / r=1 / r=1 filtered). Test accuracy %, mean ± std.
 dann: a constructed domain shift. Source = the sample's images as they are (train/val); target =
   the same classes with a fixed appearance change (inverted contrast, Gaussian blur, a colour tint)
   applied only to the test split and to an unlabelled target folder (the pool, transformed; labels
@@ -106,7 +106,7 @@ def synthetic_part(args, root: Path, base: dict) -> None:
                     featurize.run(params, paths)
                     train_head.run(params, paths)
                 head[(shots, name)].append(test_accuracy(params, paths))
-                if name in ("none", "ddpm r=1", "ddpm r=1 filt"):
+                if name in args.finetune_variants:
                     tuned[(shots, name)].append(finetune_accuracy(params, paths))
                 if name == "ddpm r=1":
                     with quiet():
@@ -181,6 +181,8 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[5, 20])
     parser.add_argument("--dann-shots", type=int, default=20)
     parser.add_argument("--dann-weights", type=float, nargs="+", default=[0.1, 0.3])
+    parser.add_argument("--finetune-variants", nargs="+", default=["none", "ddpm r=1", "ddpm r=1 filt"],
+                        help="variants that are also fine-tuned (the head runs on all)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="param overrides, as dvc exp run -S")
     args = parser.parse_args()
     root = copy_project()

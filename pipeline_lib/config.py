@@ -46,11 +46,11 @@ class DdpmParams(_Section):
     """The small class-conditional diffusion model trained here on the real training images."""
 
     resolution: int = Field(32, ge=8, le=256)
-    channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
-    train_steps: int = Field(3000, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(5e-4, gt=0.0)
-    sample_steps: int = Field(50, ge=1)       # DDIM steps
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64])
+    train_steps: int = Field(800, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    sample_steps: int = Field(25, ge=1)       # DDIM steps
     guidance_scale: float = Field(2.0, ge=0.0)  # classifier-free guidance (1 = off)
     hflip: bool = True                        # mirror training images (data augmentation)
 
