@@ -150,7 +150,7 @@ def sample_ddpm(model_dir: Path, n_classes: int, per_class: int, p: DdpmParams, 
     from diffusers import DDIMScheduler, UNet2DModel
 
     quiet_hf()
-    unet = UNet2DModel.from_pretrained(model_dir / "unet").to(device).eval()
+    unet = UNet2DModel.from_pretrained(model_dir / "unet", use_safetensors=True).to(device).eval()
     scheduler = DDIMScheduler.from_pretrained(model_dir / "scheduler")
     jobs = [(c, i) for c in range(n_classes) for i in range(per_class)]
     out: list[Generated] = []
@@ -218,7 +218,8 @@ def load_stable_diffusion(p: StableDiffusionParams, device: torch.device):
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     try:
         pipe = StableDiffusionPipeline.from_pretrained(location, dtype=dtype, safety_checker=None,
-                                                       requires_safety_checker=False, local_files_only=True)
+                                                       requires_safety_checker=False, local_files_only=True,
+                                                       use_safetensors=True)  # never unpickle weights
     except (OSError, ValueError) as exc:
         raise PipelineError(f"synthetic.stable_diffusion.model: {location} could not be loaded as a Stable "
                             f"Diffusion pipeline: {str(exc).splitlines()[0]}") from None

@@ -45,7 +45,7 @@ def clip_zero_shot(model_dir: str | Path, prompts: list[str], images: list[np.nd
     from .generators import quiet_hf
 
     quiet_hf()
-    model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
+    model = CLIPModel.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
     processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
     with torch.no_grad():
         text = model.get_text_features(**processor(text=prompts, padding=True, return_tensors="pt"))
