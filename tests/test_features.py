@@ -100,7 +100,7 @@ def test_featurize_reuses_cached_vectors_when_the_split_changes(tmp_path):
 def test_features_match_a_direct_forward_pass(tmp_path, backbone_small):
     write_folder_dataset(tmp_path / "raw", per_class=4)
     raw = {"data": {"source": "folder", "path": str(tmp_path / "raw"), "shots_per_class": None},
-           "backbone": {"resolution": 32}}
+           "backbone": {"resolution": 32, "blocks": None}}  # the whole network, as backbone_small
     paths = Paths.for_root(tmp_path)
     ingest.run(parse_params(raw), paths)
     featurize.run(parse_params(raw), paths)
