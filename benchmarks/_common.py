@@ -55,3 +55,20 @@ def apply_overrides(base: dict, items: list[str]) -> dict:
             target = target[section]
         target[leaf] = yaml.safe_load(value)
     return base
+
+
+def ingest_cell(base: dict, seed: int, shots: int, data: str, root: Path):
+    """Params for one (seed, shots) cell and its splits, made by the pipeline's own ingest:
+    (params, manifest, classes)."""
+    import contextlib
+    import io
+
+    from pipeline_lib import ingest
+    from pipeline_lib.config import Paths, parse_params
+
+    paths = Paths.for_root(root)
+    params = parse_params(benchmark_params(base, seed, shots, data, root))
+    with contextlib.redirect_stderr(io.StringIO()):
+        ingest.run(params, paths)
+    manifest, classes = ingest.load_manifest(paths)
+    return params, manifest, classes

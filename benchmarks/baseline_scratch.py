@@ -11,21 +11,17 @@ early stopping on val accuracy (best epoch restored). Prints test accuracy mean 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import math
 import time
 
 import numpy as np
 import torch
-from _common import benchmark_params, copy_project, mean_std
+from _common import copy_project, ingest_cell, mean_std
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline_lib import ingest
 from pipeline_lib.augment import read_rgb
-from pipeline_lib.config import Paths, load_params, parse_params
-from pipeline_lib.ingest import load_manifest
+from pipeline_lib.config import Paths, load_params
 
 
 def small_cnn(n_classes: int) -> nn.Module:
@@ -101,10 +97,7 @@ def main() -> None:
     for shots in args.shots:
         acc, seconds = [], []
         for seed in range(args.seeds):
-            params = parse_params(benchmark_params(base, seed, shots, args.data, root))
-            with contextlib.redirect_stderr(io.StringIO()):
-                ingest.run(params, paths)
-            manifest, classes = load_manifest(paths)
+            _, manifest, classes = ingest_cell(base, seed, shots, args.data, root)
             split = {name: tensors(manifest[manifest["split"] == name], paths) for name in ("train", "val", "test")}
             started = time.perf_counter()
             model = train_scratch(split["train"], split["val"], len(classes), seed, args.epochs)

@@ -20,19 +20,15 @@ loaders + fine_tune per run.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import time
 import warnings
 
 import numpy as np
 import torch
-from _common import benchmark_params, copy_project, mean_std
+from _common import copy_project, ingest_cell, mean_std
 
-from pipeline_lib import ingest
 from pipeline_lib.backbones import resolve_weights
-from pipeline_lib.config import Paths, load_params, parse_params
-from pipeline_lib.ingest import load_manifest
+from pipeline_lib.config import Paths, load_params
 
 
 def main() -> None:
@@ -70,10 +66,7 @@ def main() -> None:
     for shots, epochs in ((s, e) for s in args.shots for e in args.epochs):
         acc, seconds = [], []
         for seed in range(args.seeds):
-            params = parse_params(benchmark_params(base, seed, shots, args.data, root))
-            with contextlib.redirect_stderr(io.StringIO()):
-                ingest.run(params, paths)
-            manifest, classes = load_manifest(paths)
+            _, manifest, classes = ingest_cell(base, seed, shots, args.data, root)
             manifest["path"] = [str(paths.resolve(p)) for p in manifest["path"]]
             fit = manifest[manifest["split"].isin(["train", "val"])].assign(
                 is_valid=lambda f: f["split"] == "val")
