@@ -21,6 +21,38 @@ from .errors import PipelineError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_TEMP_SUFFIXES = (".tmp", ".staging", ".old")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(target: Path) -> None:
+    """Remove the temporaries of ``target`` left behind by a killed process.
+
+    Temporaries are named ``.<name>.<pid>.<random><suffix>``; one whose process is gone is removed,
+    so a SIGKILL mid-write leaves no clutter beside (or inside a DVC output folder next to) the
+    target once the stage runs again.
+    """
+    prefix = f".{target.name}."
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix) and p.suffix in _TEMP_SUFFIXES]
+    except OSError:
+        return
+    for path in candidates:
+        pid = path.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -29,7 +61,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        sweep_stale(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise PipelineError(
             f"cannot write to {target.parent}: {exc.strerror}. Check that the folder is writable "
@@ -58,13 +91,20 @@ def replace_dir(target: str | Path) -> Iterator[Path]:
     The old folder stays complete until the new one is; an error leaves it untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".staging", dir=target.parent))
+    except OSError as exc:
+        raise PipelineError(
+            f"cannot write to {target.parent}: {exc.strerror}. Check that the folder is writable "
+            "and that the disk is not full."
+        ) from exc
     try:
         yield staging
         old = None
         if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            old = target.with_name(f".{target.name}.{os.getpid()}.x.old")
             os.replace(target, old)
         os.replace(staging, target)
         if old is not None:

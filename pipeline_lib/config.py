@@ -53,6 +53,7 @@ class DdpmParams(_Section):
     sample_steps: int = Field(25, ge=1)       # DDIM steps
     guidance_scale: float = Field(2.0, ge=0.0)  # classifier-free guidance (1 = off)
     hflip: bool = True                        # mirror training images (data augmentation)
+    checkpoint_every: int = Field(50, ge=1)   # steps between resumable checkpoints (not part of the result)
 
     @field_validator("channels")
     @classmethod

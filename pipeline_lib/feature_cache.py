@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import PipelineError
+
 
 class FeatureCache:
     def __init__(self, root: str | Path, backbone_key: str):
@@ -37,14 +39,21 @@ class FeatureCache:
 
     def put(self, image_id: str, vector: np.ndarray) -> None:
         path = self._path(image_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{image_id}.", suffix=".tmp", dir=path.parent)
+        tmp = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{image_id}.", suffix=".tmp", dir=path.parent)
             with os.fdopen(fd, "wb") as fh:
                 np.save(fh, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
             os.replace(tmp, path)
+        except OSError as exc:
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
+            raise PipelineError(f"cannot write the feature cache entry {path}: {exc.strerror or exc}. Free some "
+                                "space or point featurize.cache_dir at a writable folder.") from exc
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
             raise
         self.writes += 1
 

@@ -48,10 +48,11 @@ class Generated:
 
 
 def dir_hash(directory: Path) -> str:
-    """sha256 over a saved model's weight files (names and bytes): the provenance of its samples."""
+    """sha256 over a saved model's weight and config files (names and bytes): the provenance of its
+    samples. ``training.json`` (timings) is left out: the same weights give the same hash."""
     h = hashlib.sha256()
     for f in sorted(directory.rglob("*")):
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".pt"):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".pt") and f.name != "training.json":
             h.update(str(f.relative_to(directory)).encode())
             with open(f, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -91,8 +92,14 @@ def build_unet(p: DdpmParams, n_classes: int):
 
 
 def train_ddpm(images: np.ndarray, labels: np.ndarray, n_classes: int, p: DdpmParams, seed: int,
-               out_dir: Path, device: torch.device) -> dict:
-    """Train the class-conditional UNet on (N, H, W, 3) uint8 images; save it to ``out_dir``."""
+               out_dir: Path, device: torch.device, checkpoint: Path | None = None) -> dict:
+    """Train the class-conditional UNet on (N, H, W, 3) uint8 images; save it to ``out_dir``.
+
+    With ``checkpoint``, the whole training state (weights, optimiser, schedule, random generator,
+    step) is written there atomically every ``p.checkpoint_every`` steps, and a run that finds it
+    resumes from it: a killed run continues where it stopped and ends with the same model as an
+    uninterrupted one. The checkpoint is removed once the model is saved.
+    """
     from diffusers import DDPMScheduler
 
     if p.resolution % (2 ** (len(p.channels) - 1)):
@@ -108,10 +115,11 @@ def train_ddpm(images: np.ndarray, labels: np.ndarray, n_classes: int, p: DdpmPa
     warmup = min(200, p.train_steps // 10 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / p.train_steps))))
-    started, losses = time.perf_counter(), []
+    first, losses = _resume_ddpm(checkpoint, unet, opt, sched, gen)
+    started = time.perf_counter()
     unet.train()
-    with tqdm(total=p.train_steps, desc="synthesize: train ddpm", unit="step") as bar:
-        for step in range(p.train_steps):
+    with tqdm(total=p.train_steps, initial=first, desc="synthesize: train ddpm", unit="step") as bar:
+        for step in range(first, p.train_steps):
             idx = torch.randint(0, len(data), (min(p.batch_size, len(data)),), generator=gen)
             x0, cls = data[idx], y[idx].clone()
             if p.hflip:
@@ -132,15 +140,43 @@ def train_ddpm(images: np.ndarray, labels: np.ndarray, n_classes: int, p: DdpmPa
             bar.update(1)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            if checkpoint is not None and (step + 1) % p.checkpoint_every == 0 and step + 1 < p.train_steps:
+                _save_ddpm_checkpoint(checkpoint, step + 1, unet, opt, sched, gen, losses)
     seconds = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
     unet.to("cpu").save_pretrained(out_dir / "unet")
     scheduler.save_pretrained(out_dir / "scheduler")
     info = {"n_classes": n_classes, "train_images": int(len(images)), "train_steps": p.train_steps,
-            "train_seconds": round(seconds, 1), "final_loss": float(np.mean(losses[-100:])),
+            "train_seconds": round(seconds, 1), "resumed_at_step": first, "final_loss": float(np.mean(losses[-100:])),
             "device": str(device)}
     (out_dir / "training.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def _save_ddpm_checkpoint(path: Path, step: int, unet, opt, sched, gen: torch.Generator, losses: list) -> None:
+    from . import atomic
+
+    state = {"step": step, "unet": {k: v.detach().cpu() for k, v in unet.state_dict().items()},
+             "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "generator": gen.get_state(),
+             "losses": torch.tensor(losses)}
+    with atomic.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _resume_ddpm(path: Path | None, unet, opt, sched, gen: torch.Generator) -> tuple[int, list]:
+    """Load a checkpoint written by an interrupted run (tensors and plain containers only:
+    ``weights_only=True``); an unreadable one is ignored and training starts over."""
+    if path is None or not path.exists():
+        return 0, []
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        unet.load_state_dict(state["unet"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        gen.set_state(state["generator"])
+    except Exception:  # noqa: BLE001 - a damaged or foreign checkpoint: start from scratch
+        return 0, []
+    return int(state["step"]), state["losses"].tolist()
 
 
 @torch.no_grad()

@@ -106,9 +106,9 @@ def _common_size(train: pd.DataFrame) -> tuple[int, int]:
 def _ddpm_model(params: Params, paths: Paths, train: pd.DataFrame, real: dict, n_classes: int, device):
     """Train the DDPM once per (real training images, ddpm params, seed) and reuse it afterwards."""
     p = params.synthetic.ddpm
-    key = hashlib.sha256(json.dumps({"ids": sorted(train["image_id"]), "labels": sorted(
-        zip(train["image_id"], train["label_idx"].astype(int).tolist())), "ddpm": p.model_dump(),
-        "seed": params.seed}, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps({
+        "images": sorted(zip(train["image_id"], train["label_idx"].astype(int).tolist())),
+        "ddpm": p.model_dump(exclude={"checkpoint_every"}), "seed": params.seed}, sort_keys=True).encode()).hexdigest()[:16]
     cached = paths.ddpm_cache / key
     reused = (cached / "training.json").exists()
     if not reused:
@@ -117,7 +117,9 @@ def _ddpm_model(params: Params, paths: Paths, train: pd.DataFrame, real: dict, n
             images = [_fit(img, (p.resolution, p.resolution, 3)) for img in images]
         labels = np.array([c for c in range(n_classes) for _ in real[c]])
         with atomic.replace_dir(cached) as staging:
-            train_ddpm(np.stack(images), labels, n_classes, p, params.seed, staging, device)
+            train_ddpm(np.stack(images), labels, n_classes, p, params.seed, staging, device,
+                       checkpoint=paths.ddpm_cache / f"{key}.partial.pt")
+        (paths.ddpm_cache / f"{key}.partial.pt").unlink(missing_ok=True)
     info = json.loads((cached / "training.json").read_text())
     with atomic.replace_dir(paths.ddpm_dir) as staging:  # the DVC output: a copy of the cached model
         shutil.copytree(cached, staging, dirs_exist_ok=True)

@@ -40,6 +40,27 @@ def prefect_api(tmp_path_factory):
         os.environ["PREFECT_HOME"] = old
 
 
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real small file system mounted under tmp_path (needs root with CAP_SYS_ADMIN, as on CI)."""
+    import subprocess
+
+    mounted = []
+
+    def mount(name: str, options: str):
+        point = tmp_path / name
+        point.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        if proc.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}): needs root")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
 def run_cmd(args, cwd, env_extra=None, check=True, timeout=600):
     env = {**os.environ, **(env_extra or {})}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

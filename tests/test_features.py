@@ -97,6 +97,20 @@ def test_featurize_reuses_cached_vectors_when_the_split_changes(tmp_path):
     assert len(Xtr) == 9 and set(idtr) == set(manifest.loc[manifest.split == "train", "image_id"])
 
 
+def test_full_disk_under_the_feature_cache_is_a_clear_error(tmp_path, tmpfs):
+    write_folder_dataset(tmp_path / "raw", per_class=6)
+    full = tmpfs("cache", "size=12k")  # room for a few vectors only
+    raw = {"data": {"source": "folder", "path": str(tmp_path / "raw")}, "backbone": {"resolution": 32},
+           "featurize": {"batch_size": 4, "cache_dir": str(full)}}
+    paths = Paths.for_root(tmp_path)
+    ingest.run(parse_params(raw), paths)
+    with pytest.raises(PipelineError, match=f"cannot write the feature cache entry {full}/.*No space left on device"):
+        featurize.run(parse_params(raw), paths)
+    assert not list(full.rglob("*.tmp"))  # no partial entry left
+    written = list(full.rglob("*.npy"))
+    assert written and {np.load(e).shape for e in written} == {(160,)}  # what was written is whole
+
+
 def test_features_match_a_direct_forward_pass(tmp_path, backbone_small):
     write_folder_dataset(tmp_path / "raw", per_class=4)
     raw = {"data": {"source": "folder", "path": str(tmp_path / "raw"), "shots_per_class": None},

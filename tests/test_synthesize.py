@@ -105,6 +105,26 @@ def test_ddpm_trains_samples_is_reused_and_synthetic_stays_out_of_val_and_test(p
     assert 0.0 <= metrics["baselines"]["synthetic_only"]["test_accuracy"] <= 1.0
 
 
+def test_ddpm_training_resumes_from_its_checkpoint_to_the_same_model(tmp_path):
+    from pipeline_lib.config import DdpmParams
+    from pipeline_lib.generators import dir_hash, train_ddpm
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (12, 16, 16, 3), dtype=np.uint8), np.arange(12) % 3
+    p = DdpmParams(**{**TINY_DDPM, "train_steps": 6, "checkpoint_every": 2})
+    cpu = torch.device("cpu")
+    whole = train_ddpm(images, labels, 3, p, 7, tmp_path / "whole", cpu)
+    checkpoint = tmp_path / "partial.pt"
+    train_ddpm(images, labels, 3, p, 7, tmp_path / "first", cpu, checkpoint=checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 4  # the last one before the end
+    resumed = train_ddpm(images, labels, 3, p, 7, tmp_path / "resumed", cpu, checkpoint=checkpoint)
+    assert resumed["resumed_at_step"] == 4 and whole["resumed_at_step"] == 0
+    assert dir_hash(tmp_path / "resumed") == dir_hash(tmp_path / "whole")  # bit-identical weights
+    checkpoint.write_bytes(b"damaged")  # an unreadable checkpoint: start over, same result
+    again = train_ddpm(images, labels, 3, p, 7, tmp_path / "again", cpu, checkpoint=checkpoint)
+    assert again["resumed_at_step"] == 0 and dir_hash(tmp_path / "again") == dir_hash(tmp_path / "whole")
+
+
 def test_filtering_and_ratio_cap_are_counted_per_class(project, tiny_sd):
     params = _params(project, generator="stable_diffusion", per_class=4, ratio=0.5, min_confidence=0.3,
                      stable_diffusion={"model": str(tiny_sd), "steps": 2, "resolution": 32})
