@@ -45,16 +45,18 @@ def run(params: Params, paths: Paths) -> dict:
     configure_threads(params.featurize.num_threads)
     manifest, classes = load_manifest(paths)
     train = manifest[manifest["split"] == "train"]
+    k = params.synthetic.preview_per_class if s.generator == "none" else None  # none: only the preview's images
+    real = {c: [read_rgb(paths.resolve(p)) for p in train.loc[train["label_idx"] == c, "path"][:k]]
+            for c in range(len(classes))}
     if s.generator == "none":
         _write_empty(paths)
         _no_ddpm(paths, "none")
+        preview(load_synthetic(paths, kept_only=False), real, classes, params, paths)  # real column only
         report = {"generator": "none", "generated": 0, "kept": 0}
         atomic.write_json(paths.synthesize_report, report)
         return report
 
     device = pick_device(params.featurize.device)
-    real = {c: [read_rgb(paths.resolve(p)) for p in train.loc[train["label_idx"] == c, "path"]]
-            for c in range(len(classes))}
     size = _common_size(train)
     started = time.perf_counter()
     info: dict = {}

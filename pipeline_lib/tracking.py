@@ -92,8 +92,42 @@ def _log_histories(run_id: str, histories: dict[str, Path]) -> None:
         mlflow.MlflowClient().log_batch(run_id, metrics=steps)
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Whether an exception (or one it was raised from) says the tracking server did not answer."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = f"{type(exc).__name__}: {exc}"
+        if any(word in text for word in ("ConnectionError", "Connection refused", "Max retries exceeded",
+                                         "RemoteDisconnected", "ConnectTimeout", "ReadTimeout",
+                                         "Connection aborted", "Connection reset")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) -> str:
-    """Log the finished pipeline to MLflow; returns the run id."""
+    """Log the finished pipeline to MLflow; returns the run id.
+
+    If the tracking server stops answering midway, the error says so in one line. Nothing local is
+    lost (every stage output was written before), and the registry is never left half-updated:
+    a model version is registered only once fully logged, and the aliases move only after that.
+    """
+    try:
+        return _log_pipeline_run(params, paths, run_name)
+    except PipelineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - classified below; anything else propagates unchanged
+        if not _unreachable(exc):
+            raise
+        raise PipelineError(
+            f"the MLflow tracking server at {paths.mlflow_uri} stopped answering while the run was being "
+            f"logged ({type(exc).__name__}). The local outputs (reports/, models/) are complete and the "
+            "registry aliases were not moved to an incomplete model; run `python -m flows.evaluate` "
+            "(or `dvc repro`) again once the server is back.") from None
+
+
+def _log_pipeline_run(params: Params, paths: Paths, run_name: str | None) -> str:
     import mlflow
     import torch
     import torchvision
@@ -104,7 +138,8 @@ def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) 
     try:
         mlflow.set_experiment(params.mlflow.experiment)
     except Exception as exc:  # noqa: BLE001 - tracking store unreachable or broken
-        raise PipelineError(f"MLflow tracking at {paths.mlflow_uri} is not usable: {exc}. Check "
+        reason = "it does not answer" if _unreachable(exc) else str(exc)
+        raise PipelineError(f"MLflow tracking at {paths.mlflow_uri} is not usable: {reason}. Check "
                             "MLFLOW_TRACKING_URI (unset it to use sqlite:///mlflow.db in the project).") from None
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(params.flat())

@@ -126,3 +126,65 @@ def build_tiny_clip(target: Path) -> Path:
     model.save_pretrained(target)
     processor.save_pretrained(target)
     return target
+
+
+def start_mlflow_server(workdir: Path, timeout: float = 120.0):
+    """A real `mlflow server` (1 worker, 127.0.0.1, sqlite backend, local artifact store) on a free
+    port; returns (process, url). Stop it with stop_process_group(process)."""
+    import os
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(workdir / f"server-{port}.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--artifacts-destination",
+         str(workdir / "artifacts")], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    stop_process_group(proc)
+    raise RuntimeError(f"mlflow server did not start: {(workdir / f'server-{port}.log').read_text()[-2000:]}")
+
+
+def stop_process_group(proc, sig=None) -> None:
+    import os
+    import signal
+
+    try:
+        os.killpg(proc.pid, sig or signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def rest(url: str, endpoint: str, body: dict | None = None) -> dict:
+    """One call to MLflow's REST API (GET with query parameters, or POST with a JSON body)."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    if body is None:
+        request = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}")
+    else:
+        request = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())

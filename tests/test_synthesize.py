@@ -105,6 +105,16 @@ def test_ddpm_trains_samples_is_reused_and_synthetic_stays_out_of_val_and_test(p
     assert 0.0 <= metrics["baselines"]["synthetic_only"]["test_accuracy"] <= 1.0
 
 
+def test_generator_none_writes_every_declared_output(project):
+    params = _params(project, generator="none")
+    paths = Paths.for_root(project)
+    ingest.run(params, paths)
+    assert synthesize.run(params, paths)["generated"] == 0
+    for out in (paths.synthetic_manifest, paths.synthetic_preview, paths.ddpm_dir, paths.synthesize_report):
+        assert out.exists(), out  # dvc.yaml's outs and plots of the stage
+    assert synthesize.load_synthetic(paths).empty
+
+
 def test_ddpm_training_resumes_from_its_checkpoint_to_the_same_model(tmp_path):
     from pipeline_lib.config import DdpmParams
     from pipeline_lib.generators import dir_hash, train_ddpm
