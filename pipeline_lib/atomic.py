@@ -24,7 +24,7 @@ os.umask(_UMASK)
 _TEMP_SUFFIXES = (".tmp", ".staging", ".old")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -48,7 +48,7 @@ def sweep_stale(target: Path) -> None:
         return
     for path in candidates:
         pid = path.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:

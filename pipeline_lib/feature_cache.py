@@ -2,7 +2,8 @@
 
 The backbone key covers the model name, the weights file's hash and the preprocessing, so a
 vector is reused only when it would be recomputed identically. Entries are written atomically
-(temporary file + rename): an interrupted run never leaves a truncated entry behind.
+(temporary file in ``<key>/.tmp/`` + rename): an interrupted run never leaves a truncated entry
+behind, and the temporaries of a killed process (named by its pid) are removed by the next run.
 """
 
 from __future__ import annotations
@@ -19,9 +20,21 @@ from .errors import PipelineError
 class FeatureCache:
     def __init__(self, root: str | Path, backbone_key: str):
         self.dir = Path(root) / backbone_key
+        self.tmp_dir = self.dir / ".tmp"
         self.hits = 0
         self.misses = 0
         self.writes = 0
+        self._sweep()
+
+    def _sweep(self) -> None:
+        from .atomic import pid_alive
+
+        if not self.tmp_dir.is_dir():
+            return
+        for tmp in self.tmp_dir.iterdir():
+            pid = tmp.name.split(".", 1)[0]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
 
     def _path(self, image_id: str) -> Path:
         return self.dir / image_id[:2] / f"{image_id}.npy"
@@ -42,7 +55,8 @@ class FeatureCache:
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{image_id}.", suffix=".tmp", dir=path.parent)
+            self.tmp_dir.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f"{os.getpid()}.{image_id}.", suffix=".tmp", dir=self.tmp_dir)
             with os.fdopen(fd, "wb") as fh:
                 np.save(fh, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
             os.replace(tmp, path)
