@@ -34,11 +34,15 @@ class DataParams(_Section):
     on_bad_file: Literal["quarantine", "error"] = "quarantine"
     on_unusual_mode: Literal["convert", "reject"] = "convert"
     unlabeled: str | None = None  # folder of unlabelled deployment-domain images (finetune.adapt: dann)
+    zero_shot_classes: list[str] = Field(default_factory=list)  # classes with no labelled image at all
 
     @model_validator(mode="after")
     def _fractions(self) -> "DataParams":
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("data.val_fraction + data.test_fraction must be < 1")
+        if len(set(self.zero_shot_classes)) != len(self.zero_shot_classes) or not all(
+                c.strip() for c in self.zero_shot_classes):
+            raise ValueError("data.zero_shot_classes must be distinct, non-empty class names")
         return self
 
 

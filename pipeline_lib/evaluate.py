@@ -19,13 +19,17 @@ from .stats import (bootstrap_ci, expected_calibration_error, fit_temperature, n
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro-F1 and per-class scores. Macro-F1 averages the classes that have test images;
+    a class without any (data.zero_shot_classes) is listed as unmeasured, its support 0."""
     labels = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
+    measured = [i for i in labels if support[i] > 0]
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=measured, average="macro", zero_division=0)),
         "n_test": int(len(y_true)),
+        "unmeasured_classes": [classes[i] for i in labels if support[i] == 0],
         "per_class": {cls: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                       for cls, p, r, f, s in zip(classes, precision, recall, f1, support)},
     }

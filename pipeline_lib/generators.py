@@ -181,14 +181,16 @@ def _resume_ddpm(path: Path | None, unet, opt, sched, gen: torch.Generator) -> t
 
 @torch.no_grad()
 def sample_ddpm(model_dir: Path, n_classes: int, per_class: int, p: DdpmParams, seed: int,
-                size: tuple[int, int], device: torch.device, batch_size: int = 100) -> list[Generated]:
-    """``per_class`` images of every class, each from its own seeded noise, resized to ``size``."""
+                size: tuple[int, int], device: torch.device, batch_size: int = 100,
+                class_ids: list[int] | None = None) -> list[Generated]:
+    """``per_class`` images of every class (or of ``class_ids``), each from its own seeded noise,
+    resized to ``size``."""
     from diffusers import DDIMScheduler, UNet2DModel
 
     quiet_hf()
     unet = UNet2DModel.from_pretrained(model_dir / "unet", use_safetensors=True).to(device).eval()
     scheduler = DDIMScheduler.from_pretrained(model_dir / "scheduler")
-    jobs = [(c, i) for c in range(n_classes) for i in range(per_class)]
+    jobs = [(c, i) for c in (range(n_classes) if class_ids is None else class_ids) for i in range(per_class)]
     out: list[Generated] = []
     with tqdm(total=len(jobs), desc="synthesize: sample ddpm", unit="img") as bar:
         for start in range(0, len(jobs), batch_size):

@@ -66,7 +66,7 @@ def train_head(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray | Non
         raise PipelineError("train_head: the training split is empty (check data.* params and the ingest report)")
     torch.manual_seed(seed)
     Xt = torch.as_tensor(X_train, dtype=torch.float32)
-    yt = torch.as_tensor(y_train, dtype=torch.long)
+    yt = torch.tensor(y_train, dtype=torch.long)
     has_val = X_val is not None and len(X_val) > 0
     Xv = torch.as_tensor(X_val, dtype=torch.float32) if has_val else None
     yv = torch.as_tensor(y_val, dtype=torch.long) if has_val else None

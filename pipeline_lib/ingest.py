@@ -181,6 +181,7 @@ def run(params: Params, paths: Paths) -> dict:
         frame["split"] = assign_splits(frame, d.val_fraction, d.test_fraction, params.seed)
         frame["split"] = subsample_shots(frame, d.shots_per_class, params.seed)
         _require_splits(frame, classes)
+        classes = classes + _zero_shot_classes(d.zero_shot_classes, classes)
         frame = frame.sort_values(["split", "label_idx", "image_id"], kind="stable").reset_index(drop=True)
         _remove_orphans(staging / "images", set(frame["path"]))
         frame["path"] = "data/prepared/images/" + frame["path"]
@@ -261,6 +262,16 @@ def _check_classes(frame: pd.DataFrame, classes: list[str], params: Params, repo
     return frame.reset_index(drop=True)
 
 
+def _zero_shot_classes(names: list[str], labelled: list[str]) -> list[str]:
+    """data.zero_shot_classes: appended after the labelled classes (they have no image here; their
+    training images can only come from the synthesize stage, and no test image measures them)."""
+    clash = [c for c in names if c in labelled]
+    if clash:
+        raise PipelineError(f"data.zero_shot_classes: {clash} also have labelled images; remove them from "
+                            "data.zero_shot_classes (it is for classes with none).")
+    return list(names)
+
+
 def _require_splits(frame: pd.DataFrame, classes: list[str]) -> None:
     for split in ("train", "test"):
         have = set(frame.loc[frame["split"] == split, "label"])
@@ -282,6 +293,7 @@ def _summary(frame: pd.DataFrame, classes: list[str], report: IngestReport) -> d
                  .reindex(index=classes, fill_value=0))
     return {
         "classes": classes,
+        "zero_shot_classes": [c for c in classes if c not in set(frame["label"])],
         "counts": {split: int((frame["split"] == split).sum()) for split in (*SPLITS, "unused")},
         "per_class": {cls: {k: int(v) for k, v in row.items()} for cls, row in per_class.iterrows()},
         "n_rejected": len(report.rejected),

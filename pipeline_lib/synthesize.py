@@ -62,7 +62,9 @@ def run(params: Params, paths: Paths) -> dict:
     info: dict = {}
     if s.generator == "ddpm":
         model_dir, info = _ddpm_model(params, paths, train, real, len(classes), device)
-        generated = sample_ddpm(model_dir, len(classes), s.per_class, s.ddpm, params.seed, size, device)
+        seen = [c for c in range(len(classes)) if real[c]]  # a DDPM cannot draw a class it never saw
+        generated = sample_ddpm(model_dir, len(classes), s.per_class, s.ddpm, params.seed, size, device,
+                                class_ids=seen)
         model_hash = dir_hash(model_dir)
     else:
         _no_ddpm(paths, s.generator)
@@ -86,6 +88,10 @@ def run(params: Params, paths: Paths) -> dict:
         atomic.write_parquet(staging / "manifest.parquet", frame[MANIFEST_COLUMNS + PROVENANCE_COLUMNS])
     preview(frame, real, classes, params, paths)
 
+    unseen = [label for c, label in enumerate(classes) if not real[c]]
+    if unseen and s.generator == "ddpm":
+        info["not_generated"] = {"classes": unseen, "reason": "the ddpm learns from real images; a class with "
+                                 "none (data.zero_shot_classes) needs synthetic.generator: stable_diffusion"}
     per_class = {label: {"generated": int((frame["label"] == label).sum()),
                          "kept": int(((frame["label"] == label) & frame["kept"]).sum()),
                          "real": int((train["label"] == label).sum())} for label in classes}
@@ -138,13 +144,15 @@ def select(frame: pd.DataFrame, params: Params, paths: Paths, staging, train: pd
     if s.min_confidence > 0 or s.dedup_similarity < 1.0:
         X_syn, probe_conf = _probe(frame, params, paths, staging, train, n_classes)
         frame["confidence"] = probe_conf
-        low = frame["confidence"] < s.min_confidence
+        has_real = frame["label_idx"].isin(set(train["label_idx"]))  # the probe knows nothing of the others
+        low = (frame["confidence"] < s.min_confidence) & has_real
         frame.loc[low, ["kept", "dropped_because"]] = [False, "low_confidence"]
         if s.dedup_similarity < 1.0:
             drop_near_duplicates(frame, X_syn, s.dedup_similarity)
     real_counts = train["label_idx"].value_counts()
     for c in range(n_classes):
-        cap = int(np.floor(s.ratio * real_counts.get(c, 0)))
+        # the ratio caps synthetic : real; a class with no real image (zero-shot) keeps all it got
+        cap = int(np.floor(s.ratio * real_counts[c])) if c in real_counts.index else len(frame)
         idx = frame.index[(frame["label_idx"] == c) & frame["kept"]]
         order = frame.loc[idx].sort_values("confidence", ascending=False, kind="stable").index \
             if frame["confidence"].notna().any() else idx

@@ -9,6 +9,7 @@ import pandas as pd
 
 from . import atomic
 from .config import Params, Paths
+from .errors import PipelineError
 from .featurize import AUGMENTED, SYNTHETIC, load_features
 from .heads import predict_proba, save_head, train_head
 from .ingest import load_manifest
@@ -27,6 +28,12 @@ def run(params: Params, paths: Paths) -> dict:
     if len(X_syn):
         X_train, y_train = np.concatenate([X_train, X_syn]), np.concatenate([y_train, y_syn])
         weight = np.concatenate([weight, np.full(len(X_syn), params.synthetic.loss_weight, np.float32)])
+    missing = [c for i, c in enumerate(classes) if not (y_train == i).any()]
+    if missing:
+        raise PipelineError(
+            f"class(es) {missing} have no training image, real or synthetic (data.zero_shot_classes need "
+            "generated ones): set synthetic.generator: stable_diffusion with a local model, or drop them. "
+            "The CLIP zero-shot baseline (evaluate.zero_shot_model) scores such classes without training.")
     X_val, y_val, _ = load_features(paths, "val")
     started = time.perf_counter()
     result = train_head(X_train, y_train, X_val, y_val, len(classes), params.train_head, params.seed, weight)

@@ -56,6 +56,37 @@ def test_stable_diffusion_text_to_image_with_provenance(project, tiny_sd):
     assert again["image_id"].tolist() == frame["image_id"].tolist()  # seeded: the same images
 
 
+def test_a_class_with_no_labelled_image_is_learnt_from_generated_ones(project, tiny_sd):
+    params = _params(project, generator="stable_diffusion", ratio=0.5, min_confidence=0.4,
+                     stable_diffusion={"model": str(tiny_sd), "steps": 2, "resolution": 32})
+    params = params.model_copy(update={"data": params.data.model_copy(update={"zero_shot_classes": ["sandal"]})})
+    paths = Paths.for_root(project)
+    ingest_report = ingest.run(params, paths)
+    assert ingest_report["classes"][-1] == "sandal" and ingest_report["zero_shot_classes"] == ["sandal"]
+    report = synthesize.run(params, paths)
+    # no real image to cap the ratio against and no probe that knows the class: all 3 are kept
+    assert report["per_class"]["sandal"] == {"generated": 3, "kept": 3, "real": 0}
+    assert report["per_class"]["bag"]["kept"] <= 0.5 * report["per_class"]["bag"]["real"]
+    for stage in (augment, featurize):
+        stage.run(params, paths)
+    assert train_head.run(params, paths)["n_train_synthetic"] >= 3
+    finetune.run(params, paths)
+    metrics = evaluate.run(params, paths)
+    assert metrics["unmeasured_classes"] == ["sandal"] and metrics["per_class"]["sandal"]["support"] == 0
+    from pipeline_lib.model import build_classifier
+
+    assert build_classifier(params, paths, metrics["candidate"]).classes[-1] == "sandal"
+
+    ddpm = _params(project, generator="ddpm")
+    ddpm = ddpm.model_copy(update={"data": ddpm.data.model_copy(update={"zero_shot_classes": ["sandal"]})})
+    report = synthesize.run(ddpm, paths)
+    assert report["ddpm_not_generated"]["classes"] == ["sandal"] and report["per_class"]["sandal"]["generated"] == 0
+    for stage in (augment, featurize):
+        stage.run(ddpm, paths)
+    with pytest.raises(PipelineError, match=r"class\(es\) \['sandal'\] have no training image"):
+        train_head.run(ddpm, paths)
+
+
 def test_stable_diffusion_img2img_variations_of_the_real_images(project, tiny_sd):
     params = _params(project, generator="stable_diffusion", per_class=2,
                      stable_diffusion={"model": str(tiny_sd), "steps": 4, "resolution": 32, "img2img_strength": 0.5})
