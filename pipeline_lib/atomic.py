@@ -16,12 +16,17 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import PipelineError
+from .errors import PipelineError, io_error
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _TEMP_SUFFIXES = (".tmp", ".staging", ".old")
+
+
+def _cannot_write(target: Path, exc: OSError) -> PipelineError:
+    return io_error(f"cannot write to {target.parent}: {exc.strerror}. Check that the folder is writable "
+                    "and that the disk is not full.", exc)
 
 
 def pid_alive(pid: int) -> bool:
@@ -64,10 +69,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         sweep_stale(target)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
-        raise PipelineError(
-            f"cannot write to {target.parent}: {exc.strerror}. Check that the folder is writable "
-            "and that the disk is not full."
-        ) from exc
+        raise _cannot_write(target, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -78,7 +80,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, target)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise PipelineError(f"could not write {target}: {exc.strerror or exc}") from exc
+        raise io_error(f"could not write {target}: {exc.strerror or exc}", exc) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -96,10 +98,7 @@ def replace_dir(target: str | Path) -> Iterator[Path]:
         sweep_stale(target)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".staging", dir=target.parent))
     except OSError as exc:
-        raise PipelineError(
-            f"cannot write to {target.parent}: {exc.strerror}. Check that the folder is writable "
-            "and that the disk is not full."
-        ) from exc
+        raise _cannot_write(target, exc) from exc
     try:
         yield staging
         old = None

@@ -1,5 +1,13 @@
 """User-facing errors: a message that says what is wrong, where, and how to fix it."""
 
+from __future__ import annotations
+
+import errno
+
+# an OSError with one of these will fail again however often it is retried
+_PERMANENT_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
+                     errno.EINVAL, errno.ENOENT, errno.EEXIST}
+
 
 class PipelineError(Exception):
     """A mistake in the user's input or set-up (not a bug).
@@ -8,3 +16,19 @@ class PipelineError(Exception):
     """
 
     exit_code = 2
+
+
+class TransientError(PipelineError):
+    """A failure that may pass if tried again: an I/O error of a flaky or full file system, a
+    tracking server that does not answer. The Prefect tasks retry these (with backoff), only these."""
+
+
+def io_error(message: str, exc: OSError) -> PipelineError:
+    """The error to raise for a failed read/write: transient unless its errno says it cannot pass."""
+    return (PipelineError if exc.errno in _PERMANENT_ERRNOS else TransientError)(message)
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    if isinstance(exc, TransientError):
+        return True
+    return isinstance(exc, OSError) and exc.errno is not None and exc.errno not in _PERMANENT_ERRNOS

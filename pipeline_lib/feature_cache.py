@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PipelineError
+from .errors import io_error
 
 
 class FeatureCache:
@@ -63,8 +63,8 @@ class FeatureCache:
         except OSError as exc:
             if tmp:
                 Path(tmp).unlink(missing_ok=True)
-            raise PipelineError(f"cannot write the feature cache entry {path}: {exc.strerror or exc}. Free some "
-                                "space or point featurize.cache_dir at a writable folder.") from exc
+            raise io_error(f"cannot write the feature cache entry {path}: {exc.strerror or exc}. Free some "
+                           "space or point featurize.cache_dir at a writable folder.", exc) from exc
         except BaseException:
             if tmp:
                 Path(tmp).unlink(missing_ok=True)

@@ -11,7 +11,7 @@ import numpy as np
 import yaml
 
 from .config import Params, Paths
-from .errors import PipelineError
+from .errors import PipelineError, TransientError
 
 
 def git_commit(root: Path) -> str | None:
@@ -120,7 +120,7 @@ def log_pipeline_run(params: Params, paths: Paths, run_name: str | None = None) 
     except Exception as exc:  # noqa: BLE001 - classified below; anything else propagates unchanged
         if not _unreachable(exc):
             raise
-        raise PipelineError(
+        raise TransientError(
             f"the MLflow tracking server at {paths.mlflow_uri} stopped answering while the run was being "
             f"logged ({type(exc).__name__}). The local outputs (reports/, models/) are complete and the "
             "registry aliases were not moved to an incomplete model; run `python -m flows.evaluate` "
@@ -138,8 +138,10 @@ def _log_pipeline_run(params: Params, paths: Paths, run_name: str | None) -> str
     try:
         mlflow.set_experiment(params.mlflow.experiment)
     except Exception as exc:  # noqa: BLE001 - tracking store unreachable or broken
-        reason = "it does not answer" if _unreachable(exc) else str(exc)
-        raise PipelineError(f"MLflow tracking at {paths.mlflow_uri} is not usable: {reason}. Check "
+        unreachable = _unreachable(exc)
+        raise (TransientError if unreachable else PipelineError)(
+            f"MLflow tracking at {paths.mlflow_uri} is not usable: "
+            f"{'it does not answer' if unreachable else exc}. Check "
                             "MLFLOW_TRACKING_URI (unset it to use sqlite:///mlflow.db in the project).") from None
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(params.flat())

@@ -1,6 +1,9 @@
 """One Prefect task per stage of pipeline_lib, and the MLflow logging task.
 
-Prefect's own result caching is off (cache_policy=NONE): DVC decides what is stale.
+Prefect's own result caching is off (cache_policy=NONE): DVC decides what is stale. The tasks that
+touch the file system or the tracking server retry twice, 2 then 8 s later, on transient failures
+only (pipeline_lib.errors.is_transient: an I/O error that may pass, a server that does not answer);
+a stage is safe to repeat (atomic writes, resumable checkpoints). A user mistake fails at once.
 """
 
 from __future__ import annotations
@@ -12,6 +15,18 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from pipeline_lib.config import Params, Paths, load_params
+from pipeline_lib.errors import is_transient
+
+RETRY_DELAYS = [2, 8]
+
+
+def retry_if_transient(task, task_run, state) -> bool:
+    """Prefect retry_condition_fn: retry only what may pass when tried again."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - a state without a readable exception: do not retry
+        return False
+    return is_transient(exc)
 
 
 @task(cache_policy=NONE, name="load_params")
@@ -23,7 +38,8 @@ def _stage_task(stage: str):
     """A task running ``pipeline_lib.<stage>.run``; the module is imported when the task runs, so a
     stage's process loads only what it needs (ingest runs without importing torch)."""
 
-    @task(cache_policy=NONE, name=stage)
+    @task(cache_policy=NONE, name=stage, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+          retry_condition_fn=retry_if_transient)
     def run_stage(params: Params, paths: Paths, **kwargs) -> dict:
         return importlib.import_module(f"pipeline_lib.{stage}").run(params, paths, **kwargs)
 
@@ -54,7 +70,8 @@ def embed_shard_task(shard: list, params: Params, paths: Paths) -> int:
     return featurize.embed_shard(params, paths, shard)
 
 
-@task(cache_policy=NONE, name="log_to_mlflow", retries=2, retry_delay_seconds=[2, 8])
+@task(cache_policy=NONE, name="log_to_mlflow", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_if_transient)
 def log_to_mlflow_task(params: Params, paths: Paths, run_name: str | None = None) -> str:
     from pipeline_lib import tracking
 
