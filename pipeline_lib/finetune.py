@@ -185,6 +185,9 @@ def build_model(params: Params, paths: Paths) -> tuple[FinetuneModel, dict]:
     return FinetuneModel(bb.preprocess, bb.model, head, bn_train=params.finetune.batchnorm == "train"), meta
 
 
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr_head"]
+
+
 def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> dict:
     p = params.finetune
     paths.finetune_dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +197,8 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
         report = {"enabled": False}
         atomic.write_json(paths.finetune_meta, report)
         atomic.write_json(paths.finetune_report, report)
+        with atomic.atomic_path(paths.finetune_history) as tmp:  # declared in dvc.yaml: no epochs, no rows
+            pd.DataFrame(columns=HISTORY_COLUMNS).to_csv(tmp, index=False)
         return report
     configure_threads(params.featurize.num_threads)
     device = pick_device(params.featurize.device)

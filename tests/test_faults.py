@@ -24,10 +24,10 @@ from tests.helpers import copy_project, set_params
 pytestmark = pytest.mark.e2e
 
 TINY = dict(data={"shots_per_class": 5, "sample_test_per_class": 10, "val_fraction": 0.1},
-            augment={"copies": 2}, backbone={"resolution": 96},
+            augment={"copies": 2}, backbone={"resolution": 64},
             featurize={"batch_size": 4, "num_threads": 1},
             synthetic={"generator": "ddpm", "per_class": 2,
-                       "ddpm": {"resolution": 16, "channels": [8, 16], "train_steps": 300, "batch_size": 8,
+                       "ddpm": {"resolution": 16, "channels": [8, 16], "train_steps": 200, "batch_size": 8,
                                 "sample_steps": 2, "checkpoint_every": 10}},
             finetune={"epochs": 4, "patience": 4, "batch_size": 16, "unfreeze_blocks": 1},
             evaluate={"bootstrap": 0})

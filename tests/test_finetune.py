@@ -128,6 +128,7 @@ def test_disabled_finetune_leaves_no_model(prepared):
     paths = Paths.for_root(prepared)
     assert finetune.run(_params(prepared, enabled=False), paths) == {"enabled": False}
     assert not paths.finetuned_model.exists()
+    assert paths.finetune_history.read_text().startswith("epoch,")  # dvc.yaml's plot output, empty
     assert finetune.load_finetuned(_params(prepared), paths) is None
 
 

@@ -26,7 +26,7 @@ def served(tmp_path_factory, prefect_api):
     root = copy_project(tmp_path_factory.mktemp("served") / "project")
     set_params(root, data={"shots_per_class": 3, "sample_test_per_class": 6, "val_fraction": 0.1},
                augment={"copies": 0}, backbone={"resolution": 32},
-               finetune={"epochs": 1, "batch_size": 16, "unfreeze_blocks": 1})
+               finetune={"enabled": False}, evaluate={"bootstrap": 100})
     env = {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": url}
     state = {"server": server, "url": url, "workdir": workdir, "root": root, "env": env}
     yield state
