@@ -105,17 +105,24 @@ def train_ddpm(images: np.ndarray, labels: np.ndarray, n_classes: int, p: DdpmPa
     if p.resolution % (2 ** (len(p.channels) - 1)):
         raise PipelineError(f"synthetic.ddpm.resolution: {p.resolution} must be divisible by "
                             f"{2 ** (len(p.channels) - 1)} (2 ** (len(channels) - 1))")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    unet = build_unet(p, n_classes).to(device)
+    warmup = min(200, p.train_steps // 10 + 1)
+
+    def fresh():
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        unet = build_unet(p, n_classes).to(device)
+        opt = torch.optim.AdamW(unet.parameters(), lr=p.lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / p.train_steps))))
+        return gen, unet, opt, sched
+
+    gen, unet, opt, sched = fresh()
+    first, losses = _resume_ddpm(checkpoint, unet, opt, sched, gen)
+    if first == 0 and checkpoint is not None and checkpoint.exists():  # a damaged one may be half-loaded
+        gen, unet, opt, sched = fresh()
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     data = _to_model_range(images, p.resolution)
     y = torch.as_tensor(labels, dtype=torch.long)
-    opt = torch.optim.AdamW(unet.parameters(), lr=p.lr, weight_decay=0.0)
-    warmup = min(200, p.train_steps // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / p.train_steps))))
-    first, losses = _resume_ddpm(checkpoint, unet, opt, sched, gen)
     started = time.perf_counter()
     unet.train()
     with tqdm(total=p.train_steps, initial=first, desc="synthesize: train ddpm", unit="step") as bar:
