@@ -88,7 +88,7 @@ def predict_part(root: Path) -> None:
     loaded = load_registered(f"models:/{load_params(root).mlflow.model_name}@champion", paths.mlflow_uri)
     files = list_inputs(folder)
     preprocess = Preprocess(loaded.resolution)
-    tensors = [preprocess.resize(torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1)
+    tensors = [preprocess.resize(torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
                                  .float().div_(255.0)) for f in files]
     batches = [torch.stack(tensors[i:i + 64]) for i in range(0, len(tensors), 64)]
     predict_files(loaded, files[:64])  # warm-up, both paths
