@@ -52,12 +52,16 @@ def sweep_stale(target: Path) -> None:
     except OSError:
         return
     for path in candidates:
-        pid = path.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+        remove_orphan(path, path.name[len(prefix):].split(".", 1)[0])
+
+
+def remove_orphan(path: Path, pid: str) -> None:
+    """Remove a temporary (file or folder) written by process ``pid`` if that process is gone."""
+    if pid.isdigit() and not pid_alive(int(pid)):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

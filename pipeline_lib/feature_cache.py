@@ -27,14 +27,12 @@ class FeatureCache:
         self._sweep()
 
     def _sweep(self) -> None:
-        from .atomic import pid_alive
+        from .atomic import remove_orphan
 
         if not self.tmp_dir.is_dir():
             return
         for tmp in self.tmp_dir.iterdir():
-            pid = tmp.name.split(".", 1)[0]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                tmp.unlink(missing_ok=True)
+            remove_orphan(tmp, tmp.name.split(".", 1)[0])
 
     def _path(self, image_id: str) -> Path:
         return self.dir / image_id[:2] / f"{image_id}.npy"

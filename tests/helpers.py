@@ -130,7 +130,7 @@ def build_tiny_clip(target: Path) -> Path:
 
 def start_mlflow_server(workdir: Path, timeout: float = 120.0):
     """A real `mlflow server` (1 worker, 127.0.0.1, sqlite backend, local artifact store) on a free
-    port; returns (process, url). Stop it with stop_process_group(process)."""
+    port; returns (process, url). Stop it with flows.prefect_server.stop_server(process)."""
     import os
     import socket
     import sys
@@ -156,23 +156,10 @@ def start_mlflow_server(workdir: Path, timeout: float = 120.0):
                     return proc, url
         except OSError:
             time.sleep(0.3)
-    stop_process_group(proc)
+    from flows.prefect_server import stop_server
+
+    stop_server(proc)
     raise RuntimeError(f"mlflow server did not start: {(workdir / f'server-{port}.log').read_text()[-2000:]}")
-
-
-def stop_process_group(proc, sig=None) -> None:
-    import os
-    import signal
-
-    try:
-        os.killpg(proc.pid, sig or signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def rest(url: str, endpoint: str, body: dict | None = None) -> dict:

@@ -13,7 +13,8 @@ import urllib.parse
 import pytest
 
 from tests.conftest import run_cmd
-from tests.helpers import copy_project, rest, set_params, start_mlflow_server, stop_process_group
+from flows.prefect_server import stop_server
+from tests.helpers import copy_project, rest, set_params, start_mlflow_server
 
 pytestmark = pytest.mark.e2e
 MODEL = "transfer-classifier"
@@ -30,7 +31,7 @@ def served(tmp_path_factory, prefect_api):
     env = {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": url}
     state = {"server": server, "url": url, "workdir": workdir, "root": root, "env": env}
     yield state
-    stop_process_group(state["server"])
+    stop_server(state["server"])
 
 
 def _query(**params) -> str:
@@ -75,7 +76,8 @@ def test_server_stopped_mid_run_gives_a_clear_error_and_nothing_half_written(ser
         else:
             time.sleep(0.05)
     assert running is not None and running["status"] == "RUNNING", "the run was not caught in progress"
-    stop_process_group(served["server"], signal.SIGKILL)  # the server dies mid-run
+    os.killpg(served["server"].pid, signal.SIGKILL)  # the server dies mid-run
+    served["server"].wait()
     out, err = job.communicate(timeout=300)
     assert job.returncode == 2, err[-3000:]
     assert f"the MLflow tracking server at {url} stopped answering" in err or f"MLflow tracking at {url}" in err
