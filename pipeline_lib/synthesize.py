@@ -124,10 +124,10 @@ def _ddpm_model(params: Params, paths: Paths, train: pd.DataFrame, real: dict, n
         if len({img.shape for img in images}) > 1:  # mixed sizes: one size before stacking
             images = [_fit(img, (p.resolution, p.resolution, 3)) for img in images]
         labels = np.array([c for c in range(n_classes) for _ in real[c]])
+        partial = paths.ddpm_cache / f"{key}.partial.pt"
         with atomic.replace_dir(cached) as staging:
-            train_ddpm(np.stack(images), labels, n_classes, p, params.seed, staging, device,
-                       checkpoint=paths.ddpm_cache / f"{key}.partial.pt")
-        (paths.ddpm_cache / f"{key}.partial.pt").unlink(missing_ok=True)
+            train_ddpm(np.stack(images), labels, n_classes, p, params.seed, staging, device, checkpoint=partial)
+        partial.unlink(missing_ok=True)
     info = json.loads((cached / "training.json").read_text())
     with atomic.replace_dir(paths.ddpm_dir) as staging:  # the DVC output: a copy of the cached model
         shutil.copytree(cached, staging, dirs_exist_ok=True)
