@@ -36,6 +36,7 @@ def make_policy(policy: AugmentPolicy, height: int, width: int, seed: int | None
         A.RandomBrightnessContrast(brightness_limit=policy.brightness_limit,
                                    contrast_limit=policy.contrast_limit, p=policy.brightness_contrast_p),
         A.GaussNoise(std_range=(policy.noise_std, policy.noise_std), p=policy.noise_p),
+        A.Erasing(scale=(0.02, policy.erase_scale_max), fill=policy.fill, p=policy.erase_p),  # random erasing
     ]
     compose = A.Compose(transforms, seed=seed)
     if seed is not None:

@@ -121,6 +121,8 @@ class AugmentPolicy(_Section):
     contrast_limit: float = Field(0.2, ge=0.0, le=1.0)
     noise_p: float = Field(0.0, ge=0.0, le=1.0)
     noise_std: float = Field(0.03, ge=0.0, le=1.0)
+    erase_p: float = Field(0.0, ge=0.0, le=1.0)
+    erase_scale_max: float = Field(0.33, gt=0.02, le=1.0)
 
 
 class AugmentParams(_Section):
@@ -160,6 +162,7 @@ class FinetuneParams(_Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     backbone_lr_mult: float = Field(0.3, ge=0.0)
+    backbone_lr_decay: float = Field(1.0, gt=0.0, le=2.0)
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_epochs: int = Field(1, ge=0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
@@ -170,6 +173,7 @@ class FinetuneParams(_Section):
     online_augment: bool = True
     batchnorm: Literal["frozen", "train"] = "frozen"
     mixup: float = Field(0.0, ge=0.0)
+    ema: float = Field(0.0, ge=0.0, lt=1.0)
     adapt: Literal["none", "dann"] = "none"
     dann_weight: float = Field(0.1, ge=0.0)
 

@@ -16,6 +16,7 @@ every random draw is seeded from (seed, epoch), ends where an uninterrupted run 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -89,6 +90,19 @@ def unfreeze(backbone: nn.Module, n_blocks: int | str) -> int:
     return sum(p.numel() for p in backbone.parameters() if p.requires_grad)
 
 
+def backbone_param_groups(backbone: nn.Module, lr: float, decay: float) -> list[dict]:
+    """Optimizer groups for the trainable backbone: the deepest block at ``lr``, each block closer to
+    the input at ``decay`` times the next one's (layer-wise decay; 1 = one rate for all)."""
+    blocks = feature_blocks(backbone)
+    groups, seen = [], set()
+    for depth, block in enumerate(reversed(blocks)):
+        params = [q for q in block.parameters() if q.requires_grad]
+        seen.update(id(q) for q in block.parameters())
+        groups.append({"params": params, "lr": lr * decay ** depth})
+    rest = [q for q in backbone.parameters() if q.requires_grad and id(q) not in seen]
+    return [g for g in [*groups, {"params": rest, "lr": lr}] if g["params"]]
+
+
 def _lr_lambda(total_steps: int, warmup_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -158,6 +172,44 @@ def _weighted_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothi
     return (per * w).sum() / w.sum().clamp_min(1e-12)
 
 
+class WeightAverage:
+    """Exponential moving average of the model's weights (``finetune.ema``: its decay; 0 = off).
+
+    The decay ramps up as min(decay, (1 + t) / (10 + t)) so the few hundred steps of a small run
+    are not dominated by the starting point. Validation, early stopping and the saved model use the
+    averaged weights; training continues on the raw ones.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, state: dict | None = None):
+        self.decay = decay
+        self.steps = int(state["steps"]) if state else 0
+        self.shadow = ({k: v.detach().clone() for k, v in state["shadow"].items()} if state else
+                       {k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module):
+        """The model with the averaged weights inside the block, its own weights restored after."""
+        raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(raw)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "shadow": self.shadow}
+
+
 def _better(monitor: str, new: tuple[float, float], best: tuple[float, float]) -> bool:
     """Is (val accuracy, val loss) ``new`` an improvement on ``best`` for the monitored quantity?"""
     (acc, loss), (best_acc, best_loss) = new, best
@@ -223,8 +275,7 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
         target = Images.unlabeled(pixels, model.preprocess)
         domain = DomainClassifier(model.head.config["in_dim"]).to(device)
     groups = [{"params": list(model.head.parameters()), "lr": p.lr},
-              {"params": [q for q in model.backbone.parameters() if q.requires_grad],
-               "lr": p.lr * p.backbone_lr_mult},
+              *backbone_param_groups(model.backbone, p.lr * p.backbone_lr_mult, p.backbone_lr_decay),
               {"params": list(domain.parameters()) if domain is not None else [], "lr": p.lr}]
     groups = [g for g in groups if g["params"]]
     optimizer = torch.optim.AdamW(groups, weight_decay=p.weight_decay)
@@ -235,14 +286,15 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
 
     state = {"epoch": 0, "best_epoch": 0, "stale": 0, "history": [], "best_state": None}
     ckpt = paths.finetune_checkpoint(config_hash(params, paths))
-    if ckpt.exists():
-        saved = torch.load(ckpt, map_location=device, weights_only=True)
+    saved = torch.load(ckpt, map_location=device, weights_only=True) if ckpt.exists() else None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         if domain is not None:
             domain.load_state_dict(saved["domain"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
+    ema = WeightAverage(model, p.ema, saved.get("ema") if saved else None) if p.ema > 0 else None
     resumed_from = state["epoch"]
     if resumed_from == 0:  # epoch 0 is the linear probe itself: fine-tuning must beat it on val
         val_loss0, val_acc0 = _evaluate(model, val, p.batch_size, device)
@@ -294,25 +346,30 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
                     torch.nn.utils.clip_grad_norm_(trainable, p.grad_clip)
                 optimizer.step()
                 scheduler.step()
+                if ema is not None:
+                    ema.update(model)
                 total += loss.item() * len(idx)
                 correct += int((logits.argmax(1) == y).sum())
                 n += len(idx)
                 bar.update(len(idx))
-        val_loss, val_acc = _evaluate(model, val, p.batch_size, device)
+        with ema.applied(model) if ema is not None else contextlib.nullcontext(model) as scored:
+            val_loss, val_acc = _evaluate(scored, val, p.batch_size, device)
+            scored_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         state["history"].append({"epoch": epoch, "train_loss": total / n, "train_accuracy": correct / n,
                                  "val_loss": val_loss, "val_accuracy": val_acc,
                                  "lr_head": optimizer.param_groups[0]["lr"],
                                  **({"domain_accuracy": domain_correct / domain_n} if domain_n else {})})
         if _better(p.monitor, (val_acc, val_loss), (state["best_val_accuracy"], state["best_val_loss"])):
             state.update(best_val_loss=val_loss, best_val_accuracy=val_acc, best_epoch=epoch, stale=0,
-                         best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
+                         best_state=scored_state)
         else:
             state["stale"] += 1
         state["epoch"] = epoch
         with atomic.atomic_path(ckpt) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "state": state,
-                        "domain": domain.state_dict() if domain is not None else {}}, tmp)
+                        "domain": domain.state_dict() if domain is not None else {},
+                        "ema": ema.state_dict() if ema is not None else {}}, tmp)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             return {"interrupted_after_epoch": epoch}
     seconds = time.perf_counter() - started

@@ -36,6 +36,20 @@ def test_zero_probabilities_are_identity():
     assert np.array_equal(augment_image(x, off, 3), x)
 
 
+def test_random_erasing_fills_one_rectangle_within_the_area_limits():
+    policy = AugmentPolicy(hflip_p=0, affine_p=0, crop_p=0, brightness_contrast_p=0, erase_p=1.0,
+                           erase_scale_max=0.2, fill=0)
+    x = np.full((28, 28, 3), 200, dtype=np.uint8)
+    for seed in range(20):
+        out = augment_image(x, policy, seed)
+        erased = np.argwhere((out == 0).all(axis=2))
+        assert len(erased), "erase_p=1 must erase"
+        (r0, c0), (r1, c1) = erased.min(0), erased.max(0)
+        assert len(erased) == (r1 - r0 + 1) * (c1 - c0 + 1)  # one filled rectangle
+        assert len(erased) <= 0.2 * 28 * 28 + 28  # within erase_scale_max (plus rounding)
+        assert (out[(out != 0).any(axis=2)] == 200).all()  # the rest untouched
+
+
 def test_stage_writes_copies_preview_and_featurize_caches_them(tmp_path):
     write_folder_dataset(tmp_path / "raw", per_class=6)
     raw = {"data": {"source": "folder", "path": str(tmp_path / "raw"), "shots_per_class": 2},

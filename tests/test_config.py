@@ -44,3 +44,22 @@ def test_paths_are_derived_from_root(tmp_path, monkeypatch):
     assert paths.mlflow_uri == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert paths.mlflow_uri == "http://127.0.0.1:5000"
+
+
+def test_readme_documents_every_param(project_root):
+    """Each params.yaml key appears in the README, dotted (`finetune.ema`) or, for the strengths
+    described beside their transform, as its leaf name in backticks (`rotate_limit`)."""
+    import yaml
+
+    readme = (project_root / "README.md").read_text()
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    raw = yaml.safe_load((project_root / "params.yaml").read_text())
+    missing = [k for k in leaves(raw) if f"`{k}`" not in readme and f"`{k.rsplit('.', 1)[-1]}`" not in readme]
+    assert not missing, f"README.md does not document: {missing}"

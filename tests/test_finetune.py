@@ -50,6 +50,18 @@ def test_unfreeze_counts_blocks_from_the_end():
     assert finetune.unfreeze(bb, "all") == sum(p.numel() for p in bb.parameters())
 
 
+def test_layerwise_learning_rates_decay_towards_the_input():
+    bb = load_backbone("mobilenet_v2", resolution=32).model
+    finetune.unfreeze(bb, 3)
+    groups = finetune.backbone_param_groups(bb, lr=0.1, decay=0.5)
+    blocks = finetune.feature_blocks(bb)
+    assert [g["lr"] for g in groups] == pytest.approx([0.1, 0.05, 0.025])  # only the 3 trainable blocks
+    assert {id(q) for q in groups[0]["params"]} == {id(q) for q in blocks[-1].parameters()}
+    assert sum(len(g["params"]) for g in groups) == sum(q.requires_grad for q in bb.parameters())
+    same = finetune.backbone_param_groups(bb, lr=0.1, decay=1.0)
+    assert {g["lr"] for g in same} == {0.1}
+
+
 @pytest.mark.parametrize("monitor", ["val_accuracy", "val_loss"])
 def test_finetune_learns_and_never_ends_worse_than_the_probe(prepared, monitor):
     params, paths = _params(prepared, monitor=monitor), Paths.for_root(prepared)
@@ -108,8 +120,9 @@ def test_batchnorm_train_mode_updates_only_unfrozen_blocks_statistics(prepared):
     assert moved and all(int(k.split(".")[2]) >= n_blocks - 2 for k in moved)
 
 
-def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(prepared):
-    params, paths = _params(prepared, epochs=3), Paths.for_root(prepared)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(prepared, ema):
+    params, paths = _params(prepared, epochs=3, ema=ema), Paths.for_root(prepared)
     finetune.run(params, paths)
     reference = torch.load(paths.finetuned_model, weights_only=True)
 
@@ -122,6 +135,28 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(prepared):
     resumed = torch.load(paths.finetuned_model, weights_only=True)
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-4, atol=1e-5)
+
+
+def test_weight_average_follows_the_ramped_decay_and_restores_the_raw_weights():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    start = model.weight.detach().clone()
+    avg = finetune.WeightAverage(model, decay=0.9)
+    expected = start.clone()
+    for step in range(1, 40):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        avg.update(model)
+        d = min(0.9, (1 + step) / (10 + step))
+        expected = d * expected + (1 - d) * model.weight.detach()
+    torch.testing.assert_close(avg.shadow["weight"], expected)
+    raw = model.weight.detach().clone()
+    with avg.applied(model) as averaged:
+        torch.testing.assert_close(averaged.weight, expected)
+        assert not torch.equal(averaged.weight, raw)  # the average lags the raw weights
+    torch.testing.assert_close(model.weight, raw)  # restored
+    again = finetune.WeightAverage(model, 0.9, avg.state_dict())  # resumed from a checkpoint
+    assert again.steps == 39 and torch.equal(again.shadow["weight"], avg.shadow["weight"])
 
 
 def test_disabled_finetune_leaves_no_model(prepared):
