@@ -93,6 +93,8 @@ def unfreeze(backbone: nn.Module, n_blocks: int | str) -> int:
 def backbone_param_groups(backbone: nn.Module, lr: float, decay: float) -> list[dict]:
     """Optimizer groups for the trainable backbone: the deepest block at ``lr``, each block closer to
     the input at ``decay`` times the next one's (layer-wise decay; 1 = one rate for all)."""
+    if decay == 1.0:  # one group: one fused optimizer update instead of one per block
+        return [g for g in [{"params": [q for q in backbone.parameters() if q.requires_grad], "lr": lr}] if g["params"]]
     blocks = feature_blocks(backbone)
     groups, seen = [], set()
     for depth, block in enumerate(reversed(blocks)):
