@@ -356,14 +356,14 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
                 bar.update(len(idx))
         with ema.applied(model) if ema is not None else contextlib.nullcontext(model) as scored:
             val_loss, val_acc = _evaluate(scored, val, p.batch_size, device)
-            scored_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         state["history"].append({"epoch": epoch, "train_loss": total / n, "train_accuracy": correct / n,
                                  "val_loss": val_loss, "val_accuracy": val_acc,
                                  "lr_head": optimizer.param_groups[0]["lr"],
                                  **({"domain_accuracy": domain_correct / domain_n} if domain_n else {})})
         if _better(p.monitor, (val_acc, val_loss), (state["best_val_accuracy"], state["best_val_loss"])):
             state.update(best_val_loss=val_loss, best_val_accuracy=val_acc, best_epoch=epoch, stale=0,
-                         best_state=scored_state)
+                         best_state={k: v.detach().clone() for k, v in
+                                     (ema.shadow if ema is not None else model.state_dict()).items()})
         else:
             state["stale"] += 1
         state["epoch"] = epoch
