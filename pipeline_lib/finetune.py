@@ -94,7 +94,8 @@ def backbone_param_groups(backbone: nn.Module, lr: float, decay: float) -> list[
     """Optimizer groups for the trainable backbone: the deepest block at ``lr``, each block closer to
     the input at ``decay`` times the next one's (layer-wise decay; 1 = one rate for all)."""
     if decay == 1.0:  # one group: one fused optimizer update instead of one per block
-        return [g for g in [{"params": [q for q in backbone.parameters() if q.requires_grad], "lr": lr}] if g["params"]]
+        trainable = [q for q in backbone.parameters() if q.requires_grad]
+        return [{"params": trainable, "lr": lr}] if trainable else []
     blocks = feature_blocks(backbone)
     groups, seen = [], set()
     for depth, block in enumerate(reversed(blocks)):
@@ -174,6 +175,11 @@ def _weighted_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothi
     return (per * w).sum() / w.sum().clamp_min(1e-12)
 
 
+def snapshot(state: dict) -> dict:
+    """A detached copy of a state dict (weights that later steps must not change)."""
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
 class WeightAverage:
     """Exponential moving average of the model's weights (``finetune.ema``: its decay; 0 = off).
 
@@ -185,8 +191,7 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float, state: dict | None = None):
         self.decay = decay
         self.steps = int(state["steps"]) if state else 0
-        self.shadow = ({k: v.detach().clone() for k, v in state["shadow"].items()} if state else
-                       {k: v.detach().clone() for k, v in model.state_dict().items()})
+        self.shadow = snapshot(state["shadow"] if state else model.state_dict())
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -201,7 +206,7 @@ class WeightAverage:
     @contextlib.contextmanager
     def applied(self, model: nn.Module):
         """The model with the averaged weights inside the block, its own weights restored after."""
-        raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        raw = snapshot(model.state_dict())
         model.load_state_dict(self.shadow)
         try:
             yield model
@@ -302,7 +307,7 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
         val_loss0, val_acc0 = _evaluate(model, val, p.batch_size, device)
         state.update(best_val_loss=val_loss0, best_val_accuracy=val_acc0, val_loss_before=val_loss0,
                      val_accuracy_before=val_acc0,
-                     best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
+                     best_state=snapshot(model.state_dict()))
 
     started = time.perf_counter()
     sizes = {img.shape[:2] for img in train.pixels + (target.pixels if target is not None else [])}
@@ -362,8 +367,7 @@ def run(params: Params, paths: Paths, stop_after_epoch: int | None = None) -> di
                                  **({"domain_accuracy": domain_correct / domain_n} if domain_n else {})})
         if _better(p.monitor, (val_acc, val_loss), (state["best_val_accuracy"], state["best_val_loss"])):
             state.update(best_val_loss=val_loss, best_val_accuracy=val_acc, best_epoch=epoch, stale=0,
-                         best_state={k: v.detach().clone() for k, v in
-                                     (ema.shadow if ema is not None else model.state_dict()).items()})
+                         best_state=snapshot(ema.shadow if ema is not None else model.state_dict()))
         else:
             state["stale"] += 1
         state["epoch"] = epoch
