@@ -2,11 +2,13 @@
 images) or on per-seed draws from the full Fashion-MNIST (--data full, 2,000 test images), mean ±
 std over seeds, per strategy, each through the pipeline's own stages:
 
-  lr        scikit-learn LogisticRegression on the cached features (the linear-probe reference)
-  head      train_head (the pipeline's linear head) on the cached features
+  lr        scikit-learn LogisticRegressionCV (C chosen by 5-fold CV) on the cached features of all
+            k labelled images per class (the linear-probe reference)
+  head      train_head (the recipe chosen by CV, refitted on all k) on the cached features
   head_aug  train_head with the offline augmented copies added (augment.copies per image)
-  finetune  LP-FT: the finetune stage started from that head
-  chosen    what evaluate deploys: head or finetune, with or without flip TTA, whichever is best on val
+  finetune  the fine-tuned model when the finetune stage's CV kept it (runs where it did not
+            are left out of this column; "kept" counts them)
+  chosen    what evaluate deploys: the recipe chosen by cross-validation (selection.*)
 
     .venv/bin/python benchmarks/accuracy_vs_shots.py [--seeds 3] [--shots 5 10 20 50] [--data full]
         [--strategies head head_aug finetune] [--set finetune.epochs=30 ...]
@@ -42,7 +44,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override params, as `dvc exp run -S`: --set finetune.epochs=20")
     args = parser.parse_args()
-    from sklearn.linear_model import LogisticRegression
+    import numpy as np
+    from sklearn.linear_model import LogisticRegressionCV
 
     root = copy_project()
     paths = Paths.for_root(root)
@@ -67,7 +70,8 @@ def main() -> None:
                 featurize.run(params, paths)
             X, y, _ = featurize.load_features(paths, "train")
             Xt, yt, _ = featurize.load_features(paths, "test")
-            acc["lr"].append(float(LogisticRegression(max_iter=2000).fit(X, y).score(Xt, yt)))
+            acc["lr"].append(float(LogisticRegressionCV(Cs=10, cv=min(5, int(np.bincount(y).min())),
+                                                        max_iter=2000).fit(X, y).score(Xt, yt)))
             if "head_aug" in args.strategies:
                 aug = parse_params({**raw, "train_head": {**base["train_head"], "use_augmented": True}})
                 train_head.run(aug, paths)
@@ -78,9 +82,13 @@ def main() -> None:
                 with contextlib.redirect_stderr(io.StringIO()):
                     ft_seconds.append(finetune.run(params, paths)["train_seconds"])
                 metrics = evaluate.run(params, paths)
-                acc["finetune"].append(metrics["models"]["finetune"]["test_accuracy"])
+                if "finetune" in metrics["models"]:
+                    acc["finetune"].append(metrics["models"]["finetune"]["test_accuracy"])
                 acc["chosen"].append(metrics["accuracy"])
         ft = f"{sum(ft_seconds) / len(ft_seconds):10.1f}" if ft_seconds else ""
+        if "finetune" in args.strategies:
+            ft += f"  kept {len(acc['finetune'])}/{args.seeds}"
+            acc["finetune"] = acc["finetune"] or [float("nan")]
         print(f"{shots:>5}  " + "  ".join(f"{mean_std(acc[n]):>13}" for n in names) + f"  {ft}", flush=True)
         for name in names:
             curves[name][shots] = acc[name]

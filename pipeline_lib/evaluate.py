@@ -10,7 +10,7 @@ from . import atomic
 from .config import Params, Paths
 from .featurize import load_features
 from . import finetune
-from .backbones import Preprocess, backbone_for
+from .backbones import chosen_backbone
 from .heads import load_head, predict_proba
 from .ingest import load_manifest
 from .plots import plot_confusion, plot_reliability
@@ -43,21 +43,22 @@ def top_confusions(cm: np.ndarray, classes: list[str], k: int) -> list[dict]:
 
 
 def calibrate(val_proba: np.ndarray, y_val: np.ndarray, test_proba: np.ndarray, y_test: np.ndarray,
-              target) -> dict:
-    """ECE on test before and after temperature scaling fitted on val; reliability diagram PNG.
+              target, fitted_on: str = "val") -> dict:
+    """ECE on test before and after temperature scaling fitted on val (or, in CV mode, the
+    out-of-fold predictions); reliability diagram PNG.
 
     Log-probabilities serve as logits (softmax(log p / T) is temperature scaling of the logits).
     """
     logits_test = np.log(np.clip(test_proba, 1e-12, None))
     temperature = fit_temperature(np.log(np.clip(val_proba, 1e-12, None)), y_val) if len(y_val) else 1.0
     scaled = softmax(logits_test, temperature)
-    result = {"temperature": temperature, "ece": expected_calibration_error(test_proba, y_test),
+    result = {"temperature": temperature, "temperature_fitted_on": fitted_on, "ece": expected_calibration_error(test_proba, y_test),
               "ece_temperature_scaled": expected_calibration_error(scaled, y_test),
               "nll": nll(test_proba, y_test), "nll_temperature_scaled": nll(scaled, y_test)}
     plot_reliability({f"as trained (ECE {result['ece']:.3f})": reliability_bins(test_proba, y_test),
                       f"T={temperature:.2f} (ECE {result['ece_temperature_scaled']:.3f})":
                           reliability_bins(scaled, y_test)},
-                     target, title="reliability on test; temperature fitted on val")
+                     target, title=f"reliability on test; temperature fitted on {fitted_on}")
     return result
 
 
@@ -65,19 +66,20 @@ def model_probabilities(params: Params, paths: Paths) -> dict[str, dict[str, np.
     """Val and test class probabilities of every trained model, in the feature files' row order:
     "head", "finetune" (when enabled) and, with evaluate.tta, each one's flip-averaged variant
     ("head_tta", "finetune_tta")."""
-    head, _ = load_head(paths.head, paths.head_meta)
-    out = {"head": {split: predict_proba(head, load_features(paths, split)[0]) for split in ("val", "test")}}
+    head, meta = load_head(paths.head, paths.head_meta)
+    name = (meta.get("backbone_spec") or {}).get("name")
+    out = {"head": {split: predict_proba(head, load_features(paths, split, name)[0]) for split in ("val", "test")}}
     tuned = finetune.load_finetuned(params, paths)
     tta = params.evaluate.tta == "hflip"
     if tuned is None and not tta:
         return out
     manifest = load_manifest(paths)[0].set_index("image_id")
-    preprocess = Preprocess(params.backbone.resolution)
+    bb = chosen_backbone(params, paths)
+    preprocess = bb.preprocess
     images = {split: finetune.Images(manifest.loc[list(load_features(paths, split)[2])].reset_index(), paths,
                                       preprocess) for split in ("val", "test")}
     models = {"finetune": tuned} if tuned is not None else {}
     if tta:
-        bb = backbone_for(params, paths.root)
         frozen = finetune.FinetuneModel(bb.preprocess, bb.model, head)
         out["head_tta"] = {split: finetune.predict_proba(frozen, images[split], tta=True) for split in images}
     for name, model in models.items():
@@ -131,25 +133,61 @@ def baselines(params: Params, paths: Paths, classes: list[str], y_test: np.ndarr
     return out
 
 
+def selection_summary(paths: Paths) -> dict:
+    """How the deployed recipe was chosen: the head table of train_head and finetune's decision."""
+    import json
+
+    sel = json.loads(paths.selection_report.read_text())
+    table = {name: {k: row[k] for k in ("accuracy", "accuracy_std", "macro_f1", "macro_f1_std", "log_loss")}
+             for name, row in sel["table"].items()}
+    out = {k: sel[k] for k in ("mode", "metric", "winner", "backbone", "tta", "folds", "repeats", "n_labelled",
+                               "refit_on", "reason")}
+    out["table"] = table
+    if paths.finetune_report.exists():
+        ft = json.loads(paths.finetune_report.read_text())
+        if ft.get("enabled"):
+            out["finetune"] = {k: ft[k] for k in ("mode", "kept", "reason", "best_epoch", "gain", "gain_se", "folds")
+                               if k in ft}
+    return out
+
+
+def chosen_by_cv(paths: Paths, names) -> str:
+    """CV mode: fine-tuned if its CV decision kept it, else the head; with flip TTA when the head's
+    CV chose it (whether mirroring preserves the class is a property of the data, decided on the
+    cheap head)."""
+    import json
+
+    tta = json.loads(paths.head_meta.read_text()).get("tta", False)
+    base = "finetune" if "finetune" in names else "head"
+    return f"{base}_tta" if tta and f"{base}_tta" in names else base
+
+
+def oof_probabilities(paths: Paths, candidate: str) -> tuple[np.ndarray, np.ndarray]:
+    """(y, probabilities) out of fold for the candidate's recipe: what calibration is fitted on in CV mode."""
+    source = paths.finetune_oof if candidate.startswith("finetune") else paths.head_oof
+    with np.load(source) as npz:
+        return npz["y"], npz["proba"]
+
+
 def run(params: Params, paths: Paths) -> dict:
     _, classes = load_manifest(paths)
     _, y_val, _ = load_features(paths, "val")
     _, y, image_ids = load_features(paths, "test")
     probas = model_probabilities(params, paths)
+    cv_mode = len(y_val) == 0
     val_scores = {name: (float((p["val"].argmax(1) == y_val).mean()) if len(y_val) else 0.0,
                          nll(p["val"], y_val) if len(y_val) else 0.0) for name, p in probas.items()}
-    candidate = choose_candidate(val_scores, params.finetune.monitor)
+    candidate = chosen_by_cv(paths, probas) if cv_mode else choose_candidate(val_scores, params.finetune.monitor)
     models = {}
     for name, p in probas.items():
         pred_m = p["test"].argmax(1)
-        models[name] = {"val_accuracy": val_scores[name][0], "val_loss": val_scores[name][1],
+        models[name] = {**({} if cv_mode else {"val_accuracy": val_scores[name][0], "val_loss": val_scores[name][1]}),
                         "test_accuracy": float((pred_m == y).mean()),
                         "test_macro_f1": classification_metrics(y, pred_m, classes)["macro_f1"]}
-
     proba = probas[candidate]["test"]
     pred = proba.argmax(1)
     metrics = classification_metrics(y, pred, classes)
-    metrics.update(candidate=candidate, models=models)
+    metrics.update(candidate=candidate, models=models, selection=selection_summary(paths))
     if "finetune" in probas:
         metrics["comparison"] = {"first": "head", "second": "finetune", **paired_comparison(
             probas["head"]["test"].argmax(1) == y, probas["finetune"]["test"].argmax(1) == y)}
@@ -160,7 +198,9 @@ def run(params: Params, paths: Paths) -> dict:
                          **bootstrap_ci(y, pred, len(classes), params.evaluate.bootstrap,
                                         params.evaluate.ci_level, params.seed)}
     metrics["baselines"] = baselines(params, paths, classes, y)
-    metrics["calibration"] = calibrate(probas[candidate]["val"], y_val, proba, y, paths.reliability_png)
+    fit_y, fit_proba = oof_probabilities(paths, candidate) if cv_mode else (y_val, probas[candidate]["val"])
+    metrics["calibration"] = calibrate(fit_proba, fit_y, proba, y, paths.reliability_png,
+                                       "out-of-fold predictions" if cv_mode else "val")
 
     atomic.write_json(paths.metrics, metrics)
     names = np.array(classes)

@@ -24,12 +24,14 @@ from tqdm import tqdm
 from . import atomic
 from .backbones import Backbone, backbone_for, pick_device
 from .config import Params, Paths
+from .errors import PipelineError
 from .feature_cache import FeatureCache
 from .augment import load_augmented
 from .ingest import SPLITS, load_manifest
 from .synthesize import SPLIT as SYNTHETIC, load_synthetic
 
 AUGMENTED = "train_augmented"  # features of the offline augmented copies of the train images
+FLIP = "|hflip"  # cache key suffix of an image's mirror-image features (flip TTA)
 
 
 def read_image_uint8(path: str | Path) -> torch.Tensor:
@@ -69,8 +71,9 @@ def _prefetch(batches: Iterable, load, depth: int = 2) -> Iterator:
 
 
 def embed_paths(backbone: Backbone, paths: Sequence[str | Path], batch_size: int,
-                device: torch.device, desc: str = "featurize") -> np.ndarray:
-    """Run the frozen backbone over image files, batched, with a progress bar."""
+                device: torch.device, desc: str = "featurize", flip: bool = False) -> np.ndarray:
+    """Run the frozen backbone over image files, batched, with a progress bar; ``flip``: over
+    their mirror images (what flip test-time augmentation averages with)."""
     def load(batch: Sequence) -> torch.Tensor:
         return load_batch(batch, backbone.preprocess)
 
@@ -79,6 +82,8 @@ def embed_paths(backbone: Backbone, paths: Sequence[str | Path], batch_size: int
     done = 0
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not paths) as bar:
         for images in _prefetch(chunks, load):
+            if flip:
+                images = images.flip(-1)
             feats = backbone(images.to(device, non_blocking=True)).float().cpu().numpy()
             out[done:done + len(feats)] = feats
             done += len(feats)
@@ -98,15 +103,27 @@ def all_images(paths: Paths) -> pd.DataFrame:
     return pd.concat([manifest[manifest["split"].isin(SPLITS)], augmented, synthetic], ignore_index=True)
 
 
-def plan_shards(params: Params, paths: Paths, shard_size: int) -> list[list[tuple[str, str]]]:
-    """The images whose features are not cached yet, as (image id, path) shards for workers."""
-    backbone = backbone_for(params, paths.root)
-    cache = FeatureCache(paths.cache_dir(params), backbone.key)
-    todo, seen = [], set()
-    for iid, rel in zip(*all_images(paths)[["image_id", "path"]].to_numpy().T):
-        if iid not in seen and not _cached(cache, iid, backbone.feature_dim):
-            todo.append((str(iid), str(paths.resolve(rel))))
-        seen.add(iid)
+def feature_keys(params: Params, manifest: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    """(cache key, image path, mirrored) of every vector featurize needs: each image's, and with
+    flip TTA the mirror image's of every train/val/test image."""
+    keys = [(iid, rel, False) for iid, rel in zip(manifest["image_id"], manifest["path"])]
+    if params.evaluate.tta == "hflip":
+        keys += [(iid + FLIP, rel, True) for iid, rel, split in
+                 zip(manifest["image_id"], manifest["path"], manifest["split"]) if split in SPLITS]
+    return keys
+
+
+def plan_shards(params: Params, paths: Paths, shard_size: int) -> list[list[tuple[str, str, bool, str]]]:
+    """The vectors not cached yet, as (cache key, image path, mirrored, backbone) shards for workers."""
+    todo = []
+    for name in params.backbone.names:
+        backbone = backbone_for(params, paths.root, name)
+        cache = FeatureCache(paths.cache_dir(params), backbone.key)
+        seen = set()
+        for key, rel, flip in feature_keys(params, all_images(paths)):
+            if key not in seen and not _cached(cache, key, backbone.feature_dim):
+                todo.append((str(key), str(paths.resolve(rel)), flip, name))
+            seen.add(key)
     return [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
 
 
@@ -115,24 +132,64 @@ def _cached(cache: FeatureCache, iid: str, dim: int) -> bool:
     return vec is not None and vec.shape == (dim,)
 
 
-@lru_cache(maxsize=2)
-def _worker_backbone(params_json: str, root: str) -> Backbone:
+@lru_cache(maxsize=4)
+def _worker_backbone(params_json: str, root: str, name: str) -> Backbone:
     from .config import parse_params
 
     params = parse_params(json.loads(params_json))
-    return backbone_for(params, Path(root)).to(pick_device(params.featurize.device))
+    return backbone_for(params, Path(root), name).to(pick_device(params.featurize.device))
 
 
-def embed_shard(params: Params, paths: Paths, shard: list[tuple[str, str]]) -> int:
+def embed_shard(params: Params, paths: Paths, shard: list[tuple[str, str, bool, str]]) -> int:
     """Embed one shard into the content-addressed cache (on whichever process runs it); returns
-    how many vectors it wrote. The backbone is loaded once per worker process."""
-    backbone = _worker_backbone(json.dumps(params.model_dump(), sort_keys=True), str(paths.root))
-    cache = FeatureCache(paths.cache_dir(params), backbone.key)
-    feats = embed_paths(backbone, [path for _, path in shard], params.featurize.batch_size,
-                        pick_device(params.featurize.device), desc="featurize shard")
-    for (iid, _), vec in zip(shard, feats):
-        cache.put(iid, vec)
+    how many vectors it wrote. Each backbone is loaded once per worker process."""
+    params_json = json.dumps(params.model_dump(), sort_keys=True)
+    for name in dict.fromkeys(item[3] for item in shard):
+        backbone = _worker_backbone(params_json, str(paths.root), name)
+        _embed_into(FeatureCache(paths.cache_dir(params), backbone.key), backbone,
+                    [tuple(item[:3]) for item in shard if item[3] == name], params.featurize.batch_size,
+                    pick_device(params.featurize.device), {})
     return len(shard)
+
+
+def _embed_into(cache: FeatureCache, backbone: Backbone, todo: list[tuple[str, str, bool]], batch_size: int,
+                device, vectors: dict) -> None:
+    """Embed (key, path, mirrored) items, plain images first, into the cache and ``vectors``."""
+    for flip in (False, True):
+        part = [(key, path) for key, path, f in todo if f == flip]
+        if part:
+            feats = embed_paths(backbone, [path for _, path in part], batch_size, device,
+                                desc=f"featurize {backbone.name}" + (" (mirrored)" if flip else ""), flip=flip)
+            for (key, _), vec in zip(part, feats):
+                cache.put(key, vec)
+                vectors[key] = vec
+
+
+def _vectors(params: Params, paths: Paths, manifest: pd.DataFrame, backbone: Backbone, device) -> tuple[dict, dict]:
+    """Every vector featurize needs for one backbone, from the cache or computed; and a report."""
+    cache = FeatureCache(paths.cache_dir(params), backbone.key)
+    started = time.perf_counter()
+    vectors: dict[str, np.ndarray] = {}
+    todo: list[tuple[str, str, bool]] = []
+    for key, rel, flip in feature_keys(params, manifest):
+        if key in vectors:
+            continue
+        vec = cache.get(key)
+        if vec is None or vec.shape != (backbone.feature_dim,):
+            todo.append((key, paths.resolve(rel), flip))
+        vectors[key] = vec
+    _embed_into(cache, backbone, todo, params.featurize.batch_size, device, vectors)
+    seconds = time.perf_counter() - started
+    return vectors, {
+        "backbone_key": backbone.key, "weights_sha256": backbone.weights.sha256, "feature_dim": backbone.feature_dim,
+        "images": len(vectors), "mirrored": sum(k.endswith(FLIP) for k in vectors), "cache_hits": cache.hits,
+        "computed": len(todo), "seconds": round(seconds, 3),
+        "images_per_second": round(len(todo) / seconds, 1) if todo and seconds > 0 else None}
+
+
+def _suffix(name: str, names: list[str]) -> str:
+    """Array-name suffix of a backbone's features in the npz files: none for the first."""
+    return "" if name == names[0] else f"@{name}"
 
 
 def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
@@ -141,46 +198,58 @@ def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
     _, classes = load_manifest(paths)
     manifest = all_images(paths)
     device = pick_device(p.device)
-    backbone = backbone_for(params, paths.root).to(device)
-    cache = FeatureCache(paths.cache_dir(params), backbone.key)
-
-    started = time.perf_counter()
-    vectors: dict[str, np.ndarray] = {}
-    todo: list[tuple[str, str]] = []
-    for iid, rel in zip(manifest["image_id"], manifest["path"]):
-        if iid in vectors:
-            continue
-        vec = cache.get(iid)
-        if vec is None or vec.shape != (backbone.feature_dim,):
-            todo.append((iid, rel))
-        else:
-            vectors[iid] = vec
-    if todo:
-        feats = embed_paths(backbone, [paths.resolve(rel) for _, rel in todo], p.batch_size, device)
-        for (iid, _), vec in zip(todo, feats):
-            cache.put(iid, vec)
-            vectors[iid] = vec
-    compute_s = time.perf_counter() - started
-
-    for split in (*SPLITS, AUGMENTED, SYNTHETIC):
+    names = params.backbone.names
+    flip_splits = SPLITS if params.evaluate.tta == "hflip" else ()
+    arrays: dict[str, dict[str, np.ndarray]] = {split: {} for split in (*SPLITS, AUGMENTED, SYNTHETIC)}
+    per_backbone = {}
+    for name in names:
+        backbone = backbone_for(params, paths.root, name).to(device)
+        vectors, per_backbone[name] = _vectors(params, paths, manifest, backbone, device)
+        empty = np.zeros((0, backbone.feature_dim), np.float32)
+        for split, out in arrays.items():
+            ids = manifest.loc[manifest["split"] == split, "image_id"]
+            out["X" + _suffix(name, names)] = np.stack([vectors[i] for i in ids]).astype(np.float32) if len(ids) else empty
+            if split in flip_splits:
+                out["X_flip" + _suffix(name, names)] = (np.stack([vectors[i + FLIP] for i in ids]).astype(np.float32)
+                                                        if len(ids) else empty)
+        del backbone
+    for split, out in arrays.items():
         part = manifest[manifest["split"] == split]
-        X = np.stack([vectors[i] for i in part["image_id"]]) if len(part) else \
-            np.zeros((0, backbone.feature_dim), np.float32)
-        atomic.write_npz(paths.features(split), X=X.astype(np.float32),
-                         y=part["label_idx"].to_numpy(np.int64),
-                         image_id=part["image_id"].to_numpy(dtype=str))
-    report = {
-        "backbone": params.backbone.name, "backbone_key": backbone.key,
-        "weights_sha256": backbone.weights.sha256, "feature_dim": backbone.feature_dim,
-        "device": str(device), "images": len(manifest), "cache_hits": cache.hits,
-        "computed": len(todo), "computed_by_workers": computed_by_workers, "seconds": round(compute_s, 3),
-        "images_per_second": round(len(todo) / compute_s, 1) if todo and compute_s > 0 else None,
-        "classes": classes,
-    }
+        atomic.write_npz(paths.features(split), y=part["label_idx"].to_numpy(np.int64),
+                         image_id=part["image_id"].to_numpy(dtype=str), backbones=np.array(names), **out)
+    first = per_backbone[names[0]]
+    report = {"backbone": names[0], **first, "device": str(device),
+              "images": sum(r["images"] for r in per_backbone.values()),
+              "cache_hits": sum(r["cache_hits"] for r in per_backbone.values()),
+              "computed": sum(r["computed"] for r in per_backbone.values()),
+              "computed_by_workers": computed_by_workers,
+              "seconds": round(sum(r["seconds"] for r in per_backbone.values()), 3),
+              "backbones": per_backbone, "classes": classes}
     atomic.write_json(paths.featurize_report, report)
     return report
 
 
-def load_features(paths: Paths, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _array(npz, base: str, backbone: str | None) -> str | None:
+    names = list(npz["backbones"]) if "backbones" in npz.files else []
+    key = base if backbone is None or not names else base + _suffix(backbone, names)
+    if backbone is not None and names and backbone not in names:
+        raise PipelineError(f"no {backbone} features in the feature files (featurized: {names}): run `dvc repro featurize`")
+    return key if key in npz.files else None
+
+
+def load_features(paths: Paths, split: str, backbone: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, labels, image ids) of a split; ``backbone``: whose features (default: the first)."""
     with np.load(paths.features(split), allow_pickle=False) as npz:
-        return npz["X"], npz["y"], npz["image_id"]
+        return npz[_array(npz, "X", backbone)], npz["y"], npz["image_id"]
+
+
+def load_flipped(paths: Paths, split: str, backbone: str | None = None) -> np.ndarray | None:
+    """Features of the split's mirror images (row order as load_features), None without flip TTA."""
+    with np.load(paths.features(split), allow_pickle=False) as npz:
+        key = _array(npz, "X_flip", backbone)
+        return npz[key] if key else None
+
+
+def featurized_backbones(paths: Paths) -> list[str]:
+    with np.load(paths.features("train"), allow_pickle=False) as npz:
+        return list(npz["backbones"])

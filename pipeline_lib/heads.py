@@ -40,6 +40,29 @@ class Head(nn.Module):
         return self.net((features - self.mean) / self.scale)
 
 
+@dataclass(frozen=True)
+class HeadRecipe:
+    """One candidate head: its kind and, for the linear head, the inverse L2 strength C."""
+
+    kind: str = "linear"
+    C: float | None = 1.0
+
+    @property
+    def name(self) -> str:
+        return f"linear C={self.C:g}" if self.kind == "linear" else self.kind
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "C": self.C}
+
+
+def recipes(p: TrainHeadParams) -> list[HeadRecipe]:
+    """Every head recipe train_head.kinds and train_head.C describe, simplest (most regularised) first."""
+    out = []
+    for kind in p.kinds:
+        out += [HeadRecipe("linear", c) for c in p.C] if kind == "linear" else [HeadRecipe(kind, None)]
+    return out
+
+
 @dataclass
 class TrainResult:
     head: Head
@@ -57,9 +80,54 @@ def class_weights(y: np.ndarray, n_classes: int, mode: str) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+ABSENT_BIAS = -30.0  # logit of a class with no training example: never predicted
+
+
+def fit_head(X_train: np.ndarray, y_train: np.ndarray, n_classes: int, recipe: HeadRecipe, p: TrainHeadParams,
+             seed: int, sample_weight: np.ndarray | None = None, X_val: np.ndarray | None = None,
+             y_val: np.ndarray | None = None) -> TrainResult:
+    """A head of the given recipe. The linear head is scikit-learn's multinomial logistic regression
+    (L-BFGS to convergence: the exact L2-regularised optimum, in well under a second), copied into a
+    torch ``Head`` so fine-tuning and export see one module type; the MLP is trained by
+    ``train_head`` (full-batch AdamW, early stopping when a val split is given)."""
+    if recipe.kind == "mlp":
+        return train_head(X_train, y_train, X_val, y_val, n_classes, p, seed, sample_weight)
+    if len(X_train) == 0:
+        raise PipelineError("train_head: the training split is empty (check data.* params and the ingest report)")
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.asarray(X_train, np.float64)
+    mean = X.mean(0) if p.standardize else np.zeros(X.shape[1])
+    scale = np.clip(X.std(0), 1e-6, None) if p.standardize else np.ones(X.shape[1])
+    w = np.ones(len(y_train)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    w = w * class_weights(y_train, n_classes, p.class_weighting).numpy()[y_train]
+    head = Head(X.shape[1], n_classes, "linear", dropout=p.dropout)
+    head.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+    head.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
+    linear = head.net[-1]
+    present = np.unique(y_train)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.fill_(ABSENT_BIAS)
+        if len(present) == 1:
+            linear.bias[present[0]] = 0.0
+        else:
+            lr = LogisticRegression(C=recipe.C, max_iter=2000, tol=1e-6)
+            # the loss is a weighted mean, so C means the same whatever the number of images
+            lr.fit((X - mean) / scale, y_train, sample_weight=w * len(w) / w.sum())
+            coef, bias = lr.coef_, lr.intercept_
+            if len(present) == 2:  # scikit-learn's binary form: one logit difference
+                coef, bias = np.stack([-coef[0] / 2, coef[0] / 2]), np.array([-bias[0] / 2, bias[0] / 2])
+            linear.weight[present] = torch.as_tensor(coef, dtype=torch.float32)
+            linear.bias[present] = torch.as_tensor(bias, dtype=torch.float32)
+    head.eval()
+    return TrainResult(head=head, best_epoch=1, epochs_run=1, best_val_loss=None)
+
+
 def train_head(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None,
                n_classes: int, p: TrainHeadParams, seed: int, sample_weight: np.ndarray | None = None) -> TrainResult:
-    """Full-batch AdamW on the features; keeps the epoch with the lowest val loss.
+    """The MLP head: full-batch AdamW on the features for ``max_epochs``; with a val split, early
+    stopping keeps the epoch with the lowest val loss.
 
     ``sample_weight`` scales each training example's loss (synthetic images are down-weighted)."""
     if len(X_train) == 0:
@@ -71,7 +139,7 @@ def train_head(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray | Non
     Xv = torch.as_tensor(X_val, dtype=torch.float32) if has_val else None
     yv = torch.as_tensor(y_val, dtype=torch.long) if has_val else None
 
-    head = Head(Xt.shape[1], n_classes, p.kind, p.hidden_dim, p.dropout)
+    head = Head(Xt.shape[1], n_classes, "mlp", p.hidden_dim, p.dropout)
     if p.standardize:
         head.mean.copy_(Xt.mean(0))
         head.scale.copy_(Xt.std(0, unbiased=False).clamp_min(1e-6))
@@ -111,6 +179,7 @@ def train_head(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray | Non
     head.eval()
     return TrainResult(head=head, best_epoch=best_epoch or epoch, epochs_run=epoch,
                        best_val_loss=best_loss if has_val else None, history=history)
+
 
 
 def save_head(head: Head, path: Path, meta_path: Path, meta: dict) -> None:

@@ -126,38 +126,77 @@ def assign_splits(frame: pd.DataFrame, val_fraction: float, test_fraction: float
 
     When the source already names test rows, the rest is split into train/val only.
     """
+    split = assign_test(frame, test_fraction, seed)
+    return assign_val(frame, split, (frame["split"] == "") & (split == "train"), val_fraction, seed)
+
+
+def assign_test(frame: pd.DataFrame, test_fraction: float, seed: int) -> pd.Series:
+    """Rows with an empty ``split`` become test (a stratified ``test_fraction``, at least one per
+    class, unless the source names test rows) or train (the labelled pool); given splits are kept."""
     rng = np.random.default_rng(seed)
     split = frame["split"].copy()
     has_test = bool((split == "test").any())
     for _, idx in frame[split == ""].groupby("label").groups.items():
         idx = np.array(sorted(idx))
         rng.shuffle(idx)
-        n = len(idx)
-        n_test = 0 if has_test else max(1, int(round(n * test_fraction)))
-        n_val = int(round(n * val_fraction))
-        if val_fraction > 0 and n - n_test >= 2:
-            n_val = max(1, n_val)
-        n_val = min(n_val, max(0, n - n_test - 1))
+        n_test = 0 if has_test else max(1, int(round(len(idx) * test_fraction)))
+        n_test = min(n_test, max(0, len(idx) - 1))
         split.loc[idx[:n_test]] = "test"
-        split.loc[idx[n_test:n_test + n_val]] = "val"
-        split.loc[idx[n_test + n_val:]] = "train"
+        split.loc[idx[n_test:]] = "train"
+    return split
+
+
+def assign_val(frame: pd.DataFrame, split: pd.Series, eligible: pd.Series, val_fraction: float,
+               seed: int) -> pd.Series:
+    """Move a stratified ``val_fraction`` of the ``eligible`` rows of each class to val, leaving at
+    least one training image per class."""
+    rng = np.random.default_rng(seed + 2)
+    split = split.copy()
+    for _, idx in frame[eligible].groupby("label").groups.items():
+        idx = np.array(sorted(idx))
+        rng.shuffle(idx)
+        n = len(idx)
+        n_val = int(round(n * val_fraction))
+        if val_fraction > 0 and n >= 2:
+            n_val = max(1, n_val)
+        n_val = min(n_val, max(0, n - 1))
+        split.loc[idx[:n_val]] = "val"
     return split
 
 
 def subsample_shots(frame: pd.DataFrame, shots: int | None, seed: int) -> pd.Series:
-    """Keep ``shots`` training images per class (seeded); the others become split ``unused``.
+    """Keep ``shots`` labelled images per class (seeded); the others become split ``unused``.
 
-    The subsets are nested: the k images kept at k shots are among those kept at k + 1, so
-    growing the labelled set only adds images (and only those need featurizing).
+    The labelled pool is every train or val row. The subsets are nested: the k images kept at k
+    shots are among those kept at k + 1, so growing the labelled set only adds images (and only
+    those need featurizing).
     """
     split = frame["split"].copy()
     if shots is None:
         return split
     rng = np.random.default_rng(seed + 1)
-    for _, idx in sorted(frame[split == "train"].groupby("label").groups.items()):
+    for _, idx in sorted(frame[split.isin(["train", "val"])].groupby("label").groups.items()):
         order = np.array(sorted(idx))[rng.permutation(len(idx))]
         split.loc[order[shots:]] = "unused"
     return split
+
+
+def split_labelled(frame: pd.DataFrame, d, cv_below: int, seed: int) -> tuple[pd.Series, str]:
+    """test | train | val | unused for every row, and the selection mode.
+
+    Test rows are set aside first; ``shots_per_class`` then keeps k labelled images per class.
+    When the smallest class has fewer than ``cv_below`` of them, every one of them is a training
+    image and choices are made by cross-validation over them (mode "cv"); otherwise a stratified
+    ``val_fraction`` (plus rows the source marks val) is held out for choosing (mode "holdout").
+    """
+    given = frame["split"]
+    split = assign_test(frame, d.test_fraction, seed)
+    split = subsample_shots(frame.assign(split=split), d.shots_per_class, seed)
+    kept = split.isin(["train", "val"])
+    counts = frame.loc[kept, "label"].value_counts()
+    if counts.empty or int(counts.min()) < cv_below or d.val_fraction == 0:
+        return split.where(~kept, "train"), "cv"
+    return assign_val(frame, split, kept & (given == ""), d.val_fraction, seed), "holdout"
 
 
 # ---------------------------------------------------------------- stage
@@ -178,8 +217,7 @@ def run(params: Params, paths: Paths) -> dict:
         frame = _check_classes(frame, classes, params, report, strict)
         classes = sorted(frame["label"].unique(), key=classes.index) if len(frame) else []
         frame["label_idx"] = frame["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
-        frame["split"] = assign_splits(frame, d.val_fraction, d.test_fraction, params.seed)
-        frame["split"] = subsample_shots(frame, d.shots_per_class, params.seed)
+        frame["split"], mode = split_labelled(frame, d, params.selection.cv_below, params.seed)
         _require_splits(frame, classes)
         classes = classes + _zero_shot_classes(d.zero_shot_classes, classes)
         frame = frame.sort_values(["split", "label_idx", "image_id"], kind="stable").reset_index(drop=True)
@@ -188,7 +226,7 @@ def run(params: Params, paths: Paths) -> dict:
         atomic.write_parquet(staging / "manifest.parquet", frame)
         atomic.write_json(staging / "classes.json", classes)
 
-    summary = _summary(frame, classes, report)
+    summary = {"selection_mode": mode, **_summary(frame, classes, report)}
     atomic.write_json(paths.ingest_report, summary)
     return summary
 

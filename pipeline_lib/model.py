@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import Preprocess, backbone_for
+from .backbones import Preprocess, chosen_backbone
 from .config import Params, Paths
 from .heads import Head, load_head
 
@@ -43,6 +43,6 @@ def build_classifier(params: Params, paths: Paths, candidate: str = "head") -> C
         tuned = load_finetuned(params, paths)
         preprocess, backbone, head = tuned.preprocess, tuned.backbone, tuned.head
     else:
-        bb = backbone_for(params, paths.root)
+        bb = chosen_backbone(params, paths)
         preprocess, backbone = bb.preprocess, bb.model
     return Classifier(preprocess, backbone, head, meta["classes"], tta=tta).eval()

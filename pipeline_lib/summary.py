@@ -17,9 +17,18 @@ def summary(paths: Paths) -> str:
         (alo, ahi), (flo, fhi) = m["ci"]["accuracy"], m["ci"]["macro_f1"]
         lines.append(f"{m['ci']['level']:.0%} bootstrap CI: accuracy {alo:.1%}–{ahi:.1%}, macro-F1 {flo:.3f}–{fhi:.3f}")
     models = m.get("models") or {}
-    if len(models) > 1:
+    sel = m.get("selection") or {}
+    if sel.get("mode") == "cv":
+        lines.append(f"Model: {m['candidate']}, chosen by {sel['folds']}-fold cross-validation x {sel['repeats']} "
+                     f"on all {sel['n_labelled']} labelled images and refitted on them: head {sel['winner']} "
+                     f"({sel['reason']})")
+        if "finetune" in sel:
+            lines.append(f"  {sel['finetune']['reason']}")
+    elif len(models) > 1:
         lines.append(f"Model: {m['candidate']} (chosen on val: " + ", ".join(
-            f"{n} {v['val_accuracy']:.1%}" for n, v in models.items()) + "); on test: " + ", ".join(
+            f"{n} {v['val_accuracy']:.1%}" for n, v in models.items()) + ")")
+    if len(models) > 1:
+        lines.append("On test, for reference (not used to choose): " + ", ".join(
             f"{n} {v['test_accuracy']:.1%}" for n, v in models.items())
             + (f" (McNemar p={m['comparison']['mcnemar_p']:.3f})" if "comparison" in m else ""))
     for name, row in (m.get("baselines") or {}).items():

@@ -30,7 +30,7 @@ from .config import Params, Paths
 from .errors import PipelineError
 from .feature_cache import FeatureCache
 from .generators import Generated, dir_hash, sample_ddpm, sample_stable_diffusion, train_ddpm
-from .heads import predict_proba, train_head
+from .heads import HeadRecipe, fit_head, predict_proba
 from .images import image_id
 from .ingest import MANIFEST_COLUMNS, load_manifest
 
@@ -194,9 +194,9 @@ def _probe(frame: pd.DataFrame, params: Params, paths: Paths, staging, train: pd
     X_train = features(train["image_id"].tolist(), [paths.resolve(p) for p in train["path"]])
     X_val = features(val["image_id"].tolist(), [paths.resolve(p) for p in val["path"]]) if len(val) else None
     X_syn = features(frame["image_id"].tolist(), [staging / "images" / f"{i}.png" for i in frame["image_id"]])
-    probe = train_head(X_train, train["label_idx"].to_numpy(), X_val,
-                       val["label_idx"].to_numpy() if len(val) else None, n_classes, params.train_head,
-                       params.seed).head
+    # the probe: a linear head of the middle strength of train_head.C on the real training images
+    recipe = HeadRecipe("linear", params.train_head.C[len(params.train_head.C) // 2])
+    probe = fit_head(X_train, train["label_idx"].to_numpy(), n_classes, recipe, params.train_head, params.seed).head
     proba = predict_proba(probe, X_syn)
     return X_syn, proba[np.arange(len(frame)), frame["label_idx"].to_numpy()]
 

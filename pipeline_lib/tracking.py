@@ -4,6 +4,7 @@ metrics, the plots and the deployable classifier (backbone + head)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -69,7 +70,13 @@ def stage_metrics(paths: Paths) -> dict[str, float]:
     for key, (lo, hi) in ((k, v) for k, v in (metrics.get("ci") or {}).items() if isinstance(v, list)):
         out[f"test_{key}_ci_low"], out[f"test_{key}_ci_high"] = lo, hi
     for key, value in (metrics.get("calibration") or {}).items():
-        out[f"test_calibration.{key}"] = value
+        if isinstance(value, (int, float)):
+            out[f"test_calibration.{key}"] = value
+    selection = metrics.get("selection") or {}
+    for name, row in (selection.get("table") or {}).items():
+        key = re.sub(r"[^\w.\-/]+", "_", name.replace(" + flip TTA", "_tta").replace("linear C=", "linear_C"))
+        out[f"selection.{key}.cv_{selection['metric']}"] = row[selection["metric"]]
+        out[f"selection.{key}.cv_{selection['metric']}_std"] = row[selection["metric"] + "_std"]
     for cls, row in (metrics.get("per_class") or {}).items():
         out[f"test_recall.{cls}"] = row["recall"]
         out[f"test_precision.{cls}"] = row["precision"]
@@ -146,13 +153,19 @@ def _log_pipeline_run(params: Params, paths: Paths, run_name: str | None) -> str
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(params.flat())
         tags = {"git_commit": git_commit(paths.root) or "unknown", **data_version(paths.dvc_lock)}
+        selection = _read_json(paths.metrics).get("selection") or {}
+        if selection:
+            tags.update({"selection.mode": selection["mode"], "selection.head": selection["winner"],
+                         "selection.reason": selection["reason"],
+                         "selection.finetune": (selection.get("finetune") or {}).get("reason", "disabled")})
         mlflow.set_tags(tags)
         mlflow.log_metrics(stage_metrics(paths))
         _log_histories(run.info.run_id, {"train_head": paths.train_head_history,
                                          "finetune": paths.finetune_history})
         for artifact in (paths.metrics, paths.confusion_png, paths.reliability_png, paths.per_class_csv,
                          paths.augment_preview, paths.finetune_report, paths.ingest_report, paths.featurize_report,
-                         paths.train_head_report, paths.predictions, paths.synthesize_report, paths.synthetic_preview):
+                         paths.train_head_report, paths.predictions, paths.synthesize_report, paths.synthetic_preview,
+                         paths.selection_report):
             if artifact.exists():
                 mlflow.log_artifact(str(artifact), artifact_path="reports")
         synthesis = _read_json(paths.synthesize_report)

@@ -1,4 +1,12 @@
-"""Stage train_head: a new output layer on the cached features, in seconds."""
+"""Stage train_head: choose the head recipe (and flip TTA) on every labelled image, then fit it.
+
+Mode "cv" (no val split; see pipeline_lib.selection): every recipe in train_head.kinds x
+train_head.C, with and without flip TTA, is scored by repeated stratified k-fold over the
+labelled images; the winner is refitted on all of them. Mode "holdout" (a val split exists, many
+labels): each recipe is fitted on train and scored on val, as before. The selection table goes to
+reports/selection.json; the winner's out-of-fold (or val) probabilities to models/head_oof.npz,
+where finetune and evaluate find them.
+"""
 
 from __future__ import annotations
 
@@ -8,50 +16,147 @@ import numpy as np
 import pandas as pd
 
 from . import atomic
+from .augment import load_augmented
+from .backbones import backbone_spec
 from .config import Params, Paths
 from .errors import PipelineError
-from .featurize import AUGMENTED, SYNTHETIC, load_features
-from .heads import predict_proba, save_head, train_head
+from .featurize import AUGMENTED, SYNTHETIC, load_features, load_flipped
+from .heads import fit_head, predict_proba, recipes, save_head
 from .ingest import load_manifest
+from .selection import Fold, best, mean_oof, oof_matrix, stratified_folds, summarise
+
+TTA = " + flip TTA"
+
+
+class TrainingSet:
+    """The labelled images' features plus what may join a training fold: the offline augmented
+    copies of the fold's own training images (never of a held-out one) and the synthetic images."""
+
+    def __init__(self, params: Params, paths: Paths, backbone: str | None = None):
+        X, y, ids = load_features(paths, "train", backbone)
+        Xv, yv, _ = load_features(paths, "val", backbone)
+        flip, flip_v = load_flipped(paths, "train", backbone), load_flipped(paths, "val", backbone)
+        self.n_train = len(X)
+        self.X, self.y = np.concatenate([X, Xv]), np.concatenate([y, yv])
+        self.X_flip = np.concatenate([flip, flip_v]) if flip is not None else None
+        self.ids = ids
+        self.aug = (np.zeros((0, X.shape[1]), np.float32), np.zeros(0, np.int64), np.zeros(0, int))
+        if params.train_head.use_augmented:
+            Xa, ya, aug_ids = load_features(paths, AUGMENTED, backbone)
+            frame = load_augmented(paths).drop_duplicates("image_id").set_index("image_id")
+            source = frame.loc[list(aug_ids), "source"].str.slice(len("augment:")).str.split("#").str[0]
+            row_of = {iid: i for i, iid in enumerate(ids)}
+            self.aug = (Xa, ya, np.array([row_of.get(s, -1) for s in source], dtype=int))
+        self.X_syn, self.y_syn, _ = load_features(paths, SYNTHETIC, backbone)
+        self.backbone = backbone or params.backbone.names[0]
+        self.syn_weight = params.synthetic.loss_weight
+
+    @property
+    def mode(self) -> str:
+        return "holdout" if len(self.X) > self.n_train else "cv"
+
+    def folds(self, params: Params) -> list[Fold]:
+        if self.mode == "holdout":
+            return [Fold(0, 0, np.arange(self.n_train), np.arange(self.n_train, len(self.X)))]
+        s = params.selection
+        return stratified_folds(self.y, s.folds, s.repeats, params.seed)
+
+    def training(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features, labels and loss weights that train on ``rows`` (indices into the labelled set)."""
+        Xa, ya, src = self.aug
+        keep = np.isin(src, rows)
+        X = np.concatenate([self.X[rows], Xa[keep], self.X_syn])
+        y = np.concatenate([self.y[rows], ya[keep], self.y_syn])
+        w = np.r_[np.ones(len(rows) + int(keep.sum())), np.full(len(self.y_syn), self.syn_weight)]
+        return X, y.astype(np.int64), w.astype(np.float32)
+
+
+def cross_validate(data: TrainingSet, folds: list[Fold], params: Params, n_classes: int, prefix: str = ""
+                   ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Selection table (scores of every candidate's pooled out-of-fold probabilities, mean and
+    spread over repeats) and each candidate's out-of-fold probabilities, averaged over repeats."""
+    repeats = max(f.repeat for f in folds) + 1
+    table, oof_by_name = {}, {}
+    for recipe in recipes(params.train_head):
+        plain, tta = oof_matrix(len(data.y), n_classes, repeats), oof_matrix(len(data.y), n_classes, repeats)
+        for fold in folds:
+            X, y, w = data.training(fold.train)
+            held = fold.held
+            Xv = data.X[held] if data.mode == "holdout" else None
+            head = fit_head(X, y, n_classes, recipe, params.train_head, params.seed + fold.fold, w,
+                            Xv, data.y[held] if Xv is not None else None).head
+            plain[fold.repeat][held] = predict_proba(head, data.X[held])
+            if data.X_flip is not None:
+                tta[fold.repeat][held] = (plain[fold.repeat][held] + predict_proba(head, data.X_flip[held])) / 2
+        variants = [(prefix + recipe.name, plain)] + ([(prefix + recipe.name + TTA, tta)] if data.X_flip is not None else [])
+        for name, oof in variants:
+            table[name] = {**summarise(data.y, oof, n_classes), "recipe": recipe.as_dict(), "tta": name.endswith(TTA),
+                           "backbone": data.backbone}
+            oof_by_name[name] = mean_oof(oof)
+    return table, oof_by_name
 
 
 def run(params: Params, paths: Paths) -> dict:
     _, classes = load_manifest(paths)
-    X_train, y_train, _ = load_features(paths, "train")
-    n_real = len(X_train)
-    weight = np.ones(len(X_train), np.float32)
-    if params.train_head.use_augmented:
-        X_aug, y_aug, _ = load_features(paths, AUGMENTED)
-        X_train, y_train = np.concatenate([X_train, X_aug]), np.concatenate([y_train, y_aug])
-        weight = np.ones(len(X_train), np.float32)
-    X_syn, y_syn, _ = load_features(paths, SYNTHETIC)
-    if len(X_syn):
-        X_train, y_train = np.concatenate([X_train, X_syn]), np.concatenate([y_train, y_syn])
-        weight = np.concatenate([weight, np.full(len(X_syn), params.synthetic.loss_weight, np.float32)])
-    missing = [c for i, c in enumerate(classes) if not (y_train == i).any()]
+    names = params.backbone.names
+    sets = {name: TrainingSet(params, paths, name) for name in names}
+    data = sets[names[0]]
+    missing = [c for i, c in enumerate(classes) if not ((data.y == i).any() or (data.y_syn == i).any())]
     if missing:
         raise PipelineError(
             f"class(es) {missing} have no training image, real or synthetic (data.zero_shot_classes need "
             "generated ones): set synthetic.generator: stable_diffusion with a local model, or drop them. "
             "The CLIP zero-shot baseline (evaluate.zero_shot_model) scores such classes without training.")
-    X_val, y_val, _ = load_features(paths, "val")
+    if len(data.y) == 0:
+        raise PipelineError("train_head: no labelled image (check data.* params and the ingest report)")
     started = time.perf_counter()
-    result = train_head(X_train, y_train, X_val, y_val, len(classes), params.train_head, params.seed, weight)
+    folds = data.folds(params)  # the same folds for every backbone: paired comparisons
+    table, oof = {}, {}
+    for name, candidate in sets.items():
+        part, part_oof = cross_validate(candidate, folds, params, len(classes), f"{name} · " if len(names) > 1 else "")
+        table.update(part)
+        oof.update(part_oof)
+    metric = params.selection.metric
+    winner = best(table, metric)
+    cv_seconds = time.perf_counter() - started
+
+    data = sets[table[winner]["backbone"]]
+    recipe = next(r for r in recipes(params.train_head) if r.as_dict() == table[winner]["recipe"])
+    refit = np.arange(len(data.y)) if data.mode == "cv" else np.arange(data.n_train)
+    X, y, w = data.training(refit)
+    val = (data.X[data.n_train:], data.y[data.n_train:]) if data.mode == "holdout" else (None, None)
+    started = time.perf_counter()
+    result = fit_head(X, y, len(classes), recipe, params.train_head, params.seed, w, *val)
     seconds = time.perf_counter() - started
 
-    meta = {"classes": classes, "backbone": params.backbone.model_dump(), "seed": params.seed}
+    meta = {"classes": classes, "backbone": params.backbone.model_dump(), "seed": params.seed,
+            "backbone_spec": backbone_spec(params, data.backbone), "recipe": recipe.as_dict(),
+            "tta": table[winner]["tta"]}
     save_head(result.head, paths.head, paths.head_meta, meta)
-    val_acc = None
-    if len(X_val):
-        val_acc = float((predict_proba(result.head, X_val).argmax(1) == y_val).mean())
+    scored = ~np.isnan(oof[winner][:, 0])
+    atomic.write_npz(paths.head_oof, y=data.y[scored], proba=oof[winner][scored].astype(np.float32))
+    runner_up = sorted(table, key=lambda n: table[n][metric], reverse=True)[1:2]
+    selection = {
+        "mode": data.mode, "metric": metric, "winner": winner, "backbone": data.backbone, "recipe": recipe.as_dict(),
+        "tta": table[winner]["tta"],
+        "folds": len({f.fold for f in folds}), "repeats": len({f.repeat for f in folds}),
+        "n_labelled": int(len(data.y)), "refit_on": int(len(refit)),
+        "reason": (f"best {data.mode} {metric} {table[winner][metric]:.3f} ± {table[winner][metric + '_std']:.3f}"
+                   + (f" (next: {runner_up[0]} {table[runner_up[0]][metric]:.3f})" if runner_up else "")),
+        "table": table,
+    }
+    atomic.write_json(paths.selection_report, selection)
     report = {
-        "train_seconds": round(seconds, 3), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-        "best_val_loss": result.best_val_loss, "val_accuracy": val_acc,
-        "train_accuracy": float((predict_proba(result.head, X_train).argmax(1) == y_train).mean()),
-        "n_train": int(len(X_train)), "n_train_real": n_real, "n_train_synthetic": int(len(X_syn)),
-        "n_val": int(len(X_val)),
+        "selection_mode": data.mode, "winner": winner, "backbone": data.backbone, f"cv_{metric}": table[winner][metric],
+        f"cv_{metric}_std": table[winner][metric + "_std"], "cv_accuracy": table[winner]["accuracy"],
+        "candidates": len(table), "cv_seconds": round(cv_seconds, 3), "train_seconds": round(seconds, 3),
+        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+        "train_accuracy": float((predict_proba(result.head, X).argmax(1) == y).mean()),
+        "n_train": int(len(X)), "n_train_real": int(len(refit)), "n_train_synthetic": int(len(data.y_syn)),
+        "n_val": int(len(data.y) - data.n_train),
     }
     atomic.write_json(paths.train_head_report, report)
     with atomic.atomic_path(paths.train_head_history) as tmp:
-        pd.DataFrame(result.history).to_csv(tmp, index=False)
+        pd.DataFrame(result.history, columns=["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+                     ).to_csv(tmp, index=False)
     return report

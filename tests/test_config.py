@@ -10,9 +10,9 @@ def test_defaults_match_params_yaml(project_root):
 
 def test_bad_literal_names_key_and_allowed_values():
     with pytest.raises(PipelineError) as err:
-        parse_params({"train_head": {"kind": "transformer"}})
+        parse_params({"train_head": {"kinds": ["linear", "transformer"]}})
     msg = str(err.value)
-    assert "train_head.kind: got 'transformer'; allowed values: 'linear' or 'mlp'" in msg
+    assert "train_head.kinds.1: got 'transformer'; allowed values: 'linear' or 'mlp'" in msg
 
 
 def test_unknown_key_is_reported():

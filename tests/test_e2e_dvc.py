@@ -50,8 +50,10 @@ def test_first_repro_runs_every_stage_as_a_prefect_flow(project, prefect_api):
     assert _ran(out.stdout) == list(STAGES)
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert metrics["n_test"] == 100 and metrics["accuracy"] > 0.45  # chance is 0.10
-    assert set(metrics["models"]) == {"head", "head_tta", "finetune", "finetune_tta"}
-    assert metrics["candidate"] in metrics["models"]
+    kept = json.loads((root / "reports/finetune.json").read_text())["kept"]
+    assert set(metrics["models"]) == {"head", "head_tta"} | ({"finetune", "finetune_tta"} if kept else set())
+    assert metrics["candidate"] in metrics["models"] and metrics["candidate"].startswith("finetune" if kept else "head")
+    assert metrics["selection"]["mode"] == "cv" and metrics["selection"]["n_labelled"] == 50  # 5 per class
     assert (root / "reports/confusion_matrix.png").stat().st_size > 10_000
     import httpx
 

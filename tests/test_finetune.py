@@ -15,6 +15,8 @@ from pipeline_lib.evaluate import choose_candidate, paired_comparison
 from tests.helpers import write_folder_dataset
 
 RAW = {"data": {"source": "folder", "shots_per_class": None, "val_fraction": 0.3},
+       "selection": {"cv_below": 0},  # holdout mode: a val split (CV mode: tests/test_selection.py)
+       "train_head": {"C": [0.01]},   # a strongly regularised probe: fine-tuning has something to learn
        "backbone": {"resolution": 32}, "augment": {"copies": 0},
        "finetune": {"epochs": 4, "batch_size": 8, "unfreeze_blocks": 2, "lr": 0.001, "patience": 10}}
 

@@ -13,8 +13,9 @@ def test_stratified_split_keeps_class_proportions():
     frame = _frame({"a": 100, "b": 50, "c": 10})
     split = assign_splits(frame, val_fraction=0.2, test_fraction=0.2, seed=0)
     table = pd.crosstab(frame["label"], split)
-    assert table.loc["a"].to_dict() == {"test": 20, "train": 60, "val": 20}
-    assert table.loc["b"].to_dict() == {"test": 10, "train": 30, "val": 10}
+    # val_fraction is of the labelled pool (what is left after test)
+    assert table.loc["a"].to_dict() == {"test": 20, "train": 64, "val": 16}
+    assert table.loc["b"].to_dict() == {"test": 10, "train": 32, "val": 8}
     assert table.loc["c"].to_dict() == {"test": 2, "train": 6, "val": 2}
 
 

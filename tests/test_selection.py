@@ -1,0 +1,167 @@
+"""Choosing on every labelled image: folds, the CV table, the refit, tiny classes, test untouched."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline_lib import augment, evaluate, featurize, finetune, ingest, synthesize, train_head
+from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.heads import HeadRecipe, fit_head, load_head, predict_proba
+from pipeline_lib.selection import best, oof_matrix, paired_bootstrap, stratified_folds, summarise
+from tests.helpers import write_folder_dataset
+
+
+def test_folds_are_stratified_disjoint_and_cover_every_image_once_per_repeat():
+    y = np.repeat([0, 1, 2], [12, 7, 5])
+    folds = stratified_folds(y, folds=5, repeats=3, seed=0)
+    assert len(folds) == 15
+    for r in range(3):
+        held = np.concatenate([f.held for f in folds if f.repeat == r])
+        assert sorted(held) == list(range(len(y)))  # each image held out exactly once
+    for f in folds:
+        assert not set(f.train) & set(f.held) and len(f.train) + len(f.held) == len(y)
+        counts = np.bincount(y[f.held], minlength=3)
+        assert np.all(np.abs(counts - np.bincount(y) / 5) <= 1)  # each class spread evenly
+    assert not all(np.array_equal(a.held, b.held) for a, b in zip(folds[:5], folds[5:10]))  # repeats reshuffle
+    again = stratified_folds(y, folds=5, repeats=3, seed=0)
+    assert all(np.array_equal(a.held, b.held) for a, b in zip(folds, again))  # seeded
+
+
+def test_small_classes_reduce_the_folds_and_a_single_image_always_trains():
+    y = np.array([0, 0, 1, 1, 1, 2])
+    folds = stratified_folds(y, folds=5, repeats=1, seed=1)
+    assert len(folds) == 2  # the smallest class with two images allows two folds
+    assert all(5 in f.train and 5 not in f.held for f in folds)  # class 2 has one image: never held out
+    assert sorted(np.concatenate([f.held for f in folds])) == [0, 1, 2, 3, 4]
+
+
+def _blobs(n_per_class, n_classes=3, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (n_classes, dim))
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    return (centres[y] + rng.normal(0, 1, (len(y), dim))).astype(np.float32), y
+
+
+def test_a_candidate_worse_by_construction_is_never_chosen():
+    X, y = _blobs(6)
+    p = parse_params({}).train_head
+    shuffled = np.random.default_rng(0).permutation(y)
+    folds = stratified_folds(y, 5, 3, seed=0)
+    table = {}
+    for name, labels in (("shuffled labels", shuffled), ("true labels", y)):  # the bad one listed first
+        oof = oof_matrix(len(y), 3, 3)
+        for f in folds:
+            head = fit_head(X[f.train], labels[f.train], 3, HeadRecipe("linear", 1.0), p, 0).head
+            oof[f.repeat][f.held] = predict_proba(head, X[f.held])
+        table[name] = summarise(y, oof, 3)
+    assert best(table, "macro_f1") == "true labels" and best(table, "accuracy") == "true labels"
+    assert table["true labels"]["accuracy"] > 0.9 > 0.6 > table["shuffled labels"]["accuracy"]
+
+
+def test_paired_bootstrap_gain_and_its_uncertainty():
+    y = np.repeat([0, 1], 50)
+    right = np.eye(2)[y]
+    wrong_half = right.copy()
+    wrong_half[::2] = right[::2, ::-1]
+    out = paired_bootstrap(y, wrong_half, right, 2, "accuracy", seed=0)
+    assert out["gain"] == pytest.approx(0.5) and 0.02 < out["se"] < 0.1
+    assert paired_bootstrap(y, right, right, 2, "macro_f1", seed=0) == {"gain": 0.0, "se": 0.0, "n": 100}
+
+
+def test_linear_head_matches_scikit_learn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _blobs(10, n_classes=4, seed=3)
+    p = parse_params({"train_head": {"class_weighting": "none"}}).train_head
+    head = fit_head(X, y, 4, HeadRecipe("linear", 0.3), p, 0).head
+    ref = LogisticRegression(C=0.3, max_iter=2000, tol=1e-6).fit(X, y)
+    np.testing.assert_allclose(predict_proba(head, X), ref.predict_proba(X), atol=1e-3)
+    binary = fit_head(X[y < 2], y[y < 2], 4, HeadRecipe("linear", 0.3), p, 0).head  # two of four classes seen
+    ref2 = LogisticRegression(C=0.3, max_iter=2000, tol=1e-6).fit(X[y < 2], y[y < 2])
+    proba = predict_proba(binary, X)
+    np.testing.assert_allclose(proba[:, :2], ref2.predict_proba(X), atol=1e-3)
+    assert proba[:, 2:].max() < 1e-9  # unseen classes are never predicted
+
+
+RAW = {"data": {"source": "folder", "shots_per_class": None, "test_fraction": 0.25},
+       "backbone": {"resolution": 32}, "augment": {"copies": 1},
+       "train_head": {"C": [0.1, 1.0], "use_augmented": True},
+       "selection": {"folds": 3, "repeats": 2},
+       "finetune": {"epochs": 2, "batch_size": 8, "unfreeze_blocks": 1, "patience": 2},
+       "evaluate": {"bootstrap": 0}, "mlflow": {"log_model": False}}
+
+
+@pytest.fixture(scope="module")
+def cv_project(tmp_path_factory):
+    """Three classes; `bag` has 3 images: 1 test + 2 labelled, the smallest class CV must handle."""
+    root = tmp_path_factory.mktemp("cv")
+    write_folder_dataset(root / "raw", per_class=8, classes=("trouser", "sneaker"))
+    write_folder_dataset(root / "raw", per_class=3, classes=("bag",), seed=1)
+    raw = json.loads(json.dumps(RAW))
+    raw["data"]["path"] = str(root / "raw")
+    params, paths = parse_params(raw), Paths.for_root(root)
+    for stage in (ingest, synthesize, augment, featurize, train_head):
+        stage.run(params, paths)
+    return params, paths
+
+
+def test_cv_mode_uses_every_label_and_refits_on_all(cv_project):
+    params, paths = cv_project
+    report = json.loads(paths.ingest_report.read_text())
+    assert report["selection_mode"] == "cv" and report["counts"]["val"] == 0
+    assert report["per_class"]["bag"] == {"test": 1, "train": 2}
+    sel = json.loads(paths.selection_report.read_text())
+    assert sel["mode"] == "cv" and sel["folds"] == 2 and sel["repeats"] == 2  # bag's 2 images allow 2 folds
+    X, y, _ = featurize.load_features(paths, "train")
+    assert sel["n_labelled"] == sel["refit_on"] == len(y) == 14
+    assert set(sel["table"]) == {"linear C=0.1", "linear C=1", "linear C=0.1 + flip TTA", "linear C=1 + flip TTA"}
+    assert sel["winner"] in sel["table"] and sel["table"][sel["winner"]]["n_scored"] == 14
+    # the deployed head is the winner refitted on every labelled image (and their augmented copies)
+    head, meta = load_head(paths.head, paths.head_meta)
+    data = train_head.TrainingSet(params, paths)
+    Xr, yr, wr = data.training(np.arange(len(y)))
+    n_aug = len(featurize.load_features(paths, featurize.AUGMENTED)[1])
+    assert n_aug > 7 and len(yr) == 14 + n_aug  # 14 labelled + their augmented copies
+    refit = fit_head(Xr, yr, 3, HeadRecipe(**meta["recipe"]), params.train_head, params.seed, wr).head
+    np.testing.assert_allclose(predict_proba(head, X), predict_proba(refit, X), atol=1e-6)
+
+
+def test_augmented_copies_of_held_out_images_never_train_their_fold(cv_project):
+    params, paths = cv_project
+    data = train_head.TrainingSet(params, paths)
+    _, _, src = data.aug
+    assert len(src) > 7 and (src >= 0).all() and (src < 14).all()  # each copy knows its source image
+    rows = np.arange(0, 14, 2)
+    _, y, _ = data.training(rows)
+    assert len(y) == 7 + np.isin(src, rows).sum() < 14 + len(src)  # 7 images + their copies only
+
+
+def test_selection_never_reads_test_features(cv_project):
+    params, paths = cv_project
+    before = paths.selection_report.read_text()
+    X, y, ids = featurize.load_features(paths, "test")
+    saved = paths.features("test").read_bytes()
+    try:
+        np.savez(paths.features("test"), X=np.full_like(X, np.nan), y=np.zeros_like(y), image_id=ids)
+        train_head.run(params, paths)
+        assert paths.selection_report.read_text() == before
+    finally:
+        paths.features("test").write_bytes(saved)
+        train_head.run(params, paths)
+
+
+def test_finetune_decision_and_evaluate_in_cv_mode(cv_project):
+    params, paths = cv_project
+    report = finetune.run(params, paths)
+    assert report["mode"] == "cv" and report["folds"] == 2 and len(report["curve"]) == report["epochs_run"] + 1
+    assert isinstance(report["kept"], bool) and report["reason"].startswith("fine-tuning ")
+    assert report["kept"] == paths.finetuned_model.exists()
+    if report["kept"]:
+        assert report["n_train"] == 14 and report["refit_epochs"] == report["best_epoch"] > 0
+    metrics = evaluate.run(params, paths)
+    assert metrics["selection"]["mode"] == "cv" and "finetune" in metrics["selection"]
+    expected = ("finetune" if report["kept"] else "head") + ("_tta" if metrics["selection"]["tta"] else "")
+    assert metrics["candidate"] == expected
+    assert metrics["calibration"]["temperature_fitted_on"] == "out-of-fold predictions"
+    assert all("val_accuracy" not in m for m in metrics["models"].values())
