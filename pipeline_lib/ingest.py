@@ -23,6 +23,7 @@ from .errors import PipelineError
 from .images import IMAGE_EXTENSIONS, BadImage, image_id, load_image
 
 SPLITS = ("train", "val", "test")
+UNLABELED = "unlabeled"  # split of the images under data.unlabeled (semi_supervised.source: folder)
 MANIFEST_COLUMNS = ["image_id", "path", "source", "label", "label_idx", "split", "height", "width",
                     "orig_mode", "note"]
 
@@ -120,6 +121,23 @@ def _manifest_candidates(csv: Path, report: IngestReport, strict: bool) -> tuple
     return out, sorted({c.label for c in out})
 
 
+def _unlabeled_candidates(folder: Path, report: IngestReport, strict: bool) -> list[Candidate]:
+    """Every image file under data.unlabeled (recursively), for semi-supervised learning."""
+    if not folder.is_dir():
+        raise PipelineError(f"data.unlabeled: folder {folder} not found: give a folder of unlabelled images "
+                            "(any layout), or set semi_supervised.source: none")
+    out = []
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if f.suffix.lower() in IMAGE_EXTENSIONS:
+            out.append(Candidate(str(f), "", UNLABELED, file=f))
+        else:
+            report.reject(str(f), f"unsupported file extension {f.suffix or '(none)'!r}",
+                          f"use one of {', '.join(IMAGE_EXTENSIONS)} or remove the file", strict)
+    if not out:
+        raise PipelineError(f"data.unlabeled: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+    return out
+
+
 # ---------------------------------------------------------------- split
 def assign_splits(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> pd.Series:
     """Stratified split of rows whose ``split`` is empty; rows with a given split keep it.
@@ -211,15 +229,20 @@ def run(params: Params, paths: Paths) -> dict:
     else:
         candidates, classes = _manifest_candidates(paths.resolve(d.path), report, strict)
 
+    if params.semi_supervised.source == "folder":
+        candidates = candidates + _unlabeled_candidates(paths.resolve(d.unlabeled), report, strict)
     with atomic.replace_dir(paths.prepared_dir) as staging:
         rows = _validate_and_write(candidates, staging / "images", params, report, strict)
         frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        unlabeled = frame[frame["split"] == UNLABELED]
+        frame = frame[frame["split"] != UNLABELED].reset_index(drop=True)
         frame = _check_classes(frame, classes, params, report, strict)
         classes = sorted(frame["label"].unique(), key=classes.index) if len(frame) else []
         frame["label_idx"] = frame["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
         frame["split"], mode = split_labelled(frame, d, params.selection.cv_below, params.seed)
         _require_splits(frame, classes)
         classes = classes + _zero_shot_classes(d.zero_shot_classes, classes)
+        frame = pd.concat([frame, unlabeled.assign(label_idx=-1)], ignore_index=True)
         frame = frame.sort_values(["split", "label_idx", "image_id"], kind="stable").reset_index(drop=True)
         _remove_orphans(staging / "images", set(frame["path"]))
         frame["path"] = "data/prepared/images/" + frame["path"]
@@ -332,7 +355,7 @@ def _summary(frame: pd.DataFrame, classes: list[str], report: IngestReport) -> d
     return {
         "classes": classes,
         "zero_shot_classes": [c for c in classes if c not in set(frame["label"])],
-        "counts": {split: int((frame["split"] == split).sum()) for split in (*SPLITS, "unused")},
+        "counts": {split: int((frame["split"] == split).sum()) for split in (*SPLITS, "unused", UNLABELED)},
         "per_class": {cls: {k: int(v) for k, v in row.items()} for cls, row in per_class.iterrows()},
         "n_rejected": len(report.rejected),
         "rejected": report.rejected,

@@ -160,8 +160,7 @@ def _log_pipeline_run(params: Params, paths: Paths, run_name: str | None) -> str
                          "selection.finetune": (selection.get("finetune") or {}).get("reason", "disabled")})
         mlflow.set_tags(tags)
         mlflow.log_metrics(stage_metrics(paths))
-        _log_histories(run.info.run_id, {"train_head": paths.train_head_history,
-                                         "finetune": paths.finetune_history})
+        _log_histories(run.info.run_id, {"finetune": paths.finetune_history})
         for artifact in (paths.metrics, paths.confusion_png, paths.reliability_png, paths.per_class_csv,
                          paths.augment_preview, paths.finetune_report, paths.ingest_report, paths.featurize_report,
                          paths.train_head_report, paths.predictions, paths.synthesize_report, paths.synthetic_preview,

@@ -21,8 +21,8 @@ from .backbones import backbone_spec
 from .config import Params, Paths
 from .errors import PipelineError
 from .featurize import AUGMENTED, SYNTHETIC, load_features, load_flipped
-from .heads import fit_head, predict_proba, recipes, save_head
-from .ingest import load_manifest
+from .heads import Head, HeadRecipe, fit_head, predict_proba, recipes, save_head
+from .ingest import UNLABELED, load_manifest
 from .selection import Fold, best, mean_oof, oof_matrix, stratified_folds, summarise
 
 TTA = " + flip TTA"
@@ -49,6 +49,9 @@ class TrainingSet:
             self.aug = (Xa, ya, np.array([row_of.get(s, -1) for s in source], dtype=int))
         self.X_syn, self.y_syn, _ = load_features(paths, SYNTHETIC, backbone)
         self.backbone = backbone or params.backbone.names[0]
+        self.U = self.U_truth = None  # unlabelled images' features (and hidden labels, -1 when unknown)
+        if params.semi_supervised.source != "none":
+            self.U, self.U_truth, _ = load_features(paths, UNLABELED, backbone)
         self.syn_weight = params.synthetic.loss_weight
 
     @property
@@ -71,20 +74,44 @@ class TrainingSet:
         return X, y.astype(np.int64), w.astype(np.float32)
 
 
+def fit_recipe(data: TrainingSet, rows: np.ndarray, recipe: HeadRecipe, params: Params, n_classes: int, seed: int,
+               val: tuple | None = None) -> tuple[Head, dict]:
+    """The recipe's head trained on ``rows`` of the labelled set; with self-training, refitted once
+    with the unlabelled images it labels with probability >= semi_supervised.threshold (most
+    confident first, at most ratio x each class's labelled count), weighted semi_supervised.weight.
+    Returns the head and what the pseudo-labels were (count, accuracy where the truth is known)."""
+    X, y, w = data.training(rows)
+    Xv, yv = val if val is not None else (None, None)
+    head = fit_head(X, y, n_classes, recipe, params.train_head, seed, w, Xv, yv).head
+    if not recipe.self_training or data.U is None or not len(data.U):
+        return head, {}
+    s = params.semi_supervised
+    proba = predict_proba(head, data.U)
+    conf, pred = proba.max(1), proba.argmax(1)
+    counts = np.bincount(data.y[rows], minlength=n_classes)
+    chosen = np.concatenate([idx[np.argsort(-conf[idx], kind="stable")][: int(s.ratio * counts[c])]
+                             for c in range(n_classes)
+                             for idx in [np.flatnonzero((pred == c) & (conf >= s.threshold))]]).astype(int)
+    head = fit_head(np.concatenate([X, data.U[chosen]]), np.concatenate([y, pred[chosen]]), n_classes, recipe,
+                    params.train_head, seed, np.r_[w, np.full(len(chosen), s.weight, np.float32)], Xv, yv).head
+    known = data.U_truth[chosen] >= 0
+    return head, {"pseudo_labels": int(len(chosen)), "unlabeled": int(len(data.U)),
+                  "pseudo_label_accuracy": float((pred[chosen][known] == data.U_truth[chosen][known]).mean())
+                  if known.any() else None}
+
+
 def cross_validate(data: TrainingSet, folds: list[Fold], params: Params, n_classes: int, prefix: str = ""
                    ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """Selection table (scores of every candidate's pooled out-of-fold probabilities, mean and
     spread over repeats) and each candidate's out-of-fold probabilities, averaged over repeats."""
     repeats = max(f.repeat for f in folds) + 1
     table, oof_by_name = {}, {}
-    for recipe in recipes(params.train_head):
+    for recipe in recipes(params.train_head, data.U is not None and len(data.U) > 0):
         plain, tta = oof_matrix(len(data.y), n_classes, repeats), oof_matrix(len(data.y), n_classes, repeats)
         for fold in folds:
-            X, y, w = data.training(fold.train)
             held = fold.held
-            Xv = data.X[held] if data.mode == "holdout" else None
-            head = fit_head(X, y, n_classes, recipe, params.train_head, params.seed + fold.fold, w,
-                            Xv, data.y[held] if Xv is not None else None).head
+            val = (data.X[held], data.y[held]) if data.mode == "holdout" else None
+            head, _ = fit_recipe(data, fold.train, recipe, params, n_classes, params.seed + fold.fold, val)
             plain[fold.repeat][held] = predict_proba(head, data.X[held])
             if data.X_flip is not None:
                 tta[fold.repeat][held] = (plain[fold.repeat][held] + predict_proba(head, data.X_flip[held])) / 2
@@ -121,18 +148,18 @@ def run(params: Params, paths: Paths) -> dict:
     cv_seconds = time.perf_counter() - started
 
     data = sets[table[winner]["backbone"]]
-    recipe = next(r for r in recipes(params.train_head) if r.as_dict() == table[winner]["recipe"])
+    recipe = HeadRecipe(**table[winner]["recipe"])
     refit = np.arange(len(data.y)) if data.mode == "cv" else np.arange(data.n_train)
-    X, y, w = data.training(refit)
-    val = (data.X[data.n_train:], data.y[data.n_train:]) if data.mode == "holdout" else (None, None)
+    X, y, _ = data.training(refit)
+    val = (data.X[data.n_train:], data.y[data.n_train:]) if data.mode == "holdout" else None
     started = time.perf_counter()
-    result = fit_head(X, y, len(classes), recipe, params.train_head, params.seed, w, *val)
+    head, pseudo = fit_recipe(data, refit, recipe, params, len(classes), params.seed, val)
     seconds = time.perf_counter() - started
 
     meta = {"classes": classes, "backbone": params.backbone.model_dump(), "seed": params.seed,
             "backbone_spec": backbone_spec(params, data.backbone), "recipe": recipe.as_dict(),
             "tta": table[winner]["tta"]}
-    save_head(result.head, paths.head, paths.head_meta, meta)
+    save_head(head, paths.head, paths.head_meta, meta)
     scored = ~np.isnan(oof[winner][:, 0])
     atomic.write_npz(paths.head_oof, y=data.y[scored], proba=oof[winner][scored].astype(np.float32))
     runner_up = sorted(table, key=lambda n: table[n][metric], reverse=True)[1:2]
@@ -143,20 +170,21 @@ def run(params: Params, paths: Paths) -> dict:
         "n_labelled": int(len(data.y)), "refit_on": int(len(refit)),
         "reason": (f"best {data.mode} {metric} {table[winner][metric]:.3f} ± {table[winner][metric + '_std']:.3f}"
                    + (f" (next: {runner_up[0]} {table[runner_up[0]][metric]:.3f})" if runner_up else "")),
-        "table": table,
+        "pseudo_labels": pseudo, "table": table,
     }
     atomic.write_json(paths.selection_report, selection)
     report = {
         "selection_mode": data.mode, "winner": winner, "backbone": data.backbone, f"cv_{metric}": table[winner][metric],
         f"cv_{metric}_std": table[winner][metric + "_std"], "cv_accuracy": table[winner]["accuracy"],
         "candidates": len(table), "cv_seconds": round(cv_seconds, 3), "train_seconds": round(seconds, 3),
-        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-        "train_accuracy": float((predict_proba(result.head, X).argmax(1) == y).mean()),
+        **{k: v for k, v in pseudo.items() if v is not None},
+        "train_accuracy": float((predict_proba(head, X).argmax(1) == y).mean()),
         "n_train": int(len(X)), "n_train_real": int(len(refit)), "n_train_synthetic": int(len(data.y_syn)),
         "n_val": int(len(data.y) - data.n_train),
     }
     atomic.write_json(paths.train_head_report, report)
-    with atomic.atomic_path(paths.train_head_history) as tmp:
-        pd.DataFrame(result.history, columns=["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+    with atomic.atomic_path(paths.selection_table) as tmp:
+        pd.DataFrame([{"candidate": n, **{k: r[k] for k in ("accuracy", "accuracy_std", "macro_f1", "macro_f1_std",
+                                                          "log_loss")}} for n, r in table.items()]
                      ).to_csv(tmp, index=False)
     return report

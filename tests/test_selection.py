@@ -165,3 +165,59 @@ def test_finetune_decision_and_evaluate_in_cv_mode(cv_project):
     assert metrics["candidate"] == expected
     assert metrics["calibration"]["temperature_fitted_on"] == "out-of-fold predictions"
     assert all("val_accuracy" not in m for m in metrics["models"].values())
+
+
+def test_self_training_respects_threshold_and_ratio_and_reports_accuracy():
+    X, y = _blobs(5, n_classes=3, seed=4)
+    U, truth = _blobs(40, n_classes=3, seed=4)
+    params = parse_params({"semi_supervised": {"source": "unused", "threshold": 0.8, "ratio": 2.0, "weight": 0.5}})
+
+    class Data:  # the TrainingSet interface fit_recipe uses
+        def __init__(self):
+            self.y, self.U, self.U_truth = y, U, truth
+
+        def training(self, rows):
+            return X[rows], y[rows], np.ones(len(rows), np.float32)
+
+    rows = np.arange(len(y))
+    plain, info = train_head.fit_recipe(Data(), rows, HeadRecipe("linear", 1.0, False), params, 3, 0)
+    assert info == {}
+    head, info = train_head.fit_recipe(Data(), rows, HeadRecipe("linear", 1.0, True), params, 3, 0)
+    assert 0 < info["pseudo_labels"] <= 3 * 2 * 5 and info["unlabeled"] == 120  # ratio 2 x 5 labelled per class
+    assert info["pseudo_label_accuracy"] > 0.9
+    strict = parse_params({"semi_supervised": {"source": "unused", "threshold": 1.0}})
+    assert train_head.fit_recipe(Data(), rows, HeadRecipe("linear", 1.0, True), strict, 3, 0)[1]["pseudo_labels"] == 0
+
+
+def test_unlabelled_folder_is_ingested_apart_and_never_reaches_val_or_test(tmp_path):
+    import shutil
+
+    write_folder_dataset(tmp_path / "raw", per_class=8, classes=("trouser", "sneaker"))
+    write_folder_dataset(tmp_path / "pool", per_class=6, classes=("trouser", "sneaker"), seed=5)
+    raw = json.loads(json.dumps(RAW))
+    raw["data"].update(path=str(tmp_path / "raw"), unlabeled=str(tmp_path / "pool"))
+    raw["semi_supervised"] = {"source": "folder", "threshold": 0.5}
+    params, paths = parse_params(raw), Paths.for_root(tmp_path)
+    ingest.run(params, paths)
+    manifest = ingest.load_manifest(paths)[0]
+    test_file = manifest.loc[manifest["split"] == "test", "source"].iloc[0]
+    shutil.copy(test_file, tmp_path / "pool" / "copy_of_a_test_image.png")  # kept once: as the test image
+    report = ingest.run(params, paths)
+    manifest = ingest.load_manifest(paths)[0]
+    repeated = [d for d in report["duplicates"] if "/pool/" in d["file"]]  # the sample may repeat an image
+    n_unlabeled = 13 - len(repeated)
+    assert report["counts"]["unlabeled"] == n_unlabeled
+    assert any(d["file"].endswith("copy_of_a_test_image.png") for d in repeated)
+    assert (manifest.loc[manifest["split"] == "unlabeled", "label_idx"] == -1).all()
+    for stage in (synthesize, augment, featurize, train_head):
+        stage.run(params, paths)
+    U, truth, u_ids = featurize.load_features(paths, "unlabeled")
+    assert len(U) == n_unlabeled and (truth == -1).all()
+    for split in ("train", "val", "test"):
+        assert not set(u_ids) & set(featurize.load_features(paths, split)[2])
+    sel = json.loads(paths.selection_report.read_text())
+    assert any(name.endswith("self-training") for name in sel["table"])
+    assert any(name.endswith("self-training + flip TTA") for name in sel["table"])
+    if sel["recipe"]["self_training"]:
+        assert sel["pseudo_labels"]["unlabeled"] == n_unlabeled
+        assert sel["pseudo_labels"]["pseudo_label_accuracy"] is None
