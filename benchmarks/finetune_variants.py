@@ -46,7 +46,7 @@ def main() -> None:
                     stage.run(params, paths)
                 report = finetune.run(params, paths)
             metrics = evaluate.run(params, paths)
-            cells[i].append((metrics["models"]["finetune"]["test_accuracy"], metrics["accuracy"],
+            cells[i].append((metrics["models"].get("finetune", {}).get("test_accuracy", float("nan")), metrics["accuracy"],
                              report["train_seconds"], report["best_epoch"]))
             print(f"seed {seed} {' '.join(sets) or 'defaults':60s} finetune {cells[i][-1][0]:.3f} "
                   f"chosen {cells[i][-1][1]:.3f} ({cells[i][-1][2]:.0f} s, best epoch {cells[i][-1][3]})", flush=True)

@@ -52,7 +52,7 @@ def test_accuracy(params, paths) -> float:
 def finetune_accuracy(params, paths) -> float:
     with quiet():
         finetune.run(params, paths)
-    return evaluate.run(params, paths)["models"]["finetune"]["test_accuracy"]
+    return evaluate.run(params, paths)["models"].get("finetune", {}).get("test_accuracy", float("nan"))  # nan: CV did not keep it
 
 
 def with_synthetic(raw: dict, **values) -> dict:

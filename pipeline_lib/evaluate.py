@@ -143,11 +143,13 @@ def selection_summary(paths: Paths) -> dict:
     out = {k: sel[k] for k in ("mode", "metric", "winner", "backbone", "tta", "folds", "repeats", "n_labelled",
                                "refit_on", "reason")}
     out["table"] = table
+    if sel.get("pseudo_labels"):
+        out["pseudo_labels"] = sel["pseudo_labels"]
     if paths.finetune_report.exists():
         ft = json.loads(paths.finetune_report.read_text())
         if ft.get("enabled"):
-            out["finetune"] = {k: ft[k] for k in ("mode", "kept", "reason", "best_epoch", "gain", "gain_se", "folds")
-                               if k in ft}
+            out["finetune"] = {k: ft[k] for k in ("mode", "kept", "reason", "best_epoch", "wise_alpha", "gain",
+                                                  "gain_se", "folds") if k in ft}
     return out
 
 

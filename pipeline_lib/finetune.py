@@ -508,11 +508,13 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
     folds = stratified_folds(y_all, s.finetune_folds, 1, params.seed + 7)
     preprocess = chosen_backbone(params, paths).preprocess
     heads = _fold_heads(params, paths, folds, n_classes)
-    sessions, held = [], []
+    sessions, held, targets = [], [], {}
     for fold, head in zip(folds, heads):
         model, _ = build_model(params, paths, head)
         train = _train_images(paths, real_train.iloc[fold.train], synthetic, preprocess, params.synthetic.loss_weight)
-        target, _ = _target(params, paths, model, train.pixels[:len(fold.train)])
+        target, skipped = _target(params, paths, model, train.pixels[:len(fold.train)])
+        if target is not None:
+            targets = {"target_images": len(target), "target_skipped": skipped}
         sessions.append(Run(params, model, train, device, target))
         held.append(Images(real_train.iloc[fold.held], paths, preprocess))
     metric = s.metric
@@ -557,7 +559,9 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
         state["history"].append({"epoch": epoch, "train_loss": float(np.mean([r["train_loss"] for r in rows])),
                                  "train_accuracy": float(np.mean([r["train_accuracy"] for r in rows])),
                                  "val_loss": sc["log_loss"], "val_accuracy": sc["accuracy"],
-                                 f"cv_{metric}": sc[metric], "lr_head": rows[0]["lr_head"]})
+                                 f"cv_{metric}": sc[metric], "lr_head": rows[0]["lr_head"],
+                                 **({"domain_accuracy": float(np.mean([r["domain_accuracy"] for r in rows]))}
+                                    if "domain_accuracy" in rows[0] else {})})
         if sc[metric] > best_sc[metric] + 1e-9 or (abs(sc[metric] - best_sc[metric]) <= 1e-9
                                                      and sc["log_loss"] < best_sc["log_loss"] - 1e-6):
             state.update(best_epoch=epoch, best_proba=torch.from_numpy(proba), stale=0,
@@ -599,7 +603,9 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
               "gain": gain["gain"], "gain_se": gain["se"], "cv_seconds": round(cv_seconds, 2),
               "train_seconds": round(cv_seconds, 2),
               "resumed_from_epoch": resumed_from, "n_train_synthetic": len(synthetic), "adapt": p.adapt,
-              "kept_linear_probe": not keep, "curve": state["curve"]}
+              "kept_linear_probe": not keep, "curve": state["curve"], **targets}
+    if targets and state["history"]:
+        report["domain_accuracy_last_epoch"] = state["history"][-1].get("domain_accuracy")
     if not keep:
         paths.finetuned_model.unlink(missing_ok=True)
         paths.finetune_oof.unlink(missing_ok=True)

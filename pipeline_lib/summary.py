@@ -24,6 +24,11 @@ def summary(paths: Paths) -> str:
                      f"({sel['reason']})")
         if "finetune" in sel:
             lines.append(f"  {sel['finetune']['reason']}")
+        pseudo = sel.get("pseudo_labels") or {}
+        if pseudo:
+            right = pseudo.get("pseudo_label_accuracy")
+            lines.append(f"  self-training: {pseudo['pseudo_labels']} of {pseudo['unlabeled']} unlabelled images "
+                         "pseudo-labelled" + (f" ({right:.0%} right)" if right is not None else ""))
     elif len(models) > 1:
         lines.append(f"Model: {m['candidate']} (chosen on val: " + ", ".join(
             f"{n} {v['val_accuracy']:.1%}" for n, v in models.items()) + ")")

@@ -89,9 +89,10 @@ def test_more_shots_reuse_the_cache(project):
     out = _repro(project)
     assert _ran(out.stdout) == list(STAGES)
     report = json.loads((root / "reports/featurize.json").read_text())
-    # 10 new real training images; the DDPM retrained on the new data draws new synthetic images
+    # 10 new real training images and their mirror images (flip TTA); the DDPM retrained on the new
+    # data draws new synthetic images
     synthetic = {f"{i}.npy" for i in pd.read_parquet(root / "data/synthetic/manifest.parquet")["image_id"]}
-    new = 10 + len(synthetic - cached)
+    new = 2 * 10 + len(synthetic - cached)
     assert report["computed"] == new and report["cache_hits"] == report["images"] - new
     assert len(set(_cache_files(root)) - cached) == new
 
@@ -113,7 +114,7 @@ def test_mlflow_has_one_run_per_execution_with_a_working_model(project):
     assert run.data.params["data.shots_per_class"] == "6" and run.data.params["train_head.lr"] == "0.002"
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
-    assert "featurize.computed" in run.data.metrics and "train_head.val_accuracy" in run.data.metrics
+    assert "featurize.computed" in run.data.metrics and "train_head.cv_macro_f1" in run.data.metrics
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     prepared = next(o for o in lock["stages"]["ingest"]["outs"] if o["path"] == "data/prepared")
     assert run.data.tags["dvc.ingest.data/prepared"] == prepared["md5"]
@@ -151,7 +152,7 @@ def test_synthetic_param_change_reruns_synthesize_and_downstream_only_and_reuses
 
 def test_pipeline_flow_runs_the_stale_part_and_records_it_for_dvc(project):
     root, env = project
-    set_params(root, train_head={"kind": "mlp"})
+    set_params(root, train_head={"kinds": ["mlp"]})
     out = run_cmd(["python", "-m", "flows.pipeline"], root, env)
     assert "ran ['train_head', 'finetune', 'evaluate']" in out.stdout + out.stderr
     after = _repro(project)
@@ -221,7 +222,7 @@ def test_user_error_is_one_clear_message_not_a_traceback(project):
     assert "error: data folder" in out.stderr and "does not exist" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
     set_params(root, data={"source": "sample", "path": "pipeline_lib/sample_data/fashion_mnist_sample.npz"},
-                train_head={"kind": "forest"})
+                train_head={"kinds": ["forest"]})
     out = run_cmd(["python", "-m", "flows.train_head"], root, env, check=False)
-    assert out.returncode == 2 and "train_head.kind: got 'forest'; allowed values: 'linear' or 'mlp'" in out.stderr
+    assert out.returncode == 2 and "train_head.kinds.0: got 'forest'; allowed values: 'linear' or 'mlp'" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout

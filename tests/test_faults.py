@@ -24,6 +24,7 @@ from tests.helpers import copy_project, set_params
 pytestmark = pytest.mark.e2e
 
 TINY = dict(data={"shots_per_class": 5, "sample_test_per_class": 10, "val_fraction": 0.1},
+            selection={"cv_below": 0},  # holdout: finetune always writes a model (CV-mode resume: test_selection)
             augment={"copies": 2}, backbone={"resolution": 64},
             featurize={"batch_size": 4, "num_threads": 1},
             synthetic={"generator": "ddpm", "per_class": 2,

@@ -36,7 +36,8 @@ def test_clean_folder_is_ingested_with_rgb_images(tmp_path, raw):
     report = _run(tmp_path)
     assert report["n_rejected"] == 0 and report["classes"] == ["bag", "sneaker", "trouser"]
     manifest = pd.read_parquet(tmp_path / "data/prepared/manifest.parquet")
-    assert len(manifest) == 24 and set(manifest["split"]) == {"train", "val", "test"}
+    # 6 labelled images per class: choices by cross-validation, no val split
+    assert len(manifest) == 24 and set(manifest["split"]) == {"train", "test"} and report["selection_mode"] == "cv"
     img = Image.open(tmp_path / manifest["path"].iloc[0])
     assert img.mode == "RGB"
     pixels = np.asarray(img)

@@ -27,7 +27,8 @@ def test_better_model_is_promoted_worse_is_not(tmp_path, monkeypatch):
     featurize.run(parse_params(base), paths)
 
     def train_and_log(weak: bool):
-        head = {"max_epochs": 1, "lr": 1e-7} if weak else {"lr": 0.01}
+        # weak: an MLP head trained for one step at a negligible rate (its random start)
+        head = {"kinds": ["mlp"], "max_epochs": 1, "lr": 1e-7} if weak else {"C": [1.0]}
         params = parse_params({**base, "train_head": head})
         train_head.run(params, paths)
         acc = evaluate.run(params, paths)["accuracy"]

@@ -221,3 +221,21 @@ def test_unlabelled_folder_is_ingested_apart_and_never_reaches_val_or_test(tmp_p
     if sel["recipe"]["self_training"]:
         assert sel["pseudo_labels"]["unlabeled"] == n_unlabeled
         assert sel["pseudo_labels"]["pseudo_label_accuracy"] is None
+
+
+def test_cv_finetune_stopped_after_an_epoch_resumes_to_the_same_result(cv_project):
+    import torch
+
+    params, paths = cv_project
+    full = finetune.run(params, paths)
+    weights = torch.load(paths.finetuned_model, weights_only=True) if full["kept"] else None
+    assert finetune.run(params, paths, stop_after_epoch=1) == {"interrupted_after_epoch": 1}
+    ckpt = paths.finetune_checkpoint(finetune.config_hash(params, paths))
+    assert ckpt.exists()
+    resumed = finetune.run(params, paths)
+    assert resumed["resumed_from_epoch"] == 1 and resumed["kept"] == full["kept"]
+    assert [c["log_loss"] for c in resumed["curve"]] == pytest.approx([c["log_loss"] for c in full["curve"]], abs=1e-4)
+    if full["kept"]:
+        again = torch.load(paths.finetuned_model, weights_only=True)
+        assert all(torch.allclose(again[k].float(), v.float(), atol=1e-4) for k, v in weights.items())
+    assert not ckpt.exists()

@@ -1,0 +1,94 @@
+"""Issue 11's comparison: the deployed model (default params, chosen by cross-validation over all
+k labelled images per class and refitted on them) against scikit-learn's LogisticRegressionCV on
+the same k labelled images' features (MobileNetV2 block 14, and EfficientNet-Lite2), k = 5/10/20/50,
+several seeds, mean ± std of test accuracy; plus the wall time of each stage.
+
+    .venv/bin/python benchmarks/selection.py [--seeds 5] [--shots 5 10 20 50] [--data sample|full]
+        [--set KEY=VALUE ...] [--unlabeled]     # --unlabeled: also semi_supervised.source=unused
+
+Each cell runs ingest → synthesize → augment → featurize → train_head → finetune → evaluate in a
+fresh copy of the project (the feature cache is shared), then featurizes the same images with
+tf_efficientnet_lite2 for the second reference. Run it alone: it is CPU-bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import time
+from collections import defaultdict
+
+from _common import apply_overrides, benchmark_params, copy_project, mean_std
+
+from pipeline_lib import augment, evaluate, featurize, finetune, ingest, synthesize, train_head
+from pipeline_lib.config import Paths, load_params, parse_params
+
+STAGES = (ingest, synthesize, augment, featurize, train_head, finetune, evaluate)
+
+
+def lr_cv(paths: Paths) -> float:
+    """LogisticRegressionCV (C by stratified k-fold, k = min(5, smallest class)) on every labelled image."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegressionCV
+    from threadpoolctl import threadpool_limits
+
+    X, y, _ = featurize.load_features(paths, "train")
+    Xv, yv, _ = featurize.load_features(paths, "val")
+    X, y = np.concatenate([X, Xv]), np.concatenate([y, yv])
+    Xt, yt, _ = featurize.load_features(paths, "test")
+    with threadpool_limits(limits=1):
+        model = LogisticRegressionCV(Cs=10, cv=min(5, int(np.bincount(y).min())), max_iter=3000).fit(X, y)
+    return float(model.score(Xt, yt))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20, 50])
+    parser.add_argument("--data", choices=["sample", "full"], default="sample")
+    parser.add_argument("--unlabeled", action="store_true", help="also run with semi_supervised.source=unused")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    root = copy_project()
+    paths = Paths.for_root(root)
+    base = apply_overrides(load_params(root).model_dump(), args.set)
+    columns = ["deployed"] + (["deployed+unlabeled"] if args.unlabeled else []) + ["lr_cv mobilenet", "lr_cv lite2"]
+    print(f"{args.data} data, {args.seeds} seeds, test accuracy % (mean ± std); overrides: {' '.join(args.set) or 'none'}")
+    print(f"{'shots':>5}  " + "  ".join(f"{c:>18}" for c in columns) + "  candidates / stage seconds")
+    results: dict = defaultdict(lambda: defaultdict(list))
+    for shots in args.shots:
+        stage_s: dict[str, list[float]] = defaultdict(list)
+        chosen = []
+        for seed in range(args.seeds):
+            raw = benchmark_params(base, seed, shots, args.data, root)
+            variants = [("deployed", raw)]
+            if args.unlabeled:
+                variants.append(("deployed+unlabeled", {**raw, "semi_supervised": {**raw["semi_supervised"],
+                                                                                   "source": "unused"}}))
+            for name, variant in variants:
+                params = parse_params(variant)
+                for stage in STAGES:
+                    started = time.perf_counter()
+                    with contextlib.redirect_stderr(io.StringIO()):
+                        out = stage.run(params, paths)
+                    if name == "deployed":
+                        stage_s[stage.__name__.rsplit(".", 1)[-1]].append(time.perf_counter() - started)
+                results[shots][name].append(out["accuracy"])
+                if name == "deployed":
+                    chosen.append(out["candidate"] + "/" + json.loads(paths.selection_report.read_text())["winner"])
+                    results[shots]["lr_cv mobilenet"].append(lr_cv(paths))
+            lite = parse_params({**raw, "backbone": {**raw["backbone"], "name": "tf_efficientnet_lite2", "blocks": None}})
+            with contextlib.redirect_stderr(io.StringIO()):
+                featurize.run(lite, paths)
+            results[shots]["lr_cv lite2"].append(lr_cv(paths))
+        times = " ".join(f"{k} {sum(v) / len(v):.0f}" for k, v in stage_s.items())
+        print(f"{shots:>5}  " + "  ".join(f"{mean_std(results[shots][c]):>18}" for c in columns)
+              + f"  {', '.join(chosen)} | {times}", flush=True)
+    print(json.dumps({k: dict(v) for k, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
