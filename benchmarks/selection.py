@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import time
+import warnings
 from collections import defaultdict
 
 from _common import apply_overrides, benchmark_params, copy_project, mean_std
@@ -38,7 +39,8 @@ def lr_cv(paths: Paths) -> float:
     Xv, yv, _ = featurize.load_features(paths, "val")
     X, y = np.concatenate([X, Xv]), np.concatenate([y, yv])
     Xt, yt, _ = featurize.load_features(paths, "test")
-    with threadpool_limits(limits=1):
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's announced default changes
         model = LogisticRegressionCV(Cs=10, cv=min(5, int(np.bincount(y).min())), max_iter=3000).fit(X, y)
     return float(model.score(Xt, yt))
 

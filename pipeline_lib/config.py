@@ -181,7 +181,7 @@ class FeaturizeParams(_Section):
 
 class TrainHeadParams(_Section):
     kinds: list[Literal["linear", "mlp"]] = Field(default_factory=lambda: ["linear"])  # compared by selection
-    C: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0])  # linear: inverse L2 strengths
+    C: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])  # linear: inverse L2
     hidden_dim: int = Field(256, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     lr: float = Field(1e-3, gt=0.0)          # mlp only (AdamW, full batch)

@@ -229,7 +229,7 @@ def config_hash(params: Params, paths: Paths) -> str:
     """What a checkpoint must match to be resumed: the params and the inputs (data, head)."""
     h = hashlib.sha256(json.dumps({k: v for k, v in params.model_dump().items()
                                    if k in ("seed", "backbone", "finetune", "augment", "synthetic", "train_head",
-                                            "selection")}, sort_keys=True).encode())
+                                            "selection", "semi_supervised")}, sort_keys=True).encode())
     h.update(json.dumps(domain_adaptation.target_files(params, paths)).encode())
     for f in (paths.manifest, paths.head, paths.synthetic_manifest):
         h.update(f.read_bytes() if f.exists() else b"")
