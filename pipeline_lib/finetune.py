@@ -41,6 +41,7 @@ from .featurize import configure_threads, load_features
 from .heads import Head, load_head
 from .ingest import load_manifest
 from .synthesize import load_synthetic
+from .selection import paired_bootstrap, scores, stratified_folds
 from .stats import nll
 
 
@@ -498,7 +499,6 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
     with a paired bootstrap standard error, decide. Fine-tuning is kept only when the gain exceeds
     selection.min_gain_se standard errors; then it is refitted on every labelled image for the
     best epoch's number of epochs (same schedule), otherwise the head alone is deployed."""
-    from .selection import paired_bootstrap, stratified_folds
 
     p, s = params.finetune, params.selection
     n_classes = len(classes)
@@ -547,13 +547,13 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
     scored_ok = ~torch.isnan(state["probe"][:, 0]).numpy()
     y_ok = y_all[scored_ok]
     if not state["curve"]:
-        state["curve"].append({"epoch": 0, **_scores(y_ok, state["probe"].numpy()[scored_ok], n_classes)})
+        state["curve"].append({"epoch": 0, **scores(y_ok, state["probe"].numpy()[scored_ok], n_classes)})
     while state.get("phase_done") is not True and state["epoch"] < p.epochs and state["stale"] < p.patience:
         epoch = state["epoch"] + 1
         rows = [session.train_epoch(epoch, desc=f"finetune CV fold {k + 1}/{len(sessions)}")
                 for k, session in enumerate(sessions)]
         proba = pooled()
-        sc = _scores(y_ok, proba[scored_ok], n_classes)
+        sc = scores(y_ok, proba[scored_ok], n_classes)
         best_sc = state["curve"][state["best_epoch"]]
         state["curve"].append({"epoch": epoch, **sc})
         state["history"].append({"epoch": epoch, "train_loss": float(np.mean([r["train_loss"] for r in rows])),
@@ -562,8 +562,7 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
                                  f"cv_{metric}": sc[metric], "lr_head": rows[0]["lr_head"],
                                  **({"domain_accuracy": float(np.mean([r["domain_accuracy"] for r in rows]))}
                                     if "domain_accuracy" in rows[0] else {})})
-        if sc[metric] > best_sc[metric] + 1e-9 or (abs(sc[metric] - best_sc[metric]) <= 1e-9
-                                                     and sc["log_loss"] < best_sc["log_loss"] - 1e-6):
+        if _better("val_accuracy", (sc[metric], sc["log_loss"]), (best_sc[metric], best_sc["log_loss"])):
             state.update(best_epoch=epoch, best_proba=torch.from_numpy(proba), stale=0,
                          best_weights=[x.weights() for x in sessions])
         else:
@@ -578,7 +577,7 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
     if best_epoch > 0 and state.get("phase_done") is not True:
         def score(a):
             proba = pooled([interpolate(s0, s1, a) for s0, s1 in zip(start, state["best_weights"])])[scored_ok]
-            sc = _scores(y_ok, proba, n_classes)
+            sc = scores(y_ok, proba, n_classes)
             return sc[metric], sc["log_loss"], proba
 
         alpha, results = _pick_alpha(p.wise_alphas, score)
@@ -590,7 +589,7 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
     gain = paired_bootstrap(y_ok, state["probe"].numpy()[scored_ok], best_proba, n_classes, metric, params.seed)
     keep = best_epoch > 0 and gain["gain"] > s.min_gain_se * gain["se"] and gain["gain"] > 0
     before = state["curve"][0]
-    after = _scores(y_ok, best_proba, n_classes)
+    after = scores(y_ok, best_proba, n_classes)
     reason = (f"fine-tuning {'kept' if keep else 'not kept'}: CV {metric} {before[metric]:.3f} (probe) -> "
               f"{after[metric]:.3f} at epoch {best_epoch}" + (f", WiSE-FT alpha {alpha:g}" if best_epoch else "")
               + f", gain {gain['gain']:+.3f} ± {gain['se']:.3f} (SE); needs > {s.min_gain_se:g} SE")
@@ -658,14 +657,7 @@ def _pick_alpha(alphas: list[float], score) -> tuple[float, dict]:
     """The WiSE-FT mixing weight with the best score (ties: the larger alpha, nearer the tuned model);
     ``score(alpha)`` returns (metric value, log loss, anything to keep)."""
     results = {a: score(a) for a in sorted(set(alphas) | {1.0})}
-    best = max(results, key=lambda a: (round(results[a][0], 9), -round(results[a][1], 6), a))
-    return best, {a: r for a, r in results.items()}
-
-
-def _scores(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict:
-    from .selection import scores
-
-    return scores(y, proba, n_classes)
+    return max(results, key=lambda a: (round(results[a][0], 9), -round(results[a][1], 6), a)), results
 
 
 def load_finetuned(params: Params, paths: Paths) -> FinetuneModel | None:
