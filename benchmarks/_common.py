@@ -22,14 +22,15 @@ def mean_std(values) -> str:
     return f"{arr.mean() * 100:5.1f} ± {arr.std() * 100:3.1f}"
 
 
-def full_data_npz(seed: int, out_dir: Path, pool_per_class: int = 100, test_per_class: int = 200) -> Path:
+def full_data_npz(seed: int, out_dir: Path, pool_per_class: int = 120, test_per_class: int = 200) -> Path:
     """A per-seed draw from the full Fashion-MNIST (Debian's dataset-fashion-mnist), in the sample's
-    format: a labelled pool from the 60,000 training images, 200 test images per class from t10k."""
+    format: a pool of 120 images per class from the 60,000 training images (k labelled, the rest
+    `unused`: 1,000 unlabelled images at k = 20), 200 test images per class from t10k."""
     import numpy as np
 
     from pipeline_lib.fashion_mnist import build_sample
 
-    path = Path(out_dir) / f"fashion_mnist_full_seed{seed}.npz"
+    path = Path(out_dir) / f"fashion_mnist_full_seed{seed}_pool{pool_per_class}.npz"
     if not path.exists():
         np.savez_compressed(path, **build_sample(pool_per_class, test_per_class, seed=1000 + seed))
     return path

@@ -1,10 +1,13 @@
 """Issue 11's comparison: the deployed model (default params, chosen by cross-validation over all
 k labelled images per class and refitted on them) against scikit-learn's LogisticRegressionCV on
 the same k labelled images' features (MobileNetV2 block 14, and EfficientNet-Lite2), k = 5/10/20/50,
-several seeds, mean ± std of test accuracy; plus the wall time of each stage.
+several seeds, mean ± std of test accuracy; plus the wall time of each stage. With --peers, also
+fastai's fine_tune(15) (benchmarks/peer_fastai.py) and the scratch CNN (baseline_scratch.py) on the
+same images, in the same run (fastai lives in .venv-fastai: `make bench-fastai` builds it).
 
     .venv/bin/python benchmarks/selection.py [--seeds 5] [--shots 5 10 20 50] [--data sample|full]
         [--set KEY=VALUE ...] [--unlabeled]     # --unlabeled: also semi_supervised.source=unused
+    .venv-fastai/bin/python benchmarks/selection.py --data full --seeds 5 --unlabeled --peers
 
 Each cell runs ingest → synthesize → augment → featurize → train_head → finetune → evaluate in a
 fresh copy of the project (the feature cache is shared), then featurizes the same images with
@@ -51,13 +54,22 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--data", choices=["sample", "full"], default="sample")
     parser.add_argument("--unlabeled", action="store_true", help="also run with semi_supervised.source=unused")
+    parser.add_argument("--peers", action="store_true", help="also fastai fine_tune(15) and the scratch CNN")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
+    if args.peers:
+        try:
+            import fastai  # noqa: F401
+        except ImportError:
+            parser.exit(2, "--peers needs fastai: run with .venv-fastai/bin/python (`make bench-fastai` builds it)\n")
+        from baseline_scratch import scratch_accuracy
+        from peer_fastai import fastai_accuracy
 
     root = copy_project()
     paths = Paths.for_root(root)
     base = apply_overrides(load_params(root).model_dump(), args.set)
-    columns = ["deployed"] + (["deployed+unlabeled"] if args.unlabeled else []) + ["lr_cv mobilenet", "lr_cv lite2"]
+    columns = (["deployed"] + (["deployed+unlabeled"] if args.unlabeled else []) + ["lr_cv mobilenet", "lr_cv lite2"]
+               + (["fastai fine_tune(15)", "scratch CNN"] if args.peers else []))
     print(f"{args.data} data, {args.seeds} seeds, test accuracy % (mean ± std); overrides: {' '.join(args.set) or 'none'}")
     print(f"{'shots':>5}  " + "  ".join(f"{c:>18}" for c in columns) + "  candidates / stage seconds")
     results: dict = defaultdict(lambda: defaultdict(list))
@@ -82,10 +94,16 @@ def main() -> None:
                 if name == "deployed":
                     chosen.append(out["candidate"] + "/" + json.loads(paths.selection_report.read_text())["winner"])
                     results[shots]["lr_cv mobilenet"].append(lr_cv(paths))
+            if args.peers:
+                manifest, classes = ingest.load_manifest(paths)
+                results[shots]["fastai fine_tune(15)"].append(
+                    fastai_accuracy(manifest, paths, seed, params.backbone.resolution, 15)[0])
+                results[shots]["scratch CNN"].append(scratch_accuracy(manifest, paths, len(classes), seed, 150)[0])
             lite = parse_params({**raw, "backbone": {**raw["backbone"], "name": "tf_efficientnet_lite2", "blocks": None}})
             with contextlib.redirect_stderr(io.StringIO()):
                 featurize.run(lite, paths)
             results[shots]["lr_cv lite2"].append(lr_cv(paths))
+            print(f"  seed {seed}: " + "  ".join(f"{c} {results[shots][c][-1] * 100:.1f}" for c in columns), flush=True)
         times = " ".join(f"{k} {sum(v) / len(v):.0f}" for k, v in stage_s.items())
         print(f"{shots:>5}  " + "  ".join(f"{mean_std(results[shots][c]):>18}" for c in columns)
               + f"  {', '.join(chosen)} | {times}", flush=True)
