@@ -1,5 +1,7 @@
 # make run   - set up .venv (once) and run the whole pipeline with `dvc repro` on the embedded sample
 # make test  - set up .venv (once) and run the test suite (what CI runs)
+# make test-fast - the tests without the end-to-end ones (no `dvc repro`, no servers)
+# make lint  - ruff: pyflakes, pycodestyle, import order (config in pyproject.toml)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +21,7 @@ FASTAI_VENV := .venv-fastai
 # fastai beside the project's own torch/torchvision (its pins would pull another torch): benchmark only
 FASTAI_PKGS := fastai==2.8.12 fastcore fastdownload fastprogress fasttransform 'plum-dispatch<2.10' cloudpickle
 
-.PHONY: install run pipeline test bench bench-fastai mlflow-ui mlflow-server clean
+.PHONY: install run pipeline test test-fast lint bench bench-fastai mlflow-ui mlflow-server clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +34,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(PY) -m flows.prefect_server dvc repro
+	$(PY) -m tasks.prefect_server dvc repro
 	@echo
 	@$(PY) -m pipeline_lib.summary
 
@@ -43,6 +45,12 @@ pipeline: install
 
 test: install
 	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not e2e"
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 bench: install
 	$(PY) benchmarks/featurize_throughput.py

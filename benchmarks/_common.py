@@ -8,8 +8,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pipeline_lib  # noqa: E402, F401  (telemetry off)
+from pipeline_lib.runtime import quiet_environment  # noqa: E402
 
+quiet_environment()
+from pipeline_lib.dataset import load_manifest  # noqa: E402
 from tests.helpers import copy_project, set_params  # noqa: E402
 
 __all__ = ["ROOT", "copy_project", "set_params", "mean_std"]
@@ -64,12 +66,12 @@ def ingest_cell(base: dict, seed: int, shots: int, data: str, root: Path):
     import contextlib
     import io
 
-    from pipeline_lib import ingest
     from pipeline_lib.config import Paths, parse_params
+    from pipeline_lib.stages import ingest
 
     paths = Paths.for_root(root)
     params = parse_params(benchmark_params(base, seed, shots, data, root))
     with contextlib.redirect_stderr(io.StringIO()):
         ingest.run(params, paths)
-    manifest, classes = ingest.load_manifest(paths)
+    manifest, classes = load_manifest(paths)
     return params, manifest, classes

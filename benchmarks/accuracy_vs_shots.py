@@ -23,11 +23,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-
 from _common import apply_overrides, benchmark_params, copy_project, mean_std
 
-from pipeline_lib import augment, evaluate, featurize, finetune, ingest, train_head
 from pipeline_lib.config import Paths, load_params, parse_params
+from pipeline_lib.features import load_features
+from pipeline_lib.stages import augment, evaluate, featurize, finetune, ingest, train_head
 
 
 def main() -> None:
@@ -68,8 +68,8 @@ def main() -> None:
                 ingest.run(params, paths)
                 augment.run(params, paths)
                 featurize.run(params, paths)
-            X, y, _ = featurize.load_features(paths, "train")
-            Xt, yt, _ = featurize.load_features(paths, "test")
+            X, y, _ = load_features(paths, "train")
+            Xt, yt, _ = load_features(paths, "test")
             acc["lr"].append(float(LogisticRegressionCV(Cs=10, cv=min(5, int(np.bincount(y).min())),
                                                         max_iter=2000).fit(X, y).score(Xt, yt)))
             if "head_aug" in args.strategies:
@@ -128,7 +128,7 @@ def _test_accuracy(params, paths) -> float:
     from pipeline_lib.heads import load_head, predict_proba
 
     head, _ = load_head(paths.head, paths.head_meta)
-    Xt, yt, _ = featurize.load_features(paths, "test")
+    Xt, yt, _ = load_features(paths, "test")
     return float((predict_proba(head, Xt).argmax(1) == yt).mean())
 
 

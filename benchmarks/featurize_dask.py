@@ -18,8 +18,8 @@ import time
 
 from _common import copy_project
 
-from pipeline_lib import augment, featurize, ingest, synthesize
 from pipeline_lib.config import Paths, load_params, parse_params
+from pipeline_lib.stages import featurize, run_stages
 
 
 def main() -> None:
@@ -36,8 +36,7 @@ def main() -> None:
     raw["augment"]["copies"] = 0
     params = parse_params(raw)
     with contextlib.redirect_stderr(io.StringIO()):
-        for stage in (ingest, synthesize, augment):
-            stage.run(params, paths)
+        run_stages(params, paths, last="augment")
     cache = paths.cache_dir(params)
     shutil.rmtree(cache, ignore_errors=True)
     started = time.perf_counter()

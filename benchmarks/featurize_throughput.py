@@ -1,8 +1,8 @@
 """featurize throughput vs the raw backbone forward pass on the same images, batch and resolution.
 
 Reference: the frozen MobileNetV2 on tensors already in memory and already resized (pure compute).
-Measured: the featurize loop (read PNGs, resize, forward) and the whole stage on a cold cache (read PNGs, resize, forward, write cache entries and
-feature matrices), and on a warm cache. Target ratio (stage / raw) >= 0.9.
+Measured: the featurize loop (read PNGs, resize, forward) and the whole stage on a cold cache
+(read PNGs, resize, forward, write cache entries and feature matrices), and on a warm cache. Target ratio (stage / raw) >= 0.9.
 Also prints the resolution trade-off: throughput and head accuracy (20 shots/class) per resolution.
 
     .venv/bin/python benchmarks/featurize_throughput.py [--resolution 112] [--batch 64]
@@ -19,11 +19,13 @@ import time
 import torch
 from _common import copy_project
 
-from pipeline_lib import featurize, ingest, train_head
 from pipeline_lib.backbones import load_backbone
 from pipeline_lib.config import Paths, load_params, parse_params
-from pipeline_lib.featurize import configure_threads, embed_paths, read_image_tensor
+from pipeline_lib.dataset import load_manifest
+from pipeline_lib.features import embed_paths, load_features, read_image_tensor
 from pipeline_lib.heads import load_head, predict_proba
+from pipeline_lib.runtime import configure_threads
+from pipeline_lib.stages import featurize, ingest, train_head
 
 
 def raw_forward(backbone, images: torch.Tensor, batch: int) -> float:
@@ -41,7 +43,7 @@ def measure(root, resolution: int, batch: int, repeats: int = 3) -> dict:
     params = parse_params(raw)
     with contextlib.redirect_stderr(io.StringIO()):
         ingest.run(params, paths)
-    manifest = ingest.load_manifest(paths)[0]
+    manifest = load_manifest(paths)[0]
     manifest = manifest[manifest["split"].isin(["train", "val", "test"])]
     backbone = load_backbone("mobilenet_v2", resolution=resolution)
     files = [paths.resolve(p) for p in manifest["path"]]
@@ -65,7 +67,7 @@ def measure(root, resolution: int, batch: int, repeats: int = 3) -> dict:
     warm_ips = len(manifest) / (time.perf_counter() - started)
     train_head.run(params, paths)
     head, _ = load_head(paths.head, paths.head_meta)
-    Xt, yt, _ = featurize.load_features(paths, "test")
+    Xt, yt, _ = load_features(paths, "test")
     acc = float((predict_proba(head, Xt).argmax(1) == yt).mean())
     assert report["computed"] == len(manifest)
     return {"n": len(manifest), "raw": max(raw_ips), "loop": max(loop_ips), "cold": max(cold_ips),

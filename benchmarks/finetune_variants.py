@@ -6,7 +6,7 @@ defaults were chosen and what did not help.
 
 Each variant is a comma-separated list of KEY=VALUE overrides (as `dvc exp run -S` takes them);
 the defaults ("base") always run first as the reference. Every cell goes through the pipeline's own
-stages (ingest, augment, featurize, train_head, finetune, evaluate). Prints test accuracy of the
+stages (pipeline_lib.stages.STAGES). Prints test accuracy of the
 fine-tuned model and of what evaluate chooses (mean ± std over seeds), the difference to the
 defaults, fine-tuning seconds per run and the best epoch per seed (0 = the probe was kept).
 """
@@ -21,8 +21,8 @@ import io
 import numpy as np
 from _common import apply_overrides, benchmark_params, copy_project, mean_std
 
-from pipeline_lib import augment, evaluate, featurize, finetune, ingest, train_head
 from pipeline_lib.config import Paths, load_params, parse_params
+from pipeline_lib.stages import evaluate, finetune, run_stages
 
 
 def main() -> None:
@@ -42,8 +42,7 @@ def main() -> None:
             raw = benchmark_params(apply_overrides(copy.deepcopy(defaults), sets), seed, args.shots, args.data, root)
             params = parse_params(raw)
             with contextlib.redirect_stderr(io.StringIO()):
-                for stage in (ingest, augment, featurize, train_head):
-                    stage.run(params, paths)
+                run_stages(params, paths, last="train_head")
                 report = finetune.run(params, paths)
             metrics = evaluate.run(params, paths)
             cells[i].append((metrics["models"].get("finetune", {}).get("test_accuracy", float("nan")), metrics["accuracy"],

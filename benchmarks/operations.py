@@ -131,7 +131,7 @@ def main() -> None:
                         choices=["retrain", "predict", "recovery"])
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from flows.prefect_server import start_server, stop_server
+    from tasks.prefect_server import start_server, stop_server
 
     root = copy_project()
     server, api_url, _ = start_server()

@@ -1,9 +1,9 @@
 """Wall time of the default `make run` (dvc repro, each stage a Prefect flow) and how much of it is
 orchestration overhead, plus the no-op and head-only re-run times.
 
-Reference (pure compute): the four stage functions of pipeline_lib called in one plain Python
+Reference (pure compute): every stage function of pipeline_lib.stages called in one plain Python
 process, no Prefect, no DVC, no MLflow. Measured, each on a cold feature cache in a fresh copy:
-  A. `python -m flows.prefect_server dvc repro`   (what `make run` does: one local Prefect server)
+  A. `python -m tasks.prefect_server dvc repro`   (what `make run` does: one local Prefect server)
   B. `dvc repro` with a temporary Prefect server per stage process (Prefect's default)
   C. `python -m flows.pipeline`                   (one process, one Prefect start, DVC API commits)
   D. the pipeline flow called repeatedly in one long-lived process, as a served deployment does
@@ -39,11 +39,12 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
 
 PLAIN = """
 import time; t0 = time.perf_counter()
-from pipeline_lib import ingest, featurize, train_head, evaluate
+from pipeline_lib.stages import STAGES, stage_module
 from pipeline_lib.config import Paths, load_params
 paths = Paths.for_root("."); params = load_params()
+modules = [stage_module(name) for name in STAGES]
 t1 = time.perf_counter()
-for stage in (ingest, featurize, train_head, evaluate):
+for stage in modules:
     stage.run(params, paths)
 t2 = time.perf_counter()
 from pipeline_lib import tracking
@@ -79,7 +80,7 @@ def main() -> None:
     print(f"MLflow logging of one run (params, metrics, artifacts, model): {mlflow_s:6.1f} s")
 
     results = {}
-    for label, cmd in (("A make run: dvc repro + one local Prefect server", [PY, "-m", "flows.prefect_server", "dvc", "repro"]),
+    for label, cmd in (("A make run: dvc repro + one local Prefect server", [PY, "-m", "tasks.prefect_server", "dvc", "repro"]),
                        ("B dvc repro, temporary Prefect server per stage", ["dvc", "repro"]),
                        ("C python -m flows.pipeline (one process)", [PY, "-m", "flows.pipeline"])):
         root = copy_project()
@@ -94,7 +95,7 @@ def main() -> None:
     assert "Running stage" not in out
     print(f"no-op dvc repro: {noop:.2f} s (target <= 3 s)")
     set_params(root, train_head={"lr": 0.002})
-    head_only, out = timed([PY, "-m", "flows.prefect_server", "dvc", "repro"], root)
+    head_only, out = timed([PY, "-m", "tasks.prefect_server", "dvc", "repro"], root)
     assert "Running stage 'featurize'" not in out and "Running stage 'train_head'" in out
     print(f"head-only re-run (train_head + evaluate, with MLflow logging): {head_only:.1f} s (target <= 10 s)")
     set_params(root, train_head={"lr": 0.003})
@@ -106,7 +107,7 @@ def main() -> None:
 
     # D: a long-lived process (as a served Prefect deployment runs): imports and Prefect are warm
     root = copy_project()
-    _, out = timed([PY, "-m", "flows.prefect_server", PY, "-c", WARM], root)
+    _, out = timed([PY, "-m", "tasks.prefect_server", PY, "-c", WARM], root)
     print(next(line for line in out.splitlines() if line.startswith("WARM")))
 
 

@@ -26,10 +26,10 @@ from collections import defaultdict
 
 from _common import apply_overrides, benchmark_params, copy_project, mean_std
 
-from pipeline_lib import augment, evaluate, featurize, finetune, ingest, synthesize, train_head
 from pipeline_lib.config import Paths, load_params, parse_params
-
-STAGES = (ingest, synthesize, augment, featurize, train_head, finetune, evaluate)
+from pipeline_lib.dataset import load_manifest
+from pipeline_lib.features import load_features
+from pipeline_lib.stages import STAGES, featurize, stage_module
 
 
 def lr_cv(paths: Paths) -> float:
@@ -38,10 +38,10 @@ def lr_cv(paths: Paths) -> float:
     from sklearn.linear_model import LogisticRegressionCV
     from threadpoolctl import threadpool_limits
 
-    X, y, _ = featurize.load_features(paths, "train")
-    Xv, yv, _ = featurize.load_features(paths, "val")
+    X, y, _ = load_features(paths, "train")
+    Xv, yv, _ = load_features(paths, "val")
     X, y = np.concatenate([X, Xv]), np.concatenate([y, yv])
-    Xt, yt, _ = featurize.load_features(paths, "test")
+    Xt, yt, _ = load_features(paths, "test")
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's announced default changes
         model = LogisticRegressionCV(Cs=10, cv=min(5, int(np.bincount(y).min())), max_iter=3000).fit(X, y)
@@ -87,15 +87,15 @@ def main() -> None:
                 for stage in STAGES:
                     started = time.perf_counter()
                     with contextlib.redirect_stderr(io.StringIO()):
-                        out = stage.run(params, paths)
+                        out = stage_module(stage).run(params, paths)
                     if name == "deployed":
-                        stage_s[stage.__name__.rsplit(".", 1)[-1]].append(time.perf_counter() - started)
+                        stage_s[stage].append(time.perf_counter() - started)
                 results[shots][name].append(out["accuracy"])
                 if name == "deployed":
                     chosen.append(out["candidate"] + "/" + json.loads(paths.selection_report.read_text())["winner"])
                     results[shots]["lr_cv mobilenet"].append(lr_cv(paths))
             if args.peers:
-                manifest, classes = ingest.load_manifest(paths)
+                manifest, classes = load_manifest(paths)
                 results[shots]["fastai fine_tune(15)"].append(
                     fastai_accuracy(manifest, paths, seed, params.backbone.resolution, 15)[0])
                 results[shots]["scratch CNN"].append(scratch_accuracy(manifest, paths, len(classes), seed, 150)[0])

@@ -30,9 +30,11 @@ import pandas as pd
 from _common import apply_overrides, copy_project, mean_std
 from PIL import Image, ImageFilter
 
-from pipeline_lib import augment, evaluate, featurize, finetune, ingest, synthesize, train_head
 from pipeline_lib.config import Paths, load_params, parse_params
+from pipeline_lib.dataset import load_manifest, load_synthetic
 from pipeline_lib.fashion_mnist import load_sample
+from pipeline_lib.features import load_features
+from pipeline_lib.stages import augment, evaluate, featurize, finetune, ingest, run_stages, synthesize, train_head
 
 RATIOS = (0.5, 1.0, 2.0)
 
@@ -45,7 +47,7 @@ def test_accuracy(params, paths) -> float:
     from pipeline_lib.heads import load_head, predict_proba
 
     head, _ = load_head(paths.head, paths.head_meta)
-    Xt, yt, _ = featurize.load_features(paths, "test")
+    Xt, yt, _ = load_features(paths, "test")
     return float((predict_proba(head, Xt).argmax(1) == yt).mean())
 
 
@@ -61,8 +63,8 @@ def with_synthetic(raw: dict, **values) -> dict:
 
 def reselect(params, paths) -> None:
     """Apply params' ratio / min_confidence to the images already generated (no new sampling)."""
-    frame = synthesize.load_synthetic(paths, kept_only=False).drop(columns=["confidence", "kept", "dropped_because"])
-    manifest, classes = ingest.load_manifest(paths)
+    frame = load_synthetic(paths, kept_only=False).drop(columns=["confidence", "kept", "dropped_because"])
+    manifest, classes = load_manifest(paths)
     train, n_classes = manifest.query("split == 'train'"), len(classes)
     with quiet():
         frame = synthesize.select(frame, params, paths, paths.synthetic_dir, train, n_classes)
@@ -98,7 +100,7 @@ def synthetic_part(args, root: Path, base: dict) -> None:
                     with quiet():
                         synthesize.run(params, paths)
                 else:
-                    if not synthesize.load_synthetic(paths, kept_only=False).shape[0]:
+                    if not load_synthetic(paths, kept_only=False).shape[0]:
                         with quiet():
                             synthesize.run(gen, paths)
                     reselect(params, paths)
@@ -155,8 +157,7 @@ def dann_part(args, root: Path, base: dict) -> None:
                         "unlabeled": str(target_dir)}}
         params = parse_params(raw)
         with quiet():
-            for stage in (ingest, synthesize, augment, featurize, train_head):
-                stage.run(params, paths)
+            run_stages(params, paths, last="train_head")
         results["head (source only)"].append(test_accuracy(params, paths))
         results["finetune (source only)"].append(finetune_accuracy(params, paths))
         for weight in args.dann_weights:

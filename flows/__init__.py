@@ -1,3 +1,9 @@
-"""Prefect flows: one per stage (run by dvc.yaml's cmd) and the full pipeline. Composition only."""
+"""Prefect flows, composition only: one flow per stage of pipeline_lib.stages.STAGES (the module
+and the flow carry the stage's name; dvc.yaml's cmd runs `python -m flows.<stage>`), plus the
+flows that are not stages, listed in OTHER_FLOWS."""
 
-import pipeline_lib  # noqa: F401  (silences telemetry before Prefect is imported)
+from pipeline_lib.runtime import quiet_environment
+
+quiet_environment()  # process start: before any flow module imports Prefect
+
+OTHER_FLOWS = ("pipeline", "retrain", "predict")  # the whole DAG, scheduled retraining, batch prediction

@@ -9,14 +9,14 @@ from __future__ import annotations
 from prefect import flow
 
 from pipeline_lib.config import Paths
-from tasks.stages import evaluate_task, load_params_task, log_to_mlflow_task
+from tasks.stages import STAGE_TASKS, load_params_task, log_to_mlflow_task
 
 
 @flow(name="evaluate")
 def evaluate(root: str | None = None, run_name: str | None = None) -> dict:
     paths = Paths.for_root(root)
     params = load_params_task(paths)
-    metrics = evaluate_task(params, paths)
+    metrics = STAGE_TASKS["evaluate"](params, paths)
     metrics["mlflow_run_id"] = log_to_mlflow_task(params, paths, run_name)
     return metrics
 

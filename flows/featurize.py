@@ -15,7 +15,7 @@ import os
 from prefect import flow, unmapped
 
 from pipeline_lib.config import Params, Paths
-from tasks.stages import embed_shard_task, featurize_task, load_params_task, plan_shards_task
+from tasks.stages import STAGE_TASKS, embed_shard_task, load_params_task, plan_shards_task
 
 
 @flow(name="featurize")
@@ -27,7 +27,7 @@ def featurize(root: str | None = None) -> dict:
         shards = plan_shards_task(params, paths)
         if shards:
             computed = featurize_on_dask.with_options(task_runner=dask_runner(params))(shards, params, paths)
-    return featurize_task(params, paths, computed_by_workers=computed)
+    return STAGE_TASKS["featurize"](params, paths, computed_by_workers=computed)
 
 
 @flow(name="featurize-on-dask")

@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import flow
 
 from pipeline_lib.config import Paths
-from tasks.stages import ingest_task, load_params_task
+from tasks.stages import STAGE_TASKS, load_params_task
 
 
 @flow(name="ingest")
 def ingest(root: str | None = None) -> dict:
     paths = Paths.for_root(root)
-    return ingest_task(load_params_task(paths), paths)
+    return STAGE_TASKS["ingest"](load_params_task(paths), paths)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The whole DAG of dvc.yaml from Python, in one Prefect flow run (one process, one Prefect start).
 
-Each stale stage runs as a subflow, then is committed to dvc.lock through DVC's Python API, so a
-following `dvc repro` finds nothing to do. Scheduled runs use this flow.
+Each stage DVC finds stale runs as a subflow, then is committed to dvc.lock through DVC's Python
+API, so a following `dvc repro` finds nothing to do; a stage downstream of one that ran is asked
+again after the commit, so exactly the stages `dvc repro` would run are run (an upstream stage
+that rewrote identical outputs leaves its downstream stages alone). Scheduled runs use this flow.
 
     python -m flows.pipeline            # run what is stale
     python -m flows.pipeline --force    # run every stage
@@ -10,23 +12,20 @@ following `dvc repro` finds nothing to do. Scheduled runs use this flow.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 
 from prefect import flow, get_run_logger
 
-from flows.augment import augment
-from flows.synthesize import synthesize
-from flows.evaluate import evaluate
-from flows.featurize import featurize
-from flows.finetune import finetune
-from flows.ingest import ingest
-from flows.train_head import train_head
 from pipeline_lib.config import Paths, load_params
 from pipeline_lib.errors import PipelineError
+from pipeline_lib.stages import STAGES
 from tasks.dvc import commit_stage, is_stale, stage_order
 
-STAGE_FLOWS = {"ingest": ingest, "synthesize": synthesize, "augment": augment, "featurize": featurize, "train_head": train_head,
-               "finetune": finetune, "evaluate": evaluate}
+
+def stage_flow(stage: str):
+    """The Prefect flow of a stage: ``flows.<stage>.<stage>``."""
+    return getattr(importlib.import_module(f"flows.{stage}"), stage)
 
 
 @flow(name="pipeline")
@@ -35,13 +34,13 @@ def pipeline(root: str | None = None, force: bool = False) -> dict:
     load_params(paths.root)  # fail fast on a bad params.yaml, before any stage runs
     logger = get_run_logger()
     order = stage_order(paths.root)
-    unknown = [s for s in order if s not in STAGE_FLOWS]
+    unknown = [s for s in order if s not in STAGES]
     if unknown:
-        raise PipelineError(f"dvc.yaml has stage(s) {unknown} with no flow in flows/pipeline.py")
+        raise PipelineError(f"dvc.yaml has stage(s) {unknown} that pipeline_lib.stages.STAGES does not list")
     ran: list[str] = []
     for stage in order:
-        if force or ran or is_stale(paths.root, stage):
-            STAGE_FLOWS[stage](root=str(paths.root))
+        if force or is_stale(paths.root, stage):
+            stage_flow(stage)(root=str(paths.root))
             commit_stage(paths.root, stage)
             ran.append(stage)
         else:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import flow
 
 from pipeline_lib.config import Paths
-from tasks.stages import synthesize_task, load_params_task
+from tasks.stages import STAGE_TASKS, load_params_task
 
 
 @flow(name="synthesize")
 def synthesize(root: str | None = None) -> dict:
     paths = Paths.for_root(root)
-    return synthesize_task(load_params_task(paths), paths)
+    return STAGE_TASKS["synthesize"](load_params_task(paths), paths)
 
 
 if __name__ == "__main__":

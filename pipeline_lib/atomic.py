@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,9 +19,6 @@ import numpy as np
 
 from .errors import PipelineError, io_error
 
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 _TEMP_SUFFIXES = (".tmp", ".staging", ".old")
 
 
@@ -64,6 +62,18 @@ def remove_orphan(path: Path, pid: str) -> None:
             path.unlink(missing_ok=True)
 
 
+def new_temp(folder: Path, prefix: str) -> Path:
+    """Create an empty, new temporary file ``<prefix><random>.tmp`` in ``folder``, with the mode a
+    plain open() would give (0666 less the process umask, applied by the OS: no umask juggling)."""
+    while True:
+        path = Path(folder) / f"{prefix}{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds."""
@@ -71,16 +81,13 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(target)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+        tmp_path = new_temp(target.parent, f".{target.name}.{os.getpid()}.")
     except OSError as exc:
         raise _cannot_write(target, exc) from exc
-    os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp_path, target)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)

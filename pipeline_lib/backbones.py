@@ -338,3 +338,40 @@ def pick_device(preference: str = "auto") -> torch.device:
     if preference == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+def feature_blocks(model: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks, input side first: what `unfreeze_blocks` counts from the end."""
+    if isinstance(getattr(model, "features", None), nn.Sequential):  # mobilenet, efficientnet, convnext, vgg
+        return list(model.features)
+    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):  # resnet family
+        return [nn.Sequential(model.conv1, model.bn1), model.layer1, model.layer2, model.layer3, model.layer4]
+    return [m for m in model.children() if any(p.numel() for p in m.parameters())]
+
+
+def unfreeze(backbone: nn.Module, n_blocks: int | str) -> int:
+    """Make the last n blocks trainable ("all" = every block); returns the trainable parameter count."""
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    blocks = feature_blocks(backbone)
+    chosen = blocks if n_blocks == "all" else (blocks[-n_blocks:] if n_blocks else [])
+    for block in chosen:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    return sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+
+
+def backbone_param_groups(backbone: nn.Module, lr: float, decay: float) -> list[dict]:
+    """Optimizer groups for the trainable backbone: the deepest block at ``lr``, each block closer to
+    the input at ``decay`` times the next one's (layer-wise decay; 1 = one rate for all)."""
+    if decay == 1.0:  # one group: one fused optimizer update instead of one per block
+        trainable = [q for q in backbone.parameters() if q.requires_grad]
+        return [{"params": trainable, "lr": lr}] if trainable else []
+    blocks = feature_blocks(backbone)
+    groups, seen = [], set()
+    for depth, block in enumerate(reversed(blocks)):
+        params = [q for q in block.parameters() if q.requires_grad]
+        seen.update(id(q) for q in block.parameters())
+        groups.append({"params": params, "lr": lr * decay ** depth})
+    rest = [q for q in backbone.parameters() if q.requires_grad and id(q) not in seen]
+    return [g for g in [*groups, {"params": rest, "lr": lr}] if g["params"]]

@@ -27,7 +27,6 @@ from .errors import PipelineError
 from .images import IMAGE_EXTENSIONS
 
 
-
 class _ReverseGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, lam: float) -> torch.Tensor:

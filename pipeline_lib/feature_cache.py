@@ -4,16 +4,19 @@ The backbone key covers the model name, the weights file's hash and the preproce
 vector is reused only when it would be recomputed identically. Entries are written atomically
 (temporary file in ``<key>/.tmp/`` + rename): an interrupted run never leaves a truncated entry
 behind, and the temporaries of a killed process (named by its pid) are removed by the next run.
+Unlike the stage outputs (pipeline_lib.atomic), entries are not fsynced: the cache holds
+thousands of small recomputable files, and an entry a power cut damaged reads as a miss
+(``get``) and is recomputed and overwritten.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import new_temp, remove_orphan
 from .errors import io_error
 
 
@@ -27,8 +30,6 @@ class FeatureCache:
         self._sweep()
 
     def _sweep(self) -> None:
-        from .atomic import remove_orphan
-
         if not self.tmp_dir.is_dir():
             return
         for tmp in self.tmp_dir.iterdir():
@@ -37,12 +38,14 @@ class FeatureCache:
     def _path(self, image_id: str) -> Path:
         return self.dir / image_id[:2] / f"{image_id}.npy"
 
-    def get(self, image_id: str) -> np.ndarray | None:
+    def get(self, image_id: str, dim: int | None = None) -> np.ndarray | None:
+        """The cached vector, or None when absent, unreadable or (with ``dim``) of another size."""
         path = self._path(image_id)
         try:
             vec = np.load(path, allow_pickle=False)
         except (FileNotFoundError, ValueError, OSError, EOFError):
-            # absent, or unreadable (a foreign or damaged file): recompute and overwrite it
+            vec = None  # absent, or unreadable (a foreign or damaged file): recompute and overwrite it
+        if vec is None or (dim is not None and vec.shape != (dim,)):
             self.misses += 1
             return None
         self.hits += 1
@@ -54,10 +57,10 @@ class FeatureCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f"{os.getpid()}.{image_id}.", suffix=".tmp", dir=self.tmp_dir)
-            with os.fdopen(fd, "wb") as fh:
+            tmp = new_temp(self.tmp_dir, f"{os.getpid()}.{image_id}.")
+            with open(tmp, "wb") as fh:
                 np.save(fh, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # no fsync per entry (unlike atomic.atomic_path): see the module doc
         except OSError as exc:
             if tmp:
                 Path(tmp).unlink(missing_ok=True)

@@ -101,3 +101,8 @@ def load_image(path: str | Path, min_size: int = 8, unusual_modes: str = "conver
         raise BadImage(f"too small ({width}x{height} px, minimum {min_size} px per side)",
                        "use a larger image, or lower data.min_image_size")
     return LoadedImage(pixels=pixels, mode=mode, note=note)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.array(img.convert("RGB"), dtype=np.uint8)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 def doubling_gain(shots: list[int], accuracies: list[float]) -> float:
     """Accuracy gained per doubling of the labelled data: slope of accuracy on log2(shots)."""
     x = np.log2(np.asarray(shots, dtype=float))

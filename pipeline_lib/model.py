@@ -38,7 +38,7 @@ def build_classifier(params: Params, paths: Paths, candidate: str = "head") -> C
     name, tta = candidate.removesuffix("_tta"), candidate.endswith("_tta")
     head, meta = load_head(paths.head, paths.head_meta)
     if name == "finetune":
-        from .finetune import load_finetuned
+        from .networks import load_finetuned
 
         tuned = load_finetuned(params, paths)
         preprocess, backbone, head = tuned.preprocess, tuned.backbone, tuned.head

@@ -42,7 +42,7 @@ def score_model_on_test(model_uri: str, paths: Paths) -> float:
     import torch
 
     from .backbones import Preprocess
-    from .featurize import load_batch
+    from .features import load_batch
 
     info = mlflow.models.get_model_info(model_uri)
     classes = list(info.metadata["classes"])

@@ -8,14 +8,12 @@ a stage is safe to repeat (atomic writes, resumable checkpoints). A user mistake
 
 from __future__ import annotations
 
-import importlib
-
-import pipeline_lib  # noqa: F401  (silences telemetry before Prefect is imported)
 from prefect import task
 from prefect.cache_policies import NONE
 
 from pipeline_lib.config import Params, Paths, load_params
 from pipeline_lib.errors import is_transient
+from pipeline_lib.stages import STAGES, stage_module
 
 RETRY_DELAYS = [2, 8]
 
@@ -35,29 +33,23 @@ def load_params_task(paths: Paths) -> Params:
 
 
 def _stage_task(stage: str):
-    """A task running ``pipeline_lib.<stage>.run``; the module is imported when the task runs, so a
-    stage's process loads only what it needs (ingest runs without importing torch)."""
+    """A task running the stage's ``run``; the module is imported when the task runs, so a stage's
+    process loads only what it needs (ingest runs without importing torch)."""
 
     @task(cache_policy=NONE, name=stage, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
           retry_condition_fn=retry_if_transient)
     def run_stage(params: Params, paths: Paths, **kwargs) -> dict:
-        return importlib.import_module(f"pipeline_lib.{stage}").run(params, paths, **kwargs)
+        return stage_module(stage).run(params, paths, **kwargs)
 
     return run_stage
 
 
-ingest_task = _stage_task("ingest")
-synthesize_task = _stage_task("synthesize")
-augment_task = _stage_task("augment")
-featurize_task = _stage_task("featurize")
-train_head_task = _stage_task("train_head")
-finetune_task = _stage_task("finetune")
-evaluate_task = _stage_task("evaluate")
+STAGE_TASKS = {stage: _stage_task(stage) for stage in STAGES}
 
 
 @task(cache_policy=NONE, name="plan_featurize_shards")
 def plan_shards_task(params: Params, paths: Paths) -> list:
-    from pipeline_lib import featurize
+    from pipeline_lib.stages import featurize
 
     return featurize.plan_shards(params, paths, params.featurize.shard_size)
 
@@ -65,7 +57,7 @@ def plan_shards_task(params: Params, paths: Paths) -> list:
 @task(cache_policy=NONE, name="embed_shard", retries=1)
 def embed_shard_task(shard: list, params: Params, paths: Paths) -> int:
     """Runs on a Dask worker: embeds one shard into the shared content-addressed cache."""
-    from pipeline_lib import featurize
+    from pipeline_lib.stages import featurize
 
     return featurize.embed_shard(params, paths, shard)
 

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-import pipeline_lib  # noqa: F401  (telemetry off for everything the tests start)
+from pipeline_lib.runtime import quiet_environment
+
+quiet_environment()  # telemetry off for everything the tests start
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +28,7 @@ def backbone_small():
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
     """One real local Prefect server for the tests that run flows in subprocesses."""
-    from flows.prefect_server import start_server, stop_server
+    from tasks.prefect_server import start_server, stop_server
 
     home = tmp_path_factory.mktemp("prefect-home")
     old = os.environ.get("PREFECT_HOME")

@@ -130,7 +130,7 @@ def build_tiny_clip(target: Path) -> Path:
 
 def start_mlflow_server(workdir: Path, timeout: float = 120.0):
     """A real `mlflow server` (1 worker, 127.0.0.1, sqlite backend, local artifact store) on a free
-    port; returns (process, url). Stop it with flows.prefect_server.stop_server(process)."""
+    port; returns (process, url). Stop it with tasks.prefect_server.stop_server(process)."""
     import os
     import socket
     import sys
@@ -156,7 +156,7 @@ def start_mlflow_server(workdir: Path, timeout: float = 120.0):
                     return proc, url
         except OSError:
             time.sleep(0.3)
-    from flows.prefect_server import stop_server
+    from tasks.prefect_server import stop_server
 
     stop_server(proc)
     raise RuntimeError(f"mlflow server did not start: {(workdir / f'server-{port}.log').read_text()[-2000:]}")

@@ -2,9 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_lib import augment, featurize, ingest
-from pipeline_lib.augment import augment_image, copy_seed
+from pipeline_lib.augmentation import augment_image, copy_seed
 from pipeline_lib.config import AugmentPolicy, Paths, parse_params
+from pipeline_lib.dataset import AUGMENTED
+from pipeline_lib.features import load_features
+from pipeline_lib.stages import augment, featurize, ingest
 from tests.helpers import write_folder_dataset
 
 
@@ -64,7 +66,7 @@ def test_stage_writes_copies_preview_and_featurize_caches_them(tmp_path):
     assert paths.augment_preview.stat().st_size > 5_000
     first = featurize.run(parse_params(raw), paths)
     assert first["computed"] == first["images"]
-    X, y, _ = featurize.load_features(paths, featurize.AUGMENTED)
+    X, y, _ = load_features(paths, AUGMENTED)
     assert len(X) == report["augmented_images"]
 
     augment.run(parse_params(raw), paths)  # same params: identical copies, nothing to recompute

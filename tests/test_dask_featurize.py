@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 
-from pipeline_lib import augment, featurize, ingest, synthesize
 from pipeline_lib.config import Paths, load_params, parse_params
+from pipeline_lib.stages import featurize, run_stages
 from tests.conftest import run_cmd
 from tests.helpers import copy_project, set_params, write_folder_dataset
 
@@ -18,8 +18,7 @@ def test_dask_featurize_equals_single_process(tmp_path, prefect_api):
                augment={"copies": 1}, backbone={"resolution": 32},
                featurize={"executor": "dask", "dask_workers": 2, "shard_size": 5})
     params, paths = load_params(root), Paths.for_root(root)
-    for stage in (ingest, synthesize, augment):
-        stage.run(params, paths)
+    run_stages(params, paths, last="augment")
     n_images = len({key for key, _, _ in featurize.feature_keys(params, featurize.all_images(paths))})  # + mirrored
 
     run_cmd(["python", "-m", "flows.featurize"], root, {"PREFECT_API_URL": prefect_api})

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline_lib.stages import STAGES
 from tests.conftest import run_cmd
 from tests.helpers import copy_project, set_params
 
 pytestmark = pytest.mark.e2e
-STAGES = ("ingest", "synthesize", "augment", "featurize", "train_head", "finetune", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_mlflow_has_one_run_per_execution_with_a_working_model(project):
     import torch
 
     from pipeline_lib.backbones import Preprocess
-    from pipeline_lib.featurize import read_image_tensor
+    from pipeline_lib.features import read_image_tensor
 
     root, _ = project
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")

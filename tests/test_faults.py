@@ -16,8 +16,10 @@ import pytest
 import torch
 import yaml
 
-from pipeline_lib import augment, featurize, finetune, ingest, synthesize, train_head
 from pipeline_lib.config import Paths, load_params
+from pipeline_lib.dataset import AUGMENTED
+from pipeline_lib.features import load_features
+from pipeline_lib.stages import run_stages
 from tests.conftest import run_cmd
 from tests.helpers import copy_project, set_params
 
@@ -67,8 +69,7 @@ def runs(tmp_path_factory, prefect_api):
     threads = torch.get_num_threads()
     try:
         params = load_params(reference.root)
-        for stage in (ingest, synthesize, augment, featurize, train_head, finetune):
-            stage.run(params, reference)
+        run_stages(params, reference, last="finetune")
     finally:
         torch.set_num_threads(threads)
     killed = _project(tmp_path_factory, "killed")
@@ -104,9 +105,9 @@ def test_killed_featurize_leaves_only_whole_cache_entries_and_the_same_features(
     entries = list((killed.root / ".cache/features").rglob("*.npy"))
     assert entries and {np.load(e).shape for e in entries} == {(160,)}
     assert not list((killed.root / ".cache/features").glob("*/.tmp/*"))  # the killed writer's temporaries swept
-    for split in ("train", "val", "test", "synthetic", featurize.AUGMENTED):
-        Xa, ya, ida = featurize.load_features(reference, split)
-        Xb, yb, idb = featurize.load_features(killed, split)
+    for split in ("train", "val", "test", "synthetic", AUGMENTED):
+        Xa, ya, ida = load_features(reference, split)
+        Xb, yb, idb = load_features(killed, split)
         np.testing.assert_array_equal(ida, idb)
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_allclose(Xa, Xb, atol=1e-5)

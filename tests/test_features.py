@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline_lib import featurize, ingest
 from pipeline_lib.backbones import load_backbone, resolve_weights
 from pipeline_lib.config import Paths, parse_params
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.feature_cache import FeatureCache
+from pipeline_lib.features import load_features, read_image_tensor
+from pipeline_lib.stages import featurize, ingest
 from tests.helpers import write_folder_dataset
 
 
@@ -114,19 +115,19 @@ def test_featurize_reuses_cached_vectors_when_the_split_changes(tmp_path):
     first = featurize.run(parse_params(raw), paths)
     n_used = first["images"]
     assert first["computed"] == n_used and first["cache_hits"] == 0
-    X1, y1, ids1 = featurize.load_features(paths, "test")
+    X1, y1, ids1 = load_features(paths, "test")
 
     raw["data"]["shots_per_class"] = 3  # one more training image per class
     ingest.run(parse_params(raw), paths)
     second = featurize.run(parse_params(raw), paths)
     assert second["images"] == n_used + 6  # 3 new images and their mirror images (flip TTA)
     assert second["computed"] == 6 and second["cache_hits"] == n_used
-    X2, _, ids2 = featurize.load_features(paths, "test")
+    X2, _, ids2 = load_features(paths, "test")
     np.testing.assert_array_equal(ids1, ids2)
     np.testing.assert_array_equal(X1, X2)
 
     manifest = pd.read_parquet(paths.manifest)
-    Xtr, ytr, idtr = featurize.load_features(paths, "train")
+    Xtr, ytr, idtr = load_features(paths, "train")
     assert len(Xtr) == 9 and set(idtr) == set(manifest.loc[manifest.split == "train", "image_id"])
 
 
@@ -151,9 +152,9 @@ def test_features_match_a_direct_forward_pass(tmp_path, backbone_small):
     paths = Paths.for_root(tmp_path)
     ingest.run(parse_params(raw), paths)
     featurize.run(parse_params(raw), paths)
-    X, _, ids = featurize.load_features(paths, "train")
+    X, _, ids = load_features(paths, "train")
     manifest = pd.read_parquet(paths.manifest).set_index("image_id")
-    images = torch.stack([featurize.read_image_tensor(tmp_path / manifest.loc[i, "path"]) for i in ids])
+    images = torch.stack([read_image_tensor(tmp_path / manifest.loc[i, "path"]) for i in ids])
     np.testing.assert_allclose(X, backbone_small(images).numpy(), rtol=1e-4, atol=1e-5)
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline_lib import augment, featurize, finetune, ingest, train_head
-from pipeline_lib.backbones import load_backbone
+from pipeline_lib.backbones import backbone_param_groups, feature_blocks, load_backbone, unfreeze
 from pipeline_lib.config import Paths, parse_params
-from pipeline_lib.evaluate import choose_candidate, paired_comparison
+from pipeline_lib.networks import build_model, load_finetuned
+from pipeline_lib.stages import finetune, run_stages
+from pipeline_lib.stages.evaluate import choose_candidate, paired_comparison
 from tests.helpers import write_folder_dataset
 
 RAW = {"data": {"source": "folder", "shots_per_class": None, "val_fraction": 0.3},
@@ -27,8 +28,7 @@ def prepared(tmp_path_factory):
     write_folder_dataset(root / "raw", per_class=10, classes=("shirt", "coat", "pullover"))
     params = _params(root)
     paths = Paths.for_root(root)
-    for stage in (ingest, augment, featurize, train_head):
-        stage.run(params, paths)
+    run_stages(params, paths, last="train_head")
     return root
 
 
@@ -45,22 +45,22 @@ def _bn_stats(model):
 
 def test_unfreeze_counts_blocks_from_the_end():
     bb = load_backbone("mobilenet_v2", resolution=32).model
-    assert finetune.unfreeze(bb, 0) == 0
-    blocks = finetune.feature_blocks(bb)
+    assert unfreeze(bb, 0) == 0
+    blocks = feature_blocks(bb)
     last = sum(p.numel() for p in blocks[-1].parameters())
-    assert finetune.unfreeze(bb, 1) == last
-    assert finetune.unfreeze(bb, "all") == sum(p.numel() for p in bb.parameters())
+    assert unfreeze(bb, 1) == last
+    assert unfreeze(bb, "all") == sum(p.numel() for p in bb.parameters())
 
 
 def test_layerwise_learning_rates_decay_towards_the_input():
     bb = load_backbone("mobilenet_v2", resolution=32).model
-    finetune.unfreeze(bb, 3)
-    groups = finetune.backbone_param_groups(bb, lr=0.1, decay=0.5)
-    blocks = finetune.feature_blocks(bb)
+    unfreeze(bb, 3)
+    groups = backbone_param_groups(bb, lr=0.1, decay=0.5)
+    blocks = feature_blocks(bb)
     assert [g["lr"] for g in groups] == pytest.approx([0.1, 0.05, 0.025])  # only the 3 trainable blocks
     assert {id(q) for q in groups[0]["params"]} == {id(q) for q in blocks[-1].parameters()}
     assert sum(len(g["params"]) for g in groups) == sum(q.requires_grad for q in bb.parameters())
-    same = finetune.backbone_param_groups(bb, lr=0.1, decay=1.0)
+    same = backbone_param_groups(bb, lr=0.1, decay=1.0)
     assert {g["lr"] for g in same} == {0.1}
 
 
@@ -81,8 +81,8 @@ def test_finetune_learns_and_never_ends_worse_than_the_probe(prepared, monitor):
 
 def test_training_step_moves_only_unfrozen_blocks_and_never_batchnorm_statistics(prepared):
     params, paths = _params(prepared), Paths.for_root(prepared)
-    model, _ = finetune.build_model(params, paths)
-    finetune.unfreeze(model.backbone, 2)
+    model, _ = build_model(params, paths)
+    unfreeze(model.backbone, 2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     model.train()
@@ -94,7 +94,7 @@ def test_training_step_moves_only_unfrozen_blocks_and_never_batchnorm_statistics
     after = model.state_dict()
     stats = [k for k in before if "running_" in k]
     assert stats and all(torch.equal(before[k], after[k]) for k in stats)
-    n_blocks = len(finetune.feature_blocks(model.backbone))
+    n_blocks = len(feature_blocks(model.backbone))
     frozen = [k for k in before if k.startswith("backbone.features.")
               and int(k.split(".")[2]) < n_blocks - 2 and "running_" not in k]
     unfrozen = [k for k in before if k.startswith(f"backbone.features.{n_blocks - 1}.") and "weight" in k]
@@ -104,20 +104,20 @@ def test_training_step_moves_only_unfrozen_blocks_and_never_batchnorm_statistics
 
 
 def test_train_mode_keeps_batchnorm_in_eval(prepared):
-    model, _ = finetune.build_model(_params(prepared), Paths.for_root(prepared))
+    model, _ = build_model(_params(prepared), Paths.for_root(prepared))
     model.train()
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and not any(m.training for m in bns) and model.head.training
 
 
 def test_batchnorm_train_mode_updates_only_unfrozen_blocks_statistics(prepared):
-    model, _ = finetune.build_model(_params(prepared, batchnorm="train"), Paths.for_root(prepared))
-    finetune.unfreeze(model.backbone, 2)
+    model, _ = build_model(_params(prepared, batchnorm="train"), Paths.for_root(prepared))
+    unfreeze(model.backbone, 2)
     before = _bn_stats(model)
     model.train()
     model(torch.rand(4, 3, 32, 32))
     after = _bn_stats(model)
-    n_blocks = len(finetune.feature_blocks(model.backbone))
+    n_blocks = len(feature_blocks(model.backbone))
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(int(k.split(".")[2]) >= n_blocks - 2 for k in moved)
 
@@ -166,7 +166,7 @@ def test_disabled_finetune_leaves_no_model(prepared):
     assert finetune.run(_params(prepared, enabled=False), paths) == {"enabled": False}
     assert not paths.finetuned_model.exists()
     assert paths.finetune_history.read_text().startswith("epoch,")  # dvc.yaml's plot output, empty
-    assert finetune.load_finetuned(_params(prepared), paths) is None
+    assert load_finetuned(_params(prepared), paths) is None
 
 
 def test_candidate_is_chosen_on_val_and_paired_comparison_counts():
@@ -199,7 +199,7 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(prepared, tmp_path):
     script = tmp_path / "run_finetune.py"
     script.write_text(
         "import json, sys\n"
-        "from pipeline_lib import finetune\n"
+        "from pipeline_lib.stages import finetune\n"
         "from pipeline_lib.config import Paths, parse_params\n"
         "finetune.run(parse_params(json.loads(sys.argv[1])), Paths.for_root(sys.argv[2]))\n")
     raw = json.loads(json.dumps(RAW))

@@ -1,10 +1,10 @@
 import numpy as np
-import torch
 import pytest
+import torch
 
 from pipeline_lib.config import TrainHeadParams
-from pipeline_lib.evaluate import classification_metrics, top_confusions
 from pipeline_lib.heads import HeadRecipe, class_weights, fit_head, load_head, predict_proba, save_head, train_head
+from pipeline_lib.stages.evaluate import classification_metrics, top_confusions
 
 
 def _blobs(n_per_class, seed, dim=16, classes=3):

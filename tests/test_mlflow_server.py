@@ -12,8 +12,8 @@ import urllib.parse
 
 import pytest
 
+from tasks.prefect_server import stop_server
 from tests.conftest import run_cmd
-from flows.prefect_server import stop_server
 from tests.helpers import copy_project, rest, set_params, start_mlflow_server
 
 pytestmark = pytest.mark.e2e

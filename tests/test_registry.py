@@ -5,9 +5,10 @@ import json
 import mlflow
 import pytest
 
-from pipeline_lib import evaluate, featurize, ingest, tracking, train_head
+from pipeline_lib import tracking
 from pipeline_lib.config import Paths, parse_params
 from pipeline_lib.registry import decide
+from pipeline_lib.stages import evaluate, featurize, ingest, train_head
 from tests.helpers import write_folder_dataset
 
 

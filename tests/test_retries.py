@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from pipeline_lib.config import Paths, parse_params
 from pipeline_lib.errors import PipelineError, TransientError, io_error, is_transient
 from tests.helpers import write_folder_dataset
 
@@ -26,11 +25,11 @@ import json, sys
 from prefect import flow
 from prefect.client.orchestration import get_client
 from pipeline_lib.config import Paths, parse_params
-from tasks.stages import ingest_task
+from tasks.stages import STAGE_TASKS
 
 @flow
 def just_ingest():
-    state = ingest_task(parse_params(json.loads(sys.argv[2])), Paths.for_root(sys.argv[1]), return_state=True)
+    state = STAGE_TASKS["ingest"](parse_params(json.loads(sys.argv[2])), Paths.for_root(sys.argv[1]), return_state=True)
     return state.is_completed(), state.state_details.task_run_id
 
 completed, task_run_id = just_ingest()

@@ -5,10 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from pipeline_lib import augment, evaluate, featurize, finetune, ingest, synthesize, train_head
 from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.dataset import AUGMENTED, load_manifest
+from pipeline_lib.features import load_features
 from pipeline_lib.heads import HeadRecipe, fit_head, load_head, predict_proba
 from pipeline_lib.selection import best, oof_matrix, paired_bootstrap, stratified_folds, summarise
+from pipeline_lib.stages import evaluate, finetune, ingest, run_stages, train_head
+from pipeline_lib.training_set import TrainingSet, fit_recipe
 from tests.helpers import write_folder_dataset
 
 
@@ -101,8 +104,7 @@ def cv_project(tmp_path_factory):
     raw = json.loads(json.dumps(RAW))
     raw["data"]["path"] = str(root / "raw")
     params, paths = parse_params(raw), Paths.for_root(root)
-    for stage in (ingest, synthesize, augment, featurize, train_head):
-        stage.run(params, paths)
+    run_stages(params, paths, last="train_head")
     return params, paths
 
 
@@ -113,15 +115,15 @@ def test_cv_mode_uses_every_label_and_refits_on_all(cv_project):
     assert report["per_class"]["bag"] == {"test": 1, "train": 2}
     sel = json.loads(paths.selection_report.read_text())
     assert sel["mode"] == "cv" and sel["folds"] == 2 and sel["repeats"] == 2  # bag's 2 images allow 2 folds
-    X, y, _ = featurize.load_features(paths, "train")
+    X, y, _ = load_features(paths, "train")
     assert sel["n_labelled"] == sel["refit_on"] == len(y) == 14
     assert set(sel["table"]) == {"linear C=0.1", "linear C=1", "linear C=0.1 + flip TTA", "linear C=1 + flip TTA"}
     assert sel["winner"] in sel["table"] and sel["table"][sel["winner"]]["n_scored"] == 14
     # the deployed head is the winner refitted on every labelled image (and their augmented copies)
     head, meta = load_head(paths.head, paths.head_meta)
-    data = train_head.TrainingSet(params, paths)
+    data = TrainingSet(params, paths)
     Xr, yr, wr = data.training(np.arange(len(y)))
-    n_aug = len(featurize.load_features(paths, featurize.AUGMENTED)[1])
+    n_aug = len(load_features(paths, AUGMENTED)[1])
     assert n_aug > 7 and len(yr) == 14 + n_aug  # 14 labelled + their augmented copies
     refit = fit_head(Xr, yr, 3, HeadRecipe(**meta["recipe"]), params.train_head, params.seed, wr).head
     np.testing.assert_allclose(predict_proba(head, X), predict_proba(refit, X), atol=1e-6)
@@ -129,7 +131,7 @@ def test_cv_mode_uses_every_label_and_refits_on_all(cv_project):
 
 def test_augmented_copies_of_held_out_images_never_train_their_fold(cv_project):
     params, paths = cv_project
-    data = train_head.TrainingSet(params, paths)
+    data = TrainingSet(params, paths)
     _, _, src = data.aug
     assert len(src) > 7 and (src >= 0).all() and (src < 14).all()  # each copy knows its source image
     rows = np.arange(0, 14, 2)
@@ -140,7 +142,7 @@ def test_augmented_copies_of_held_out_images_never_train_their_fold(cv_project):
 def test_selection_never_reads_test_features(cv_project):
     params, paths = cv_project
     before = paths.selection_report.read_text()
-    X, y, ids = featurize.load_features(paths, "test")
+    X, y, ids = load_features(paths, "test")
     saved = paths.features("test").read_bytes()
     try:
         np.savez(paths.features("test"), X=np.full_like(X, np.nan), y=np.zeros_like(y), image_id=ids)
@@ -180,13 +182,13 @@ def test_self_training_respects_threshold_and_ratio_and_reports_accuracy():
             return X[rows], y[rows], np.ones(len(rows), np.float32)
 
     rows = np.arange(len(y))
-    plain, info = train_head.fit_recipe(Data(), rows, HeadRecipe("linear", 1.0, False), params, 3, 0)
+    plain, info = fit_recipe(Data(), rows, HeadRecipe("linear", 1.0, False), params, 3, 0)
     assert info == {}
-    head, info = train_head.fit_recipe(Data(), rows, HeadRecipe("linear", 1.0, True), params, 3, 0)
+    head, info = fit_recipe(Data(), rows, HeadRecipe("linear", 1.0, True), params, 3, 0)
     assert 0 < info["pseudo_labels"] <= 3 * 2 * 5 and info["unlabeled"] == 120  # ratio 2 x 5 labelled per class
     assert info["pseudo_label_accuracy"] > 0.9
     strict = parse_params({"semi_supervised": {"source": "unused", "threshold": 1.0}})
-    assert train_head.fit_recipe(Data(), rows, HeadRecipe("linear", 1.0, True), strict, 3, 0)[1]["pseudo_labels"] == 0
+    assert fit_recipe(Data(), rows, HeadRecipe("linear", 1.0, True), strict, 3, 0)[1]["pseudo_labels"] == 0
 
 
 def test_unlabelled_folder_is_ingested_apart_and_never_reaches_val_or_test(tmp_path):
@@ -199,22 +201,21 @@ def test_unlabelled_folder_is_ingested_apart_and_never_reaches_val_or_test(tmp_p
     raw["semi_supervised"] = {"source": "folder", "threshold": 0.5}
     params, paths = parse_params(raw), Paths.for_root(tmp_path)
     ingest.run(params, paths)
-    manifest = ingest.load_manifest(paths)[0]
+    manifest = load_manifest(paths)[0]
     test_file = manifest.loc[manifest["split"] == "test", "source"].iloc[0]
     shutil.copy(test_file, tmp_path / "pool" / "copy_of_a_test_image.png")  # kept once: as the test image
     report = ingest.run(params, paths)
-    manifest = ingest.load_manifest(paths)[0]
+    manifest = load_manifest(paths)[0]
     repeated = [d for d in report["duplicates"] if "/pool/" in d["file"]]  # the sample may repeat an image
     n_unlabeled = 13 - len(repeated)
     assert report["counts"]["unlabeled"] == n_unlabeled
     assert any(d["file"].endswith("copy_of_a_test_image.png") for d in repeated)
     assert (manifest.loc[manifest["split"] == "unlabeled", "label_idx"] == -1).all()
-    for stage in (synthesize, augment, featurize, train_head):
-        stage.run(params, paths)
-    U, truth, u_ids = featurize.load_features(paths, "unlabeled")
+    run_stages(params, paths, first="synthesize", last="train_head")
+    U, truth, u_ids = load_features(paths, "unlabeled")
     assert len(U) == n_unlabeled and (truth == -1).all()
     for split in ("train", "val", "test"):
-        assert not set(u_ids) & set(featurize.load_features(paths, split)[2])
+        assert not set(u_ids) & set(load_features(paths, split)[2])
     sel = json.loads(paths.selection_report.read_text())
     assert any(name.endswith("self-training") for name in sel["table"])
     assert any(name.endswith("self-training + flip TTA") for name in sel["table"])

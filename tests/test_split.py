@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from pipeline_lib.ingest import assign_splits, subsample_shots
+from pipeline_lib.stages.ingest import assign_splits, subsample_shots
 
 
 def _frame(counts, split=""):

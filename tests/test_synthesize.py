@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline_lib import augment, evaluate, featurize, finetune, ingest, synthesize, train_head
 from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.dataset import load_manifest, load_synthetic
 from pipeline_lib.domain_adaptation import DomainClassifier, dann_lambda, reverse_gradient
 from pipeline_lib.errors import PipelineError
+from pipeline_lib.features import load_features
+from pipeline_lib.stages import augment, evaluate, featurize, finetune, ingest, run_stages, synthesize, train_head
 from pipeline_lib.zero_shot import clip_zero_shot, nearest_class_mean
 from tests.helpers import build_tiny_clip, build_tiny_stable_diffusion, write_folder_dataset
 
@@ -45,14 +47,14 @@ def test_stable_diffusion_text_to_image_with_provenance(project, tiny_sd):
     paths = Paths.for_root(project)
     ingest.run(params, paths)
     report = synthesize.run(params, paths)
-    frame = synthesize.load_synthetic(paths, kept_only=False)
+    frame = load_synthetic(paths, kept_only=False)
     assert report["generated"] == len(frame) == 9 and report["kept"] == 9
     assert set(frame["prompt"]) == {"a photo of a shirt", "a photo of a coat", "a leather handbag"}
     assert frame["generator"].eq("stable_diffusion").all() and frame["model_hash"].str.len().eq(16).all()
     assert frame["seed"].nunique() == 9 and frame["split"].eq("synthetic").all()
     assert all((project / p).exists() for p in frame["path"])
     assert paths.synthetic_preview.stat().st_size > 5_000
-    again = synthesize.load_synthetic(paths, kept_only=False) if synthesize.run(params, paths) else None
+    again = load_synthetic(paths, kept_only=False) if synthesize.run(params, paths) else None
     assert again["image_id"].tolist() == frame["image_id"].tolist()  # seeded: the same images
 
 
@@ -115,7 +117,7 @@ def test_ddpm_trains_samples_is_reused_and_synthetic_stays_out_of_val_and_test(p
     first = synthesize.run(params, paths)
     assert first["generated"] == 9 and not first["ddpm_reused"] and first["ddpm_train_steps"] == 4
     assert (paths.ddpm_dir / "unet" / "diffusion_pytorch_model.safetensors").exists()
-    frame = synthesize.load_synthetic(paths)
+    frame = load_synthetic(paths)
     assert (frame["height"] == 28).all() and (frame["width"] == 28).all()  # the real images' size
     again = synthesize.run(params.model_copy(update={"synthetic": params.synthetic.model_copy(
         update={"per_class": 2})}), paths)
@@ -123,16 +125,16 @@ def test_ddpm_trains_samples_is_reused_and_synthetic_stays_out_of_val_and_test(p
 
     for stage in (augment, featurize):
         stage.run(params, paths)
-    synthetic_ids = set(synthesize.load_synthetic(paths)["image_id"])
+    synthetic_ids = set(load_synthetic(paths)["image_id"])
     for split in ("train", "val", "test"):
-        assert not synthetic_ids & set(featurize.load_features(paths, split)[2])
-    assert set(featurize.load_features(paths, "synthetic")[2]) == synthetic_ids
+        assert not synthetic_ids & set(load_features(paths, split)[2])
+    assert set(load_features(paths, "synthetic")[2]) == synthetic_ids
     report = train_head.run(params, paths)
     assert report["n_train_synthetic"] == 6 and report["n_train"] == report["n_train_real"] + 6
     ft = finetune.run(params, paths)
     assert ft["n_train_synthetic"] == 6
     metrics = evaluate.run(params, paths)
-    assert metrics["n_test"] == int((ingest.load_manifest(paths)[0]["split"] == "test").sum())
+    assert metrics["n_test"] == int((load_manifest(paths)[0]["split"] == "test").sum())
     assert 0.0 <= metrics["baselines"]["synthetic_only"]["test_accuracy"] <= 1.0
 
 
@@ -143,7 +145,7 @@ def test_generator_none_writes_every_declared_output(project):
     assert synthesize.run(params, paths)["generated"] == 0
     for out in (paths.synthetic_manifest, paths.synthetic_preview, paths.ddpm_dir, paths.synthesize_report):
         assert out.exists(), out  # dvc.yaml's outs and plots of the stage
-    assert synthesize.load_synthetic(paths).empty
+    assert load_synthetic(paths).empty
 
 
 def test_ddpm_training_resumes_from_its_checkpoint_to_the_same_model(tmp_path):
@@ -172,8 +174,8 @@ def test_filtering_and_ratio_cap_are_counted_per_class(project, tiny_sd):
     paths = Paths.for_root(project)
     ingest.run(params, paths)
     report = synthesize.run(params, paths)
-    frame = synthesize.load_synthetic(paths, kept_only=False)
-    real = ingest.load_manifest(paths)[0].query("split == 'train'")["label"].value_counts()
+    frame = load_synthetic(paths, kept_only=False)
+    real = load_manifest(paths)[0].query("split == 'train'")["label"].value_counts()
     for label, row in report["per_class"].items():
         kept = frame[(frame["label"] == label) & frame["kept"]]
         assert row["kept"] == len(kept) <= int(0.5 * real[label])
@@ -229,8 +231,7 @@ def test_dann_finetune_reports_domain_accuracy_and_reads_an_unlabeled_folder(pro
     raw["finetune"].update(adapt="dann", epochs=2)
     params = parse_params(raw)
     paths = Paths.for_root(project)
-    for stage in (ingest, synthesize, augment, featurize, train_head):
-        stage.run(params, paths)
+    run_stages(params, paths, last="train_head")
     report = finetune.run(params, paths)
     assert report["adapt"] == "dann" and report["target_images"] == 3
     assert [s["path"] for s in report["target_skipped"]] == ["pullover/broken.png"]

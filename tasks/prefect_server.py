@@ -1,6 +1,6 @@
 """Run a command against one local Prefect API server instead of one temporary server per process.
 
-    python -m flows.prefect_server dvc repro
+    python -m tasks.prefect_server dvc repro
 
 Every DVC stage is its own process; without a server each would start (and stop) Prefect's
 temporary server, several seconds apiece. This starts `prefect server start` once on 127.0.0.1,
@@ -19,8 +19,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-
-import pipeline_lib  # noqa: F401  (telemetry off)
 
 
 def _free_port() -> int:

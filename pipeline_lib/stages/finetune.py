@@ -30,81 +30,19 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from . import atomic
-from .augment import make_policy, read_rgb
-from .backbones import Preprocess, chosen_backbone, pick_device
-from .config import Params, Paths
-from .errors import PipelineError
-from .domain_adaptation import DomainClassifier, dann_lambda, load_target_images
-from . import domain_adaptation
-from .featurize import configure_threads, load_features
-from .heads import Head, load_head
-from .ingest import load_manifest
-from .synthesize import load_synthetic
-from .selection import paired_bootstrap, scores, stratified_folds
-from .stats import nll
-
-
-class FinetuneModel(nn.Module):
-    """preprocess -> backbone -> head; outputs logits. BatchNorm stays in eval mode."""
-
-    def __init__(self, preprocess: Preprocess, backbone: nn.Module, head: Head, bn_train: bool = False):
-        super().__init__()
-        self.preprocess = preprocess
-        self.backbone = backbone
-        self.head = head
-        self.bn_train = bn_train
-
-    def train(self, mode: bool = True) -> "FinetuneModel":
-        super().train(mode)
-        for module in self.backbone.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                trainable = any(q.requires_grad for q in module.parameters())
-                module.train(mode and self.bn_train and trainable)
-        return self
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.preprocess(images))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
-
-
-def feature_blocks(model: nn.Module) -> list[nn.Module]:
-    """The backbone's blocks, input side first: what `unfreeze_blocks` counts from the end."""
-    if isinstance(getattr(model, "features", None), nn.Sequential):  # mobilenet, efficientnet, convnext, vgg
-        return list(model.features)
-    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):  # resnet family
-        return [nn.Sequential(model.conv1, model.bn1), model.layer1, model.layer2, model.layer3, model.layer4]
-    return [m for m in model.children() if any(p.numel() for p in m.parameters())]
-
-
-def unfreeze(backbone: nn.Module, n_blocks: int | str) -> int:
-    """Make the last n blocks trainable ("all" = every block); returns the trainable parameter count."""
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    blocks = feature_blocks(backbone)
-    chosen = blocks if n_blocks == "all" else (blocks[-n_blocks:] if n_blocks else [])
-    for block in chosen:
-        for p in block.parameters():
-            p.requires_grad_(True)
-    return sum(p.numel() for p in backbone.parameters() if p.requires_grad)
-
-
-def backbone_param_groups(backbone: nn.Module, lr: float, decay: float) -> list[dict]:
-    """Optimizer groups for the trainable backbone: the deepest block at ``lr``, each block closer to
-    the input at ``decay`` times the next one's (layer-wise decay; 1 = one rate for all)."""
-    if decay == 1.0:  # one group: one fused optimizer update instead of one per block
-        trainable = [q for q in backbone.parameters() if q.requires_grad]
-        return [{"params": trainable, "lr": lr}] if trainable else []
-    blocks = feature_blocks(backbone)
-    groups, seen = [], set()
-    for depth, block in enumerate(reversed(blocks)):
-        params = [q for q in block.parameters() if q.requires_grad]
-        seen.update(id(q) for q in block.parameters())
-        groups.append({"params": params, "lr": lr * decay ** depth})
-    rest = [q for q in backbone.parameters() if q.requires_grad and id(q) not in seen]
-    return [g for g in [*groups, {"params": rest, "lr": lr}] if g["params"]]
+from .. import atomic, domain_adaptation
+from ..augmentation import make_policy
+from ..backbones import backbone_param_groups, chosen_backbone, pick_device, unfreeze
+from ..config import Params, Paths
+from ..dataset import load_manifest, load_synthetic
+from ..domain_adaptation import DomainClassifier, dann_lambda, load_target_images
+from ..errors import PipelineError
+from ..features import load_features
+from ..heads import Head
+from ..networks import FinetuneModel, Images, build_model, predict_proba
+from ..runtime import configure_threads
+from ..selection import paired_bootstrap, scores, stratified_folds
+from ..stats import nll
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -115,52 +53,6 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-class Images:
-    """The split's images in memory (uint8 HWC) with labels; batches resized to the model input."""
-
-    def __init__(self, frame, paths: Paths, preprocess: Preprocess, weights=None):
-        self.pixels = [read_rgb(paths.resolve(p)) for p in frame["path"]]
-        self.labels = torch.tensor(frame["label_idx"].to_numpy().astype(np.int64), dtype=torch.long)
-        self.weights = torch.ones(len(self.pixels)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-        self.preprocess = preprocess
-
-    @classmethod
-    def unlabeled(cls, pixels: list[np.ndarray], preprocess: Preprocess) -> "Images":
-        out = cls.__new__(cls)
-        out.pixels, out.preprocess = list(pixels), preprocess
-        out.labels = torch.full((len(out.pixels),), -1, dtype=torch.long)
-        out.weights = torch.ones(len(out.pixels))
-        return out
-
-    def __len__(self) -> int:
-        return len(self.pixels)
-
-    def batch(self, idx, policies: dict | None = None) -> torch.Tensor:
-        out = []
-        for i in idx:
-            img = self.pixels[i]
-            if policies is not None:
-                img = policies[img.shape[:2]](image=img)["image"]
-            tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
-            out.append(self.preprocess.resize(tensor))
-        return torch.stack(out)
-
-
-def predict_proba(model: FinetuneModel, data: Images, batch_size: int = 64, device="cpu",
-                  tta: bool = False) -> np.ndarray:
-    """Class probabilities; ``tta`` averages them with those of the horizontally flipped image."""
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(data), batch_size):
-            x = data.batch(list(range(i, min(i + batch_size, len(data))))).to(device)
-            proba = torch.softmax(model(x), dim=1)
-            if tta:
-                proba = (proba + torch.softmax(model(x.flip(-1)), dim=1)) / 2
-            out.append(proba.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.head.config["n_classes"]), np.float32)
 
 
 def _evaluate(model: FinetuneModel, data: Images, batch_size: int, device) -> tuple[float, float]:
@@ -235,17 +127,6 @@ def config_hash(params: Params, paths: Paths) -> str:
     for f in (paths.manifest, paths.head, paths.synthetic_manifest):
         h.update(f.read_bytes() if f.exists() else b"")
     return h.hexdigest()[:16]
-
-
-def build_model(params: Params, paths: Paths, head: Head | None = None) -> tuple[FinetuneModel, dict]:
-    """Backbone + head (the trained head of models/head.pt unless one is given)."""
-    loaded, meta = load_head(paths.head, paths.head_meta)
-    head = head if head is not None else loaded
-    for module in head.modules():  # the fine-tuning dropout replaces the head's
-        if isinstance(module, nn.Dropout):
-            module.p = params.finetune.dropout
-    bb = chosen_backbone(params, paths)
-    return FinetuneModel(bb.preprocess, bb.model, head, bn_train=params.finetune.batchnorm == "train"), meta
 
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr_head"]
@@ -484,8 +365,8 @@ def _finish(paths: Paths, report: dict, history: list[dict]) -> dict:
 def _fold_heads(params: Params, paths: Paths, folds, n_classes: int) -> list[Head]:
     """The chosen head recipe fitted on each fold's training images: each fold's probe (LP-FT's
     starting point), which its fine-tuning must beat on the fold's held-out images."""
-    from .heads import HeadRecipe
-    from .train_head import TrainingSet, fit_recipe
+    from ..heads import HeadRecipe
+    from ..training_set import TrainingSet, fit_recipe
 
     meta = json.loads(paths.head_meta.read_text())
     recipe = HeadRecipe(**meta["recipe"])
@@ -593,7 +474,8 @@ def _cross_validated(params, paths, real_train, synthetic, classes, device, ckpt
     reason = (f"fine-tuning {'kept' if keep else 'not kept'}: CV {metric} {before[metric]:.3f} (probe) -> "
               f"{after[metric]:.3f} at epoch {best_epoch}" + (f", WiSE-FT alpha {alpha:g}" if best_epoch else "")
               + f", gain {gain['gain']:+.3f} ± {gain['se']:.3f} (SE); needs > {s.min_gain_se:g} SE")
-    del sessions, held
+    sessions.clear()  # free the fold models before the refit
+    held.clear()
     report = {"enabled": True, "mode": "cv", "kept": bool(keep), "reason": reason, "folds": len(folds),
               "monitor": metric, "best_epoch": best_epoch, "epochs_run": state["epoch"], "wise_alpha": alpha,
               "wise_scores": wise,
@@ -660,13 +542,3 @@ def _pick_alpha(alphas: list[float], score) -> tuple[float, dict]:
     return max(results, key=lambda a: (round(results[a][0], 9), -round(results[a][1], 6), a)), results
 
 
-def load_finetuned(params: Params, paths: Paths) -> FinetuneModel | None:
-    """The fine-tuned classifier (eval mode, CPU), or None when finetune is disabled."""
-    if not paths.finetuned_model.exists():
-        return None
-    meta = json.loads(paths.finetune_meta.read_text())
-    head = Head(**meta["head"])
-    bb = chosen_backbone(params, paths)
-    model = FinetuneModel(bb.preprocess, bb.model, head)
-    model.load_state_dict(torch.load(paths.finetuned_model, map_location="cpu", weights_only=True))
-    return model.eval()

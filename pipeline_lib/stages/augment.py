@@ -9,58 +9,13 @@ A preview grid (original | K augmented copies) shows what the policy does to the
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
-import numpy as np
 import pandas as pd
-from PIL import Image
 
-from . import atomic
-from .config import AugmentPolicy, Params, Paths
-from .images import image_id
-from .ingest import MANIFEST_COLUMNS, load_manifest
-
-
-def make_policy(policy: AugmentPolicy, height: int, width: int, seed: int | None = None):
-    """The albumentations pipeline for images of one size (output has the same size)."""
-    import albumentations as A
-
-    transforms = [
-        A.HorizontalFlip(p=policy.hflip_p),
-        A.VerticalFlip(p=policy.vflip_p),
-        A.Affine(scale=(1 - policy.scale, 1 + policy.scale), translate_percent=(-policy.translate, policy.translate),
-                 rotate=(-policy.rotate_limit, policy.rotate_limit), border_mode=0, fill=policy.fill,
-                 p=policy.affine_p),
-        A.RandomResizedCrop(size=(height, width), scale=(policy.crop_scale_min, 1.0), p=policy.crop_p),
-        A.RandomBrightnessContrast(brightness_limit=policy.brightness_limit,
-                                   contrast_limit=policy.contrast_limit, p=policy.brightness_contrast_p),
-        A.GaussNoise(std_range=(policy.noise_std, policy.noise_std), p=policy.noise_p),
-        A.Erasing(scale=(0.02, policy.erase_scale_max), fill=policy.fill, p=policy.erase_p),  # random erasing
-    ]
-    compose = A.Compose(transforms, seed=seed)
-    if seed is not None:
-        # albumentations 2.0.8 gives every transform the Compose's seed, so their "does it fire"
-        # draws are identical (all fire or none do). Give each transform its own stream instead.
-        for transform, child in zip(compose.transforms, np.random.SeedSequence(seed).spawn(len(transforms))):
-            transform.set_random_seed(int(child.generate_state(1)[0]))
-    return compose
-
-
-def copy_seed(seed: int, source_id: str, copy: int) -> int:
-    """A stable seed per (image, copy): the same copy is produced whatever else changes."""
-    digest = hashlib.sha256(f"{seed}|{source_id}|{copy}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-def augment_image(pixels: np.ndarray, policy: AugmentPolicy, seed: int) -> np.ndarray:
-    compose = make_policy(policy, pixels.shape[0], pixels.shape[1], seed=seed)
-    return compose(image=pixels)["image"]
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.array(img.convert("RGB"), dtype=np.uint8)
+from .. import atomic
+from ..augmentation import augment_image, copy_seed
+from ..config import Params, Paths
+from ..dataset import MANIFEST_COLUMNS, load_manifest
+from ..images import image_id, read_rgb
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -91,15 +46,9 @@ def run(params: Params, paths: Paths) -> dict:
     return report
 
 
-def load_augmented(paths: Paths) -> pd.DataFrame:
-    if not paths.augmented_manifest.exists():
-        return pd.DataFrame(columns=MANIFEST_COLUMNS)
-    return pd.read_parquet(paths.augmented_manifest)
-
-
 def preview(train: pd.DataFrame, params: Params, paths: Paths) -> None:
     """Grid PNG: one row per sample image (one per class first), original then augmented copies."""
-    from .plots import plot_image_grid
+    from ..plots import plot_image_grid
 
     picks = train.groupby("label_idx", sort=True).head(1).head(params.augment.preview_images)
     n_cols = max(params.augment.copies, 4)

@@ -6,16 +6,16 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from . import atomic
-from .config import Params, Paths
-from .featurize import load_features
-from . import finetune
-from .backbones import chosen_backbone
-from .heads import load_head, predict_proba
-from .ingest import load_manifest
-from .plots import plot_confusion, plot_reliability
-from .stats import (bootstrap_ci, expected_calibration_error, fit_temperature, nll, reliability_bins,
-                    softmax)
+from .. import atomic
+from ..backbones import chosen_backbone
+from ..config import Params, Paths
+from ..dataset import load_manifest
+from ..features import load_features
+from ..heads import load_head, predict_proba
+from ..networks import FinetuneModel, Images, load_finetuned
+from ..networks import predict_proba as network_proba
+from ..plots import plot_confusion, plot_reliability
+from ..stats import bootstrap_ci, expected_calibration_error, fit_temperature, nll, reliability_bins, softmax
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -69,23 +69,23 @@ def model_probabilities(params: Params, paths: Paths) -> dict[str, dict[str, np.
     head, meta = load_head(paths.head, paths.head_meta)
     name = (meta.get("backbone_spec") or {}).get("name")
     out = {"head": {split: predict_proba(head, load_features(paths, split, name)[0]) for split in ("val", "test")}}
-    tuned = finetune.load_finetuned(params, paths)
+    tuned = load_finetuned(params, paths)
     tta = params.evaluate.tta == "hflip"
     if tuned is None and not tta:
         return out
     manifest = load_manifest(paths)[0].set_index("image_id")
     bb = chosen_backbone(params, paths)
     preprocess = bb.preprocess
-    images = {split: finetune.Images(manifest.loc[list(load_features(paths, split)[2])].reset_index(), paths,
+    images = {split: Images(manifest.loc[list(load_features(paths, split)[2])].reset_index(), paths,
                                       preprocess) for split in ("val", "test")}
     models = {"finetune": tuned} if tuned is not None else {}
     if tta:
-        frozen = finetune.FinetuneModel(bb.preprocess, bb.model, head)
-        out["head_tta"] = {split: finetune.predict_proba(frozen, images[split], tta=True) for split in images}
+        frozen = FinetuneModel(bb.preprocess, bb.model, head)
+        out["head_tta"] = {split: network_proba(frozen, images[split], tta=True) for split in images}
     for name, model in models.items():
-        out[name] = {split: finetune.predict_proba(model, images[split]) for split in images}
+        out[name] = {split: network_proba(model, images[split]) for split in images}
         if tta:
-            out[f"{name}_tta"] = {split: finetune.predict_proba(model, images[split], tta=True) for split in images}
+            out[f"{name}_tta"] = {split: network_proba(model, images[split], tta=True) for split in images}
     return out
 
 
@@ -108,9 +108,9 @@ def choose_candidate(val_scores: dict[str, tuple[float, float]], monitor: str = 
 
 def baselines(params: Params, paths: Paths, classes: list[str], y_test: np.ndarray) -> dict:
     """Test accuracy without real labels: synthetic-only nearest class mean; CLIP zero-shot if given."""
-    from .featurize import SYNTHETIC
-    from .generators import class_prompt
-    from .zero_shot import clip_zero_shot, nearest_class_mean
+    from ..dataset import SYNTHETIC
+    from ..generators import class_prompt
+    from ..zero_shot import clip_zero_shot, nearest_class_mean
 
     out = {}
     if paths.features(SYNTHETIC).exists():
@@ -122,7 +122,7 @@ def baselines(params: Params, paths: Paths, classes: list[str], y_test: np.ndarr
                                      "classes_without_images": [c for i, c in enumerate(classes)
                                                                 if not (y_syn == i).any()]}
     if params.evaluate.zero_shot_model:
-        from .augment import read_rgb
+        from ..images import read_rgb
 
         manifest = load_manifest(paths)[0].set_index("image_id")
         ids = load_features(paths, "test")[2]

@@ -23,23 +23,19 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import atomic
-from .augment import read_rgb
-from .backbones import backbone_for, pick_device
-from .config import Params, Paths
-from .errors import PipelineError
-from .feature_cache import FeatureCache
-from .generators import Generated, dir_hash, sample_ddpm, sample_stable_diffusion, train_ddpm
-from .heads import HeadRecipe, fit_head, predict_proba
-from .images import image_id
-from .ingest import MANIFEST_COLUMNS, load_manifest
-
-SPLIT = "synthetic"
-PROVENANCE_COLUMNS = ["generator", "prompt", "seed", "model_hash", "confidence", "kept", "dropped_because"]
+from .. import atomic
+from ..backbones import backbone_for, pick_device
+from ..config import Params, Paths
+from ..dataset import MANIFEST_COLUMNS, PROVENANCE_COLUMNS, SYNTHETIC, load_manifest, load_synthetic
+from ..errors import PipelineError
+from ..feature_cache import FeatureCache
+from ..generators import Generated, dir_hash, sample_ddpm, sample_stable_diffusion, train_ddpm
+from ..heads import HeadRecipe, fit_head, predict_proba
+from ..images import image_id, read_rgb
 
 
 def run(params: Params, paths: Paths) -> dict:
-    from .featurize import configure_threads
+    from ..runtime import configure_threads
 
     s = params.synthetic
     configure_threads(params.featurize.num_threads)
@@ -80,7 +76,7 @@ def run(params: Params, paths: Paths) -> dict:
             atomic.write_png(staging / "images" / f"{iid}.png", g.pixels)
             rows.append({"image_id": iid, "path": f"data/synthetic/images/{iid}.png",
                          "source": f"{s.generator}:{classes[g.label_idx]}#{g.seed}", "label": classes[g.label_idx],
-                         "label_idx": g.label_idx, "split": SPLIT, "height": g.pixels.shape[0],
+                         "label_idx": g.label_idx, "split": SYNTHETIC, "height": g.pixels.shape[0],
                          "width": g.pixels.shape[1], "orig_mode": "RGB", "note": "",
                          "generator": s.generator, "prompt": g.prompt, "seed": g.seed, "model_hash": model_hash})
         frame = pd.DataFrame(rows).drop_duplicates("image_id").reset_index(drop=True)
@@ -175,24 +171,18 @@ def drop_near_duplicates(frame: pd.DataFrame, X: np.ndarray, threshold: float) -
 
 def _probe(frame: pd.DataFrame, params: Params, paths: Paths, staging, train: pd.DataFrame, n_classes: int):
     """Features (shared content-addressed cache) and a real-data head's confidence in the intended class."""
-    from .featurize import embed_paths
+    from ..features import cached_embeddings
 
     device = pick_device(params.featurize.device)
     backbone = backbone_for(params, paths.root).to(device)
     cache = FeatureCache(paths.cache_dir(params), backbone.key)
 
     def features(ids, files) -> np.ndarray:
-        todo = [(i, f) for i, f in zip(ids, files) if cache.get(i) is None]
-        if todo:
-            for (i, _), vec in zip(todo, embed_paths(backbone, [f for _, f in todo], params.featurize.batch_size,
-                                                     device, desc="synthesize: probe features")):
-                cache.put(i, vec)
-        return np.stack([cache.get(i) for i in ids])
+        vectors, _ = cached_embeddings(cache, backbone, [(i, f, False) for i, f in zip(ids, files)],
+                                       params.featurize.batch_size, device, desc="synthesize: probe features")
+        return np.stack([vectors[i] for i in ids])
 
-    manifest, _ = load_manifest(paths)
-    val = manifest[manifest["split"] == "val"]
     X_train = features(train["image_id"].tolist(), [paths.resolve(p) for p in train["path"]])
-    X_val = features(val["image_id"].tolist(), [paths.resolve(p) for p in val["path"]]) if len(val) else None
     X_syn = features(frame["image_id"].tolist(), [staging / "images" / f"{i}.png" for i in frame["image_id"]])
     # the probe: a linear head of the middle strength of train_head.C on the real training images
     recipe = HeadRecipe("linear", params.train_head.C[len(params.train_head.C) // 2])
@@ -214,17 +204,9 @@ def _write_empty(paths: Paths) -> None:
                              pd.DataFrame(columns=MANIFEST_COLUMNS + PROVENANCE_COLUMNS))
 
 
-def load_synthetic(paths: Paths, kept_only: bool = True) -> pd.DataFrame:
-    """The synthetic images' manifest (only those used for training, by default)."""
-    if not paths.synthetic_manifest.exists():
-        return pd.DataFrame(columns=MANIFEST_COLUMNS + PROVENANCE_COLUMNS)
-    frame = pd.read_parquet(paths.synthetic_manifest)
-    return frame[frame["kept"].astype(bool)].reset_index(drop=True) if kept_only else frame
-
-
 def preview(frame: pd.DataFrame, real: dict, classes: list[str], params: Params, paths: Paths) -> None:
     """One row per class: real training images, then synthetic ones (kept first)."""
-    from .plots import plot_image_grid
+    from ..plots import plot_image_grid
 
     k = params.synthetic.preview_per_class
     blank = None
@@ -249,4 +231,4 @@ def _fit(img: np.ndarray, shape) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((shape[1], shape[0]), Image.BILINEAR))
 
 
-__all__ = ["run", "select", "load_synthetic", "SPLIT", "Generated"]
+__all__ = ["run", "select", "Generated"]

@@ -9,7 +9,6 @@ manifest, classes.json and reports/ingest.json.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic, fashion_mnist
-from .config import Params, Paths
-from .errors import PipelineError
-from .images import IMAGE_EXTENSIONS, BadImage, image_id, load_image
-
-SPLITS = ("train", "val", "test")
-UNLABELED = "unlabeled"  # split of the images under data.unlabeled (semi_supervised.source: folder)
-MANIFEST_COLUMNS = ["image_id", "path", "source", "label", "label_idx", "split", "height", "width",
-                    "orig_mode", "note"]
+from .. import atomic, fashion_mnist
+from ..config import Params, Paths
+from ..dataset import MANIFEST_COLUMNS, SPLITS, UNLABELED
+from ..errors import PipelineError
+from ..images import IMAGE_EXTENSIONS, BadImage, image_id, load_image
 
 
 @dataclass
@@ -368,7 +363,3 @@ def _summary(frame: pd.DataFrame, classes: list[str], report: IngestReport) -> d
     }
 
 
-def load_manifest(paths: Paths) -> tuple[pd.DataFrame, list[str]]:
-    if not paths.manifest.exists():
-        raise PipelineError(f"{paths.manifest} not found: run the ingest stage first (dvc repro ingest).")
-    return pd.read_parquet(paths.manifest), json.loads((paths.prepared_dir / "classes.json").read_text())

@@ -1,0 +1,39 @@
+"""What the stages hand each other about images: the manifests (prepared, augmented, synthetic),
+their columns and the split names. Shared by every stage; imports no stage."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from .config import Paths
+from .errors import PipelineError
+
+SPLITS = ("train", "val", "test")
+UNLABELED = "unlabeled"  # split of the images under data.unlabeled (semi_supervised.source: folder)
+SYNTHETIC = "synthetic"  # generated training images (stage synthesize)
+AUGMENTED = "train_augmented"  # features of the offline augmented copies of the train images
+MANIFEST_COLUMNS = ["image_id", "path", "source", "label", "label_idx", "split", "height", "width",
+                    "orig_mode", "note"]
+PROVENANCE_COLUMNS = ["generator", "prompt", "seed", "model_hash", "confidence", "kept", "dropped_because"]
+
+
+def load_manifest(paths: Paths) -> tuple[pd.DataFrame, list[str]]:
+    if not paths.manifest.exists():
+        raise PipelineError(f"{paths.manifest} not found: run the ingest stage first (dvc repro ingest).")
+    return pd.read_parquet(paths.manifest), json.loads((paths.prepared_dir / "classes.json").read_text())
+
+
+def load_augmented(paths: Paths) -> pd.DataFrame:
+    if not paths.augmented_manifest.exists():
+        return pd.DataFrame(columns=MANIFEST_COLUMNS)
+    return pd.read_parquet(paths.augmented_manifest)
+
+
+def load_synthetic(paths: Paths, kept_only: bool = True) -> pd.DataFrame:
+    """The synthetic images' manifest (only those used for training, by default)."""
+    if not paths.synthetic_manifest.exists():
+        return pd.DataFrame(columns=MANIFEST_COLUMNS + PROVENANCE_COLUMNS)
+    frame = pd.read_parquet(paths.synthetic_manifest)
+    return frame[frame["kept"].astype(bool)].reset_index(drop=True) if kept_only else frame
