@@ -78,4 +78,4 @@ mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 clean:
-	rm -rf data/prepared data/features models/head.pt reports .cache
+	rm -rf data/prepared data/augmented data/synthetic data/features models reports .cache

@@ -19,10 +19,10 @@ import time
 import torch
 from _common import copy_project
 
-from pipeline_lib.backbones import load_backbone
+from pipeline_lib.backbones import load_backbone, read_image_tensor
 from pipeline_lib.config import Paths, load_params, parse_params
 from pipeline_lib.dataset import load_manifest
-from pipeline_lib.features import embed_paths, load_features, read_image_tensor
+from pipeline_lib.features import load_features
 from pipeline_lib.heads import load_head, predict_proba
 from pipeline_lib.runtime import configure_threads
 from pipeline_lib.stages import featurize, ingest, train_head
@@ -54,7 +54,7 @@ def measure(root, resolution: int, batch: int, repeats: int = 3) -> dict:
         raw_ips.append(raw_forward(backbone, images, batch))
         started = time.perf_counter()
         with contextlib.redirect_stderr(io.StringIO()):
-            embed_paths(backbone, files, batch, torch.device("cpu"))
+            backbone.embed(files, batch, torch.device("cpu"))
         loop_ips.append(len(files) / (time.perf_counter() - started))
         shutil.rmtree(paths.cache_dir(params), ignore_errors=True)
         started = time.perf_counter()

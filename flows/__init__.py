@@ -2,8 +2,15 @@
 and the flow carry the stage's name; dvc.yaml's cmd runs `python -m flows.<stage>`), plus the
 flows that are not stages, listed in OTHER_FLOWS."""
 
+import sys
+
 from pipeline_lib.runtime import quiet_environment
 
 quiet_environment()  # process start: before any flow module imports Prefect
+try:
+    import prefect  # noqa: F401
+except ModuleNotFoundError:  # `dvc repro` runs `python` from PATH: outside the venv it is another one
+    sys.exit(f"error: Prefect is not installed for {sys.executable}. Run the pipeline from the project's venv: "
+             "`source .venv/bin/activate` then `dvc repro` (or `make run`).")
 
 OTHER_FLOWS = ("pipeline", "retrain", "predict")  # the whole DAG, scheduled retraining, batch prediction

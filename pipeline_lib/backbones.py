@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
+from tqdm import tqdm
 
 from .errors import PipelineError
 
@@ -191,17 +197,70 @@ class Truncated(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1)
 
 
+def read_image_uint8(path: str | Path) -> torch.Tensor:
+    """A prepared (RGB PNG) image as a uint8 (3, H, W) tensor."""
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def read_image_tensor(path: str | Path) -> torch.Tensor:
+    """A prepared (RGB PNG) image as a float (3, H, W) tensor in [0, 1]: the model's input scale."""
+    return read_image_uint8(path).float().div_(255.0)
+
+
+def load_batch(paths: Sequence[str | Path], preprocess) -> torch.Tensor:
+    """Decode a batch of images to a float (N, 3, R, R) tensor in [0, 1] at the model resolution.
+
+    Images of one size (the common case) are resized in one batched call; mixed sizes one by one.
+    Either way each image gets the identical resize.
+    """
+    images = [read_image_uint8(p) for p in paths]
+    if len({tuple(im.shape) for im in images}) == 1:
+        return preprocess.resize(torch.stack(images).float().div_(255.0))
+    return torch.stack([preprocess.resize(im.float().div_(255.0)) for im in images])
+
+
+def _prefetch(batches: Iterable, load, depth: int = 2) -> Iterator:
+    """Decode the next batches in a background thread while the current one runs."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(pool.submit(load, batch))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+# How each architecture family splits into blocks, input side first — the one place that knows it
+# (as fastai's model_meta does for its archs). backbone.blocks cuts a network after N blocks;
+# finetune.unfreeze_blocks trains the last N. First match wins; the last row is the fallback.
+BLOCK_SPLITS: list[tuple[str, Callable[[nn.Module], bool], Callable[[nn.Module], list[nn.Module]]]] = [
+    ("a `features` sequence: torchvision mobilenet, efficientnet, convnext, vgg; a cut backbone",
+     lambda m: isinstance(getattr(m, "features", None), nn.Sequential), lambda m: list(m.features)),
+    ("resnet: the stem (conv1, bn1, relu, maxpool), then layer1 … layer4",
+     lambda m: all(hasattr(m, f"layer{i}") for i in range(1, 5)),
+     lambda m: [nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool), m.layer1, m.layer2, m.layer3, m.layer4]),
+    ("timm efficientnet / mobilenet: the stem (conv_stem, bn1), each stage of `blocks`, the head (conv_head, bn2)",
+     lambda m: hasattr(m, "conv_stem") and isinstance(getattr(m, "blocks", None), nn.Sequential),
+     lambda m: [nn.Sequential(m.conv_stem, m.bn1), *m.blocks, nn.Sequential(m.conv_head, m.bn2)]),
+    ("any other network: its direct children that hold parameters (not cuttable)",
+     lambda m: True, lambda m: [c for c in m.children() if any(p.numel() for p in c.parameters())]),
+]
+
+
+def split_blocks(model: nn.Module) -> list[nn.Module]:
+    """The network's blocks, input side first (BLOCK_SPLITS)."""
+    return next(split(model) for _, matches, split in BLOCK_SPLITS if matches(model))
+
+
 def truncate(model: nn.Module, n_blocks: int, name: str) -> Truncated:
-    """Keep the first ``n_blocks`` blocks (the stem counts as one) of a torchvision network."""
-    if isinstance(getattr(model, "features", None), nn.Sequential):  # mobilenet, efficientnet, convnext, vgg
-        blocks = list(model.features)
-    elif all(hasattr(model, f"layer{i}") for i in range(1, 5)):  # resnet family
-        blocks = [nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool),
-                  model.layer1, model.layer2, model.layer3, model.layer4]
-    else:
-        raise PipelineError(f"backbone.blocks: cannot cut {name} into blocks (supported: networks with a "
-                            "`features` sequence such as mobilenet/efficientnet/convnext, and resnets); "
-                            "set backbone.blocks: null")
+    """Keep the first ``n_blocks`` blocks (the stem counts as one), global-average-pooled."""
+    if not any(matches(model) for _, matches, _ in BLOCK_SPLITS[:-1]):
+        raise PipelineError(f"backbone.blocks: cannot cut {name} into blocks (supported: "
+                            + "; ".join(d for d, _, _ in BLOCK_SPLITS[:-1]) + "); set backbone.blocks: null")
+    blocks = split_blocks(model)
     if n_blocks > len(blocks):
         raise PipelineError(f"backbone.blocks: {name} has {len(blocks)} blocks, got {n_blocks} "
                             f"(null = the whole network)")
@@ -210,18 +269,19 @@ def truncate(model: nn.Module, n_blocks: int, name: str) -> Truncated:
 
 @dataclass
 class Backbone:
-    """The frozen feature extractor: preprocessing + network without its classifier."""
+    """The frozen feature extractor: preprocessing + network without its classifier. The image
+    implementation of pipeline_lib.encoder.Encoder."""
 
     name: str
     model: nn.Module
     preprocess: Preprocess
     feature_dim: int
     weights: WeightsSpec
-    blocks: int | None = None
+    cut: int | None = None  # the first N blocks kept (backbone.blocks), None = the whole network
 
     @property
     def blocks_tag(self) -> str:
-        return "" if self.blocks is None else f"blocks={self.blocks}|"
+        return "" if self.cut is None else f"blocks={self.cut}|"
 
     @property
     def key(self) -> str:
@@ -239,6 +299,27 @@ class Backbone:
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(self.preprocess(images))
+
+    def blocks(self) -> list[nn.Module]:
+        """The blocks fine-tuning can unfreeze, input side first (BLOCK_SPLITS)."""
+        return split_blocks(self.model)
+
+    def embed(self, items: Sequence[str | Path], batch_size: int, device: torch.device, desc: str = "featurize",
+              flip: bool = False) -> np.ndarray:
+        """Run the frozen network over image files, batched, decoding the next batch while the
+        current one runs, with a progress bar; ``flip``: over their mirror images (flip TTA)."""
+        chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+        out = np.zeros((len(items), self.feature_dim), dtype=np.float32)
+        done = 0
+        with tqdm(total=len(items), desc=desc, unit="img", disable=not items) as bar:
+            for images in _prefetch(chunks, lambda batch: load_batch(batch, self.preprocess)):
+                if flip:
+                    images = images.flip(-1)
+                feats = self(images.to(device, non_blocking=True)).float().cpu().numpy()
+                out[done:done + len(feats)] = feats
+                done += len(feats)
+                bar.update(len(feats))
+        return out
 
 
 def _load_state(spec: WeightsSpec) -> dict:
@@ -306,7 +387,7 @@ def load_backbone(name: str, weights: str = "default", resolution: int = 112,
     for p in model.parameters():
         p.requires_grad_(False)
     return Backbone(name=name, model=model, preprocess=Preprocess(resolution, mean, std), feature_dim=feature_dim,
-                    weights=spec, blocks=blocks)
+                    weights=spec, cut=blocks)
 
 
 def backbone_for(params, root: Path | None = None, name: str | None = None) -> Backbone:
@@ -340,20 +421,11 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device("cuda")
 
 
-def feature_blocks(model: nn.Module) -> list[nn.Module]:
-    """The backbone's blocks, input side first: what `unfreeze_blocks` counts from the end."""
-    if isinstance(getattr(model, "features", None), nn.Sequential):  # mobilenet, efficientnet, convnext, vgg
-        return list(model.features)
-    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):  # resnet family
-        return [nn.Sequential(model.conv1, model.bn1), model.layer1, model.layer2, model.layer3, model.layer4]
-    return [m for m in model.children() if any(p.numel() for p in m.parameters())]
-
-
 def unfreeze(backbone: nn.Module, n_blocks: int | str) -> int:
     """Make the last n blocks trainable ("all" = every block); returns the trainable parameter count."""
     for p in backbone.parameters():
         p.requires_grad_(False)
-    blocks = feature_blocks(backbone)
+    blocks = split_blocks(backbone)
     chosen = blocks if n_blocks == "all" else (blocks[-n_blocks:] if n_blocks else [])
     for block in chosen:
         for p in block.parameters():
@@ -367,7 +439,7 @@ def backbone_param_groups(backbone: nn.Module, lr: float, decay: float) -> list[
     if decay == 1.0:  # one group: one fused optimizer update instead of one per block
         trainable = [q for q in backbone.parameters() if q.requires_grad]
         return [{"params": trainable, "lr": lr}] if trainable else []
-    blocks = feature_blocks(backbone)
+    blocks = split_blocks(backbone)
     groups, seen = [], set()
     for depth, block in enumerate(reversed(blocks)):
         params = [q for q in block.parameters() if q.requires_grad]

@@ -19,22 +19,37 @@ PARAMS_FILE = "params.yaml"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # each field's docstring is its description: docs/params.md is generated from it
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class DataParams(_Section):
     source: Literal["sample", "folder", "manifest"] = "sample"
+    """`sample` (an .npz in the embedded sample's format), `folder`, `manifest`"""
     path: str = "pipeline_lib/sample_data/fashion_mnist_sample.npz"
+    """the sample file, the image folder, or the CSV manifest (a DVC dependency of ingest)"""
     sample_test_per_class: int = Field(100, ge=1)
+    """sample source only: test images per class (the embedded sample holds 100)"""
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    """holdout mode only (see `selection.cv_below`): share of each class's labelled pool for validation"""
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    """share for test, used only when the source names no test rows"""
     shots_per_class: int | None = Field(20, ge=1)
+    """labelled images kept per class (train and val together); `null` = all"""
     min_per_class: int = Field(3, ge=1)
+    """classes with fewer usable images are dropped (or an error)"""
     min_image_size: int = Field(8, ge=1)
+    """minimum width and height in px"""
     on_bad_file: Literal["quarantine", "error"] = "quarantine"
+    """`quarantine` (report and go on) or `error` (stop)"""
     on_unusual_mode: Literal["convert", "reject"] = "convert"
-    unlabeled: str | None = None  # folder of unlabelled deployment-domain images (finetune.adapt: dann)
-    zero_shot_classes: list[str] = Field(default_factory=list)  # classes with no labelled image at all
+    """CMYK/16-bit/RGBA/palette: `convert` (noted) or `reject`"""
+    unlabeled: str | None = None
+    """folder of unlabelled images (any layout) for `semi_supervised.source: folder` and `finetune.adapt: dann` (for
+    DANN, `null` = the training images without their labels)"""
+    zero_shot_classes: list[str] = Field(default_factory=list)
+    """classes with no labelled image: learnt from `stable_diffusion` images of their prompt (docs/design.md, "A class with no
+    labelled image at all")"""
 
     @model_validator(mode="after")
     def _fractions(self) -> "DataParams":
@@ -52,14 +67,25 @@ class DdpmParams(_Section):
     """The small class-conditional diffusion model trained here on the real training images."""
 
     resolution: int = Field(32, ge=8, le=256)
+    """training and sampling side in px (divisible by 2^(len(channels)-1))"""
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64])
+    """the UNet2DModel's block widths (multiples of 8)"""
     train_steps: int = Field(800, ge=1)
+    """DDPM training steps; trained once per training-data version and these params, then reused (800 steps: about 3
+    min on 2 CPU cores)"""
     batch_size: int = Field(32, ge=1)
+    """DDPM training batch size"""
     lr: float = Field(1e-3, gt=0.0)
-    sample_steps: int = Field(25, ge=1)       # DDIM steps
-    guidance_scale: float = Field(2.0, ge=0.0)  # classifier-free guidance (1 = off)
-    hflip: bool = True                        # mirror training images (data augmentation)
-    checkpoint_every: int = Field(50, ge=1)   # steps between resumable checkpoints (not part of the result)
+    """DDPM learning rate (AdamW)"""
+    sample_steps: int = Field(25, ge=1)
+    """DDIM sampling steps"""
+    guidance_scale: float = Field(2.0, ge=0.0)
+    """classifier-free guidance scale (1 = off)"""
+    hflip: bool = True
+    """mirror the DDPM's training images"""
+    checkpoint_every: int = Field(50, ge=1)
+    """steps between training checkpoints (`.cache/ddpm/<key>.partial.pt`, written atomically); a killed run resumes
+    from the last one and ends with the same weights; not part of the model's cache key"""
 
     @field_validator("channels")
     @classmethod
@@ -70,14 +96,22 @@ class DdpmParams(_Section):
 
 
 class StableDiffusionParams(_Section):
-    model: str = ""                           # local pipeline directory, or a hub id already in the HF cache
-    prompt: str = "a photo of a {label}"      # {label}: class name with _ as spaces
-    class_prompts: dict[str, str] = Field(default_factory=dict)  # per-class overrides
+    model: str = ""
+    """a local diffusers pipeline directory, or a hub id already in the Hugging Face cache"""
+    prompt: str = "a photo of a {label}"
+    """prompt template (`{label}`: class name, `_` as spaces); `class_prompts` overrides per class"""
+    class_prompts: dict[str, str] = Field(default_factory=dict)
+    """per-class prompt overrides, e.g. {ankle_boot: "a product photo of an ankle boot"}"""
     negative_prompt: str = "blurry, low quality, text, watermark"
+    """what the images should not show"""
     guidance_scale: float = Field(7.5, ge=0.0)
+    """classifier-free guidance scale"""
     steps: int = Field(25, ge=1)
+    """denoising steps"""
     resolution: int = Field(512, ge=8, le=2048)
-    img2img_strength: float = Field(0.0, ge=0.0, le=1.0)  # > 0: variations of the real training images
+    """generated image side in px (a multiple of 8)"""
+    img2img_strength: float = Field(0.0, ge=0.0, le=1.0)
+    """> 0: variations of the real training images (img2img) instead of text-only generation"""
 
     @field_validator("resolution")
     @classmethod
@@ -89,12 +123,20 @@ class StableDiffusionParams(_Section):
 
 class SyntheticParams(_Section):
     generator: Literal["none", "ddpm", "stable_diffusion"] = "none"
-    per_class: int = Field(20, ge=1)          # images generated per class
-    ratio: float = Field(1.0, ge=0.0)         # at most ratio x real training images per class are used
-    loss_weight: float = Field(1.0, ge=0.0, le=1.0)  # weight of a synthetic image in the training loss
-    min_confidence: float = Field(0.0, ge=0.0, le=1.0)  # keep images a real-data probe gives >= this for their class
-    dedup_similarity: float = Field(1.0, gt=0.0, le=1.0)  # drop near-duplicates above this cosine similarity (1 = off)
+    """`none`, `ddpm` (small diffusion model trained on the real training images), `stable_diffusion` (local weights)"""
+    per_class: int = Field(20, ge=1)
+    """images generated per class"""
+    ratio: float = Field(1.0, ge=0.0)
+    """at most ratio × (real training images of the class) synthetic ones are used, most confident first"""
+    loss_weight: float = Field(1.0, ge=0.0, le=1.0)
+    """weight of a synthetic image in the head's and fine-tuning's loss (real = 1)"""
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0)
+    """keep only images a probe trained on the real images assigns to their class with at least this probability (0 =
+    no filter)"""
+    dedup_similarity: float = Field(1.0, gt=0.0, le=1.0)
+    """drop near-duplicates whose feature cosine similarity exceeds this (1 = off)"""
     preview_per_class: int = Field(6, ge=1)
+    """real and synthetic columns per class in `reports/synthetic_preview.png`"""
     ddpm: DdpmParams = DdpmParams()
     stable_diffusion: StableDiffusionParams = StableDiffusionParams()
 
@@ -103,9 +145,18 @@ class BackboneParams(_Section):
     """One backbone, or a list of candidates that selection chooses among by cross-validation."""
 
     name: str | list[str] = "mobilenet_v2"
-    weights: str | dict[str, str] = "default"      # default | a state-dict path | {name: path}
+    """any torchvision classification model (`resnet50`, `efficientnet_b0`, `convnext_tiny`, …) or timm model
+    (`tf_efficientnet_lite2`, …); a list makes each a candidate chosen by CV (docs/design.md, "Other backbones")"""
+    weights: str | dict[str, str] = "default"
+    """`default`: the file in an offline package or the torch hub cache (`~/.cache/torch/hub/checkpoints/`); or a path
+    to a state-dict (`{name: path}` with several backbones)"""
     resolution: int = Field(112, ge=32, le=1024)
-    blocks: int | None | dict[str, int | None] = 15  # first N blocks ({name: N}: per candidate; absent = all)
+    """input side in px (the resolution trade-off: docs/benchmarks.md)"""
+    blocks: int | None | dict[str, int | None] = 15
+    """keep the first N blocks (the stem counts as one) and average-pool their output; `null` = the whole network.
+    MobileNetV2 has 19: block 14's 160-channel features transfer better to Fashion-MNIST than the last 1280-d layer
+    (docs/benchmarks.md). For another backbone set it to `null` or to at most its block count (resnets: 5); `{name: N}`
+    cuts only the named candidates"""
 
     @field_validator("name")
     @classmethod
@@ -145,52 +196,92 @@ class AugmentPolicy(_Section):
     """Each transform: a probability (``*_p``) and a strength."""
 
     hflip_p: float = Field(0.5, ge=0.0, le=1.0)
+    """probability of a horizontal flip"""
     vflip_p: float = Field(0.0, ge=0.0, le=1.0)
+    """probability of a vertical flip (label-destroying for many data sets: check the preview)"""
     affine_p: float = Field(0.5, ge=0.0, le=1.0)
+    """probability of scale / translate / rotate within the limits below"""
     rotate_limit: float = Field(10.0, ge=0.0, le=180.0)
+    """largest rotation in degrees"""
     scale: float = Field(0.1, ge=0.0, lt=1.0)
+    """largest scale change, +- this fraction"""
     translate: float = Field(0.06, ge=0.0, le=0.5)
+    """largest shift, +- this fraction of the side"""
     fill: int = Field(0, ge=0, le=255)
+    """value that fills borders and erased rectangles (0 = black)"""
     crop_p: float = Field(0.3, ge=0.0, le=1.0)
+    """probability of a random resized crop back to the image size"""
     crop_scale_min: float = Field(0.8, gt=0.0, le=1.0)
+    """smallest crop area fraction"""
     brightness_contrast_p: float = Field(0.3, ge=0.0, le=1.0)
+    """probability of a brightness / contrast change"""
     brightness_limit: float = Field(0.2, ge=0.0, le=1.0)
+    """largest brightness change, +- this fraction"""
     contrast_limit: float = Field(0.2, ge=0.0, le=1.0)
+    """largest contrast change, +- this fraction"""
     noise_p: float = Field(0.0, ge=0.0, le=1.0)
+    """probability of gaussian noise"""
     noise_std: float = Field(0.03, ge=0.0, le=1.0)
+    """noise standard deviation, a fraction of the value range"""
     erase_p: float = Field(0.0, ge=0.0, le=1.0)
+    """probability of random erasing: one rectangle filled with `fill`"""
     erase_scale_max: float = Field(0.33, gt=0.02, le=1.0)
+    """largest erased area fraction (the smallest is 0.02)"""
 
 
 class AugmentParams(_Section):
     copies: int = Field(4, ge=0, le=100)
+    """augmented copies per real training image (0 = none)"""
     preview_images: int = Field(10, ge=1, le=50)
+    """rows of the preview grid"""
     policy: AugmentPolicy = AugmentPolicy()
 
 
 class FeaturizeParams(_Section):
     batch_size: int = Field(64, ge=1)
+    """images per forward pass"""
     cache_dir: str = ".cache/features"
+    """content-addressed feature cache (not versioned; safe to delete)"""
     num_threads: int = Field(0, ge=0)
+    """torch CPU threads, 0 = all cores"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` (CUDA when available), `cpu`, `cuda`"""
     executor: Literal["local", "dask"] = "local"
-    dask_address: str = ""        # an existing Dask scheduler (tcp://host:8786); "" = a LocalCluster
-    dask_workers: int = Field(2, ge=1)  # LocalCluster worker processes
-    shard_size: int = Field(256, ge=1)  # images per Dask task
+    """`local` (this process) or `dask` (shards on a Dask cluster, see Operations)"""
+    dask_address: str = ""
+    """an existing Dask scheduler; `""` = start a LocalCluster"""
+    dask_workers: int = Field(2, ge=1)
+    """LocalCluster worker processes"""
+    shard_size: int = Field(256, ge=1)
+    """images per Dask task"""
 
 
 class TrainHeadParams(_Section):
-    kinds: list[Literal["linear", "mlp"]] = Field(default_factory=lambda: ["linear"])  # compared by selection
-    C: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])  # linear: inverse L2
+    kinds: list[Literal["linear", "mlp"]] = Field(default_factory=lambda: ["linear"])
+    """head kinds compared by selection: `linear` (multinomial logistic regression, scikit-learn L-BFGS) and/or `mlp`
+    (one hidden layer)"""
+    C: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+    """inverse L2 strengths of the linear head compared by selection (9 values; with the top at 3, C = 3 won most runs
+    and the head trailed `LogisticRegressionCV` by up to 2.8 points)"""
     hidden_dim: int = Field(256, ge=1)
+    """MLP hidden units"""
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    lr: float = Field(1e-3, gt=0.0)          # mlp only (AdamW, full batch)
-    weight_decay: float = Field(1e-3, ge=0.0)  # mlp only
-    max_epochs: int = Field(300, ge=1)       # mlp only: epochs (early stopping on val in holdout mode)
-    patience: int = Field(30, ge=1)          # mlp only, holdout mode
+    """MLP dropout on the features and hidden layer; the head's dropout during fine-tuning is `finetune.dropout`"""
+    lr: float = Field(1e-3, gt=0.0)
+    """MLP: AdamW learning rate (full batch)"""
+    weight_decay: float = Field(1e-3, ge=0.0)
+    """MLP: AdamW weight decay"""
+    max_epochs: int = Field(300, ge=1)
+    """MLP: epochs (early stopping on val in holdout mode)"""
+    patience: int = Field(30, ge=1)
+    """MLP, holdout mode: epochs without val-loss improvement; the best epoch is kept"""
     class_weighting: Literal["balanced", "none"] = "balanced"
-    standardize: bool = False                # z-score features with the training statistics
-    use_augmented: bool = False              # add the offline augmented copies' features to the training set
+    """`balanced` (inverse class frequency) or `none`"""
+    standardize: bool = False
+    """z-score features with the training statistics first (a slightly better probe on the sample, CV macro-F1 0.769 vs
+    0.753, but fine-tuning from it collapsed in the first epoch and was rejected by CV)"""
+    use_augmented: bool = False
+    """add the offline augmented copies to the head's training set"""
 
     @field_validator("kinds")
     @classmethod
@@ -210,45 +301,85 @@ class TrainHeadParams(_Section):
 class SemiSupervisedParams(_Section):
     """Self-training on unlabelled images, a candidate that selection compares with the plain head."""
 
-    source: Literal["none", "folder", "unused"] = "none"  # folder: data.unlabeled; unused: the pool beyond shots
-    threshold: float = Field(0.9, ge=0.0, le=1.0)  # pseudo-label images the head gives a class >= this probability
-    ratio: float = Field(2.0, ge=0.0)              # at most ratio x a class's labelled images get its pseudo-label
-    weight: float = Field(0.5, ge=0.0, le=1.0)     # loss weight of a pseudo-labelled image (real = 1)
+    source: Literal["none", "folder", "unused"] = "none"
+    """`folder` (`data.unlabeled`) or `unused` (the pool beyond `shots_per_class`, labels hidden): adds a self-training
+    twin of every head recipe (docs/design.md, "Unlabelled images")"""
+    threshold: float = Field(0.9, ge=0.0, le=1.0)
+    """pseudo-label an unlabelled image when the head gives a class at least this probability"""
+    ratio: float = Field(2.0, ge=0.0)
+    """at most this × a class's labelled images get its pseudo-label, most confident first"""
+    weight: float = Field(0.5, ge=0.0, le=1.0)
+    """loss weight of a pseudo-labelled image (real = 1)"""
 
 
 class SelectionParams(_Section):
     """How choices are made: cross-validation over every labelled image when they are few."""
 
-    cv_below: int = Field(100, ge=0)     # CV when the smallest class has fewer labelled images (0 = never)
-    folds: int = Field(5, ge=2)          # stratified k-fold for the heads (fewer when a class is smaller)
-    repeats: int = Field(3, ge=1)        # repeated with other shuffles; spread = std over repeats
-    metric: Literal["accuracy", "macro_f1"] = "macro_f1"  # ties: lower log loss
-    finetune_folds: int = Field(2, ge=2)  # k-fold for the fine-tuning decision (each fold a full fine-tune)
-    min_gain_se: float = Field(1.0, ge=0.0)  # keep fine-tuning only if its CV gain > this x its standard error
+    cv_below: int = Field(100, ge=0)
+    """cross-validate over all labelled images when the smallest class has fewer; else a val split (0 = always a val
+    split)"""
+    folds: int = Field(5, ge=2)
+    """stratified folds for the heads (fewer when a class has fewer labelled images, at least 2)"""
+    repeats: int = Field(3, ge=1)
+    """CV repeats with other shuffles; the spread in the table is the std over repeats"""
+    metric: Literal["accuracy", "macro_f1"] = "macro_f1"
+    """`macro_f1` or `accuracy` of the pooled out-of-fold predictions (ties: lower log loss)"""
+    finetune_folds: int = Field(2, ge=2)
+    """folds of the fine-tuning decision (each fold is a full fine-tuning run)"""
+    min_gain_se: float = Field(0.5, ge=0.0)
+    """fine-tuning is kept only if its CV gain over the probe exceeds this many standard errors"""
 
 
 class FinetuneParams(_Section):
     enabled: bool = True
+    """run the finetune stage"""
     unfreeze_blocks: int | Literal["all"] = Field("all")
+    """last N backbone blocks trained (0 = head only, `all`)"""
     epochs: int = Field(30, ge=1)
+    """maximum epochs"""
     batch_size: int = Field(32, ge=1)
+    """images per training step"""
     lr: float = Field(1e-3, gt=0.0)
+    """head learning rate (AdamW)"""
     backbone_lr_mult: float = Field(0.3, ge=0.0)
+    """backbone lr = lr × this (discriminative learning rates)"""
     backbone_lr_decay: float = Field(1.0, gt=0.0, le=2.0)
+    """layer-wise decay: the deepest block trains at the backbone lr, each block nearer the input at this times the
+    next one's (1 = one rate; up to 2, > 1 speeds the early blocks up)"""
     weight_decay: float = Field(0.01, ge=0.0)
+    """AdamW weight decay"""
     warmup_epochs: int = Field(1, ge=0)
+    """linear warm-up, then cosine decay to 0"""
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    """label smoothing of the training loss"""
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    """dropout on the head's input"""
     grad_clip: float = Field(1.0, ge=0.0)
-    patience: int = Field(10, ge=1)
+    """max gradient norm (0 = off)"""
+    patience: int = Field(30, ge=1)
+    """early stopping: epochs without improvement; the best epoch is restored (30 = the whole schedule: on the sample
+    the CV curve dips for about 10 epochs before it climbs above the probe)"""
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    """what "better" means, for early stopping and for evaluate's choice between head and fine-tuned model:
+    `val_accuracy` (ties: lower val loss) or `val_loss` (docs/benchmarks.md)"""
     online_augment: bool = True
+    """apply `augment.policy` on the fly"""
     batchnorm: Literal["frozen", "train"] = "frozen"
+    """`frozen`: every BN layer keeps its ImageNet running statistics (eval mode; the affine weights of unfrozen blocks
+    still train); `train`: BN layers of unfrozen blocks use batch statistics and update theirs (measured worse here,
+    docs/benchmarks.md)"""
     mixup: float = Field(0.0, ge=0.0)
+    """mixup with Beta(a, a) mixing weights (0 = off)"""
     ema: float = Field(0.0, ge=0.0, lt=1.0)
-    wise_alphas: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # WiSE-FT mixes tried
+    """decay of an exponential moving average of the weights (0 = off); validation, early stopping and the saved model
+    then use the averaged weights"""
+    wise_alphas: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    """WiSE-FT: the deployed weights are (1 − a) × the probe's + a × the fine-tuned ones, a chosen on the pooled CV
+    predictions (or val); `[]` = 1 only"""
     adapt: Literal["none", "dann"] = "none"
+    """`dann`: domain-adversarial training towards `data.unlabeled` (docs/design.md, "Synthetic data and domain adaptation")"""
     dann_weight: float = Field(0.1, ge=0.0)
+    """final weight of the reversed domain gradient (ramped up from 0)"""
 
     @field_validator("wise_alphas")
     @classmethod
@@ -267,17 +398,27 @@ class FinetuneParams(_Section):
 
 class EvaluateParams(_Section):
     top_confusions: int = Field(5, ge=0)
+    """worst-confused class pairs listed in metrics.json"""
     bootstrap: int = Field(1000, ge=0)
+    """bootstrap resamples for the confidence intervals (0 = off)"""
     ci_level: float = Field(0.95, gt=0.0, lt=1.0)
+    """confidence level"""
     tta: Literal["none", "hflip"] = "hflip"
-    zero_shot_model: str = ""   # local CLIP model directory for the zero-shot baseline ("" = off)
+    """also score each model averaged with its horizontal mirror (test-time augmentation); the variant wins only if
+    better on val. `none` when mirrored images change the class (text, digits)"""
+    zero_shot_model: str = ""
+    """local CLIP model directory (transformers layout): adds a zero-shot baseline row"""
 
 
 class MlflowParams(_Section):
     experiment: str = "transfer-learning"
+    """MLflow experiment name"""
     log_model: bool = True
+    """log the deployed classifier with each run (and register it)"""
     model_name: str = "transfer-classifier"
+    """registered model name"""
     promotion_margin: float = Field(0.0, ge=-1.0, le=1.0)
+    """accuracy margin a challenger needs over the champion"""
 
     @field_validator("experiment", "model_name")
     @classmethod
@@ -289,6 +430,7 @@ class MlflowParams(_Section):
 
 class Params(_Section):
     seed: int = 42
+    """seeds the split, the shots subsample and head training"""
     data: DataParams = DataParams()
     synthetic: SyntheticParams = SyntheticParams()
     augment: AugmentParams = AugmentParams()

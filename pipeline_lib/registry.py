@@ -41,8 +41,7 @@ def score_model_on_test(model_uri: str, paths: Paths) -> float:
     import mlflow
     import torch
 
-    from .backbones import Preprocess
-    from .features import load_batch
+    from .backbones import Preprocess, load_batch
 
     info = mlflow.models.get_model_info(model_uri)
     classes = list(info.metadata["classes"])

@@ -175,3 +175,23 @@ def rest(url: str, endpoint: str, body: dict | None = None) -> dict:
                                          headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
+
+
+class Interrupted(Exception):
+    """Raised by interrupt_after_epochs: a run killed right after a checkpoint."""
+
+
+def interrupt_after_epochs(monkeypatch, n: int) -> None:
+    """Make fine-tuning stop (raise Interrupted) right after its n-th epoch checkpoint, as a killed
+    process would; monkeypatch.undo() lets the next run resume."""
+    from pipeline_lib import finetuning
+
+    original, saved = finetuning.Checkpoint.save, []
+
+    def save(self, payload):
+        original(self, payload)
+        saved.append(1)
+        if len(saved) >= n:
+            raise Interrupted(f"stopped after epoch checkpoint {n}")
+
+    monkeypatch.setattr(finetuning.Checkpoint, "save", save)

@@ -101,8 +101,7 @@ def test_mlflow_has_one_run_per_execution_with_a_working_model(project):
     import mlflow
     import torch
 
-    from pipeline_lib.backbones import Preprocess
-    from pipeline_lib.features import read_image_tensor
+    from pipeline_lib.backbones import Preprocess, read_image_tensor
 
     root, _ = project
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")

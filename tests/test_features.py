@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline_lib.backbones import load_backbone, resolve_weights
+from pipeline_lib.backbones import load_backbone, read_image_tensor, resolve_weights
 from pipeline_lib.config import Paths, parse_params
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.feature_cache import FeatureCache
-from pipeline_lib.features import load_features, read_image_tensor
+from pipeline_lib.features import load_features
 from pipeline_lib.stages import featurize, ingest
 from tests.helpers import write_folder_dataset
 
@@ -173,3 +173,36 @@ def test_truncated_backbone_pools_a_middle_block_and_has_its_own_cache_key(tmp_p
     assert load_backbone("resnet18", str(weights), resolution=32, blocks=4).feature_dim == 256
     with pytest.raises(PipelineError, match="has 19 blocks, got 20"):
         load_backbone("mobilenet_v2", resolution=32, blocks=20)
+
+
+def test_block_splits_cover_each_family_and_a_cut_network_is_its_first_blocks(tmp_path):
+    """One table (backbones.BLOCK_SPLITS) splits torchvision features-style nets, resnets and timm
+    efficientnets; cutting after N blocks computes exactly the first N blocks of that split, and
+    every backbone is an Encoder (cache key, preprocessing, embedding, blocks)."""
+    import timm
+    import torchvision
+
+    from pipeline_lib.backbones import split_blocks, truncate, unfreeze
+    from pipeline_lib.encoder import Encoder
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    nets = {"mobilenet_v2": torchvision.models.mobilenet_v2(weights=None), "resnet18": torchvision.models.resnet18(weights=None),
+            "test_efficientnet": timm.create_model("test_efficientnet", pretrained=False)}
+    expected_blocks = {"mobilenet_v2": 19, "resnet18": 5, "test_efficientnet": 2 + len(nets["test_efficientnet"].blocks)}
+    for name, net in nets.items():
+        net.eval()
+        blocks = split_blocks(net)
+        assert len(blocks) == expected_blocks[name], name
+        assert unfreeze(net, "all") == sum(p.numel() for b in blocks for p in b.parameters())
+        cut = truncate(net, 3, name).eval()
+        with torch.no_grad():
+            manual = x
+            for block in blocks[:3]:
+                manual = block(manual)
+            assert torch.allclose(cut(x), manual.mean((2, 3)), atol=1e-5), name
+    with pytest.raises(PipelineError, match="cannot cut"):
+        truncate(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), 1, "plain")
+    torch.save(nets["resnet18"].state_dict(), tmp_path / "r18.pth")
+    bb = load_backbone("resnet18", str(tmp_path / "r18.pth"), resolution=32, blocks=4)
+    assert isinstance(bb, Encoder) and len(bb.blocks()) == 4

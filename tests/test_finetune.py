@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline_lib.backbones import backbone_param_groups, feature_blocks, load_backbone, unfreeze
+from pipeline_lib.backbones import backbone_param_groups, load_backbone, split_blocks, unfreeze
 from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.finetuning import WeightAverage
 from pipeline_lib.networks import build_model, load_finetuned
 from pipeline_lib.stages import finetune, run_stages
 from pipeline_lib.stages.evaluate import choose_candidate, paired_comparison
-from tests.helpers import write_folder_dataset
+from tests.helpers import Interrupted, interrupt_after_epochs, write_folder_dataset
 
 RAW = {"data": {"source": "folder", "shots_per_class": None, "val_fraction": 0.3},
        "selection": {"cv_below": 0},  # holdout mode: a val split (CV mode: tests/test_selection.py)
@@ -46,7 +47,7 @@ def _bn_stats(model):
 def test_unfreeze_counts_blocks_from_the_end():
     bb = load_backbone("mobilenet_v2", resolution=32).model
     assert unfreeze(bb, 0) == 0
-    blocks = feature_blocks(bb)
+    blocks = split_blocks(bb)
     last = sum(p.numel() for p in blocks[-1].parameters())
     assert unfreeze(bb, 1) == last
     assert unfreeze(bb, "all") == sum(p.numel() for p in bb.parameters())
@@ -56,7 +57,7 @@ def test_layerwise_learning_rates_decay_towards_the_input():
     bb = load_backbone("mobilenet_v2", resolution=32).model
     unfreeze(bb, 3)
     groups = backbone_param_groups(bb, lr=0.1, decay=0.5)
-    blocks = feature_blocks(bb)
+    blocks = split_blocks(bb)
     assert [g["lr"] for g in groups] == pytest.approx([0.1, 0.05, 0.025])  # only the 3 trainable blocks
     assert {id(q) for q in groups[0]["params"]} == {id(q) for q in blocks[-1].parameters()}
     assert sum(len(g["params"]) for g in groups) == sum(q.requires_grad for q in bb.parameters())
@@ -94,7 +95,7 @@ def test_training_step_moves_only_unfrozen_blocks_and_never_batchnorm_statistics
     after = model.state_dict()
     stats = [k for k in before if "running_" in k]
     assert stats and all(torch.equal(before[k], after[k]) for k in stats)
-    n_blocks = len(feature_blocks(model.backbone))
+    n_blocks = len(split_blocks(model.backbone))
     frozen = [k for k in before if k.startswith("backbone.features.")
               and int(k.split(".")[2]) < n_blocks - 2 and "running_" not in k]
     unfrozen = [k for k in before if k.startswith(f"backbone.features.{n_blocks - 1}.") and "weight" in k]
@@ -117,18 +118,21 @@ def test_batchnorm_train_mode_updates_only_unfrozen_blocks_statistics(prepared):
     model.train()
     model(torch.rand(4, 3, 32, 32))
     after = _bn_stats(model)
-    n_blocks = len(feature_blocks(model.backbone))
+    n_blocks = len(split_blocks(model.backbone))
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(int(k.split(".")[2]) >= n_blocks - 2 for k in moved)
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(prepared, ema):
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(prepared, ema, monkeypatch):
     params, paths = _params(prepared, epochs=3, ema=ema), Paths.for_root(prepared)
     finetune.run(params, paths)
     reference = torch.load(paths.finetuned_model, weights_only=True)
 
-    assert finetune.run(params, paths, stop_after_epoch=2) == {"interrupted_after_epoch": 2}
+    interrupt_after_epochs(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        finetune.run(params, paths)
+    monkeypatch.undo()
     ckpt = paths.finetune_checkpoint(finetune.config_hash(params, paths))
     assert ckpt.exists()
     report = finetune.run(params, paths)
@@ -143,7 +147,7 @@ def test_weight_average_follows_the_ramped_decay_and_restores_the_raw_weights():
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
     start = model.weight.detach().clone()
-    avg = finetune.WeightAverage(model, decay=0.9)
+    avg = WeightAverage(model, decay=0.9)
     expected = start.clone()
     for step in range(1, 40):
         with torch.no_grad():
@@ -157,7 +161,7 @@ def test_weight_average_follows_the_ramped_decay_and_restores_the_raw_weights():
         torch.testing.assert_close(averaged.weight, expected)
         assert not torch.equal(averaged.weight, raw)  # the average lags the raw weights
     torch.testing.assert_close(model.weight, raw)  # restored
-    again = finetune.WeightAverage(model, 0.9, avg.state_dict())  # resumed from a checkpoint
+    again = WeightAverage(model, 0.9, avg.state_dict())  # resumed from a checkpoint
     assert again.steps == 39 and torch.equal(again.shadow["weight"], avg.shadow["weight"])
 
 
@@ -214,7 +218,7 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(prepared, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_at = torch.load(ckpt, weights_only=True)["state"]["epoch"]
+    killed_at = torch.load(ckpt, weights_only=True)["progress"]["epoch"]
     assert 1 <= killed_at < 25 and not paths.finetuned_model.exists()
 
     report = finetune.run(params, paths)

@@ -12,7 +12,7 @@ from pipeline_lib.heads import HeadRecipe, fit_head, load_head, predict_proba
 from pipeline_lib.selection import best, oof_matrix, paired_bootstrap, stratified_folds, summarise
 from pipeline_lib.stages import evaluate, finetune, ingest, run_stages, train_head
 from pipeline_lib.training_set import TrainingSet, fit_recipe
-from tests.helpers import write_folder_dataset
+from tests.helpers import Interrupted, interrupt_after_epochs, write_folder_dataset
 
 
 def test_folds_are_stratified_disjoint_and_cover_every_image_once_per_repeat():
@@ -224,13 +224,16 @@ def test_unlabelled_folder_is_ingested_apart_and_never_reaches_val_or_test(tmp_p
         assert sel["pseudo_labels"]["pseudo_label_accuracy"] is None
 
 
-def test_cv_finetune_stopped_after_an_epoch_resumes_to_the_same_result(cv_project):
+def test_cv_finetune_stopped_after_an_epoch_resumes_to_the_same_result(cv_project, monkeypatch):
     import torch
 
     params, paths = cv_project
     full = finetune.run(params, paths)
     weights = torch.load(paths.finetuned_model, weights_only=True) if full["kept"] else None
-    assert finetune.run(params, paths, stop_after_epoch=1) == {"interrupted_after_epoch": 1}
+    interrupt_after_epochs(monkeypatch, 1)
+    with pytest.raises(Interrupted):
+        finetune.run(params, paths)
+    monkeypatch.undo()
     ckpt = paths.finetune_checkpoint(finetune.config_hash(params, paths))
     assert ckpt.exists()
     resumed = finetune.run(params, paths)

@@ -108,3 +108,13 @@ def test_each_stage_declares_the_code_it_runs():
         assert not missing, f"dvc.yaml stage {stage} does not declare: {missing}"
         undeclared_flow = ROOT / "flows" / f"{stage}.py"
         assert undeclared_flow in deps, f"dvc.yaml stage {stage} does not declare flows/{stage}.py"
+
+
+def test_a_stage_started_by_an_interpreter_without_the_venv_says_how_to_fix_it():
+    """`dvc repro` outside the activated venv runs another `python`: one line, no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-S", "-m", "flows.ingest"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0 and "source .venv/bin/activate" in proc.stderr
