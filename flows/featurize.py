@@ -43,7 +43,7 @@ def dask_runner(params: Params):
     if address:
         return DaskTaskRunner(address=address)
     n = params.featurize.dask_workers
-    threads = max(1, (params.featurize.num_threads or os.cpu_count() or 1) // n)
+    threads = max(1, (params.runtime.num_threads or os.cpu_count() or 1) // n)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
                                           "env": {"OMP_NUM_THREADS": str(threads)}, "dashboard_address": None})

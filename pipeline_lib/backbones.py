@@ -413,14 +413,6 @@ def chosen_backbone(params, paths) -> Backbone:
     return load_backbone(spec["name"], spec["weights"], spec["resolution"], paths.root, blocks=spec["blocks"])
 
 
-def pick_device(preference: str = "auto") -> torch.device:
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("featurize.device: cuda requested but no CUDA device is available; use auto or cpu")
-    if preference == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
 def unfreeze(backbone: nn.Module, n_blocks: int | str) -> int:
     """Make the last n blocks trainable ("all" = every block); returns the trainable parameter count."""
     for p in backbone.parameters():

@@ -242,10 +242,6 @@ class FeaturizeParams(_Section):
     """images per forward pass"""
     cache_dir: str = ".cache/features"
     """content-addressed feature cache (not versioned; safe to delete)"""
-    num_threads: int = Field(0, ge=0)
-    """torch CPU threads, 0 = all cores"""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """`auto` (CUDA when available), `cpu`, `cuda`"""
     executor: Literal["local", "dask"] = "local"
     """`local` (this process) or `dask` (shards on a Dask cluster, see Operations)"""
     dask_address: str = ""
@@ -254,6 +250,15 @@ class FeaturizeParams(_Section):
     """LocalCluster worker processes"""
     shard_size: int = Field(256, ge=1)
     """images per Dask task"""
+
+
+class RuntimeParams(_Section):
+    """Where and how the stages compute; read by every stage (pipeline_lib.runtime.use)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` (CUDA when available), `cpu`, `cuda`"""
+    num_threads: int = Field(0, ge=0)
+    """torch CPU threads, 0 = one per core (with the OpenMP wait policy `PASSIVE`: see docs/benchmarks.md)"""
 
 
 class TrainHeadParams(_Section):
@@ -442,6 +447,7 @@ class Params(_Section):
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
+    runtime: RuntimeParams = RuntimeParams()
 
     @model_validator(mode="after")
     def _unlabeled_folder(self) -> "Params":
@@ -475,7 +481,15 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 
+MOVED = {"featurize.device": "runtime.device", "featurize.num_threads": "runtime.num_threads"}
+
+
 def parse_params(raw: dict[str, Any] | None, source: str = PARAMS_FILE) -> Params:
+    for old, new in MOVED.items():
+        section, key = old.split(".")
+        if isinstance((raw or {}).get(section), dict) and key in raw[section]:
+            raise PipelineError(f"invalid {source}: {old} has moved to {new} (a `runtime:` section read by every "
+                                f"stage): move the value there")
     try:
         return Params.model_validate(raw or {})
     except ValidationError as exc:

@@ -40,6 +40,15 @@ class FinetuneModel(nn.Module):
         return self.head(self.features(images))
 
 
+def class_proba(model: FinetuneModel, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Class probabilities of a batch; ``tta``: averaged with those of the mirror images (the one
+    implementation of flip test-time augmentation on images)."""
+    proba = torch.softmax(model(images), dim=1)
+    if tta:
+        proba = (proba + torch.softmax(model(images.flip(-1)), dim=1)) / 2
+    return proba
+
+
 class Images:
     """The split's images in memory (uint8 HWC) with labels; batches resized to the model input."""
 
@@ -79,9 +88,7 @@ def predict_proba(model: FinetuneModel, data: Images, batch_size: int = 64, devi
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
             x = data.batch(list(range(i, min(i + batch_size, len(data))))).to(device)
-            proba = torch.softmax(model(x), dim=1)
-            if tta:
-                proba = (proba + torch.softmax(model(x.flip(-1)), dim=1)) / 2
+            proba = class_proba(model, x, tta)
             out.append(proba.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.head.config["n_classes"]), np.float32)
 

@@ -25,6 +25,7 @@ from . import atomic
 from .backbones import Preprocess
 from .errors import PipelineError
 from .images import IMAGE_EXTENSIONS, BadImage, load_image
+from .stats import rescale
 
 
 @dataclass
@@ -100,7 +101,7 @@ def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, 
                 continue
             with torch.no_grad():
                 raw = loaded.model(torch.stack(batch)).numpy().astype(np.float64)
-            proba = _scale(raw, loaded.temperature)
+            proba = rescale(raw, loaded.temperature)
             order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
             for i, f in enumerate(kept):
                 row = {"path": str(f), "predicted": names[order[i, 0]], "confidence": round(float(proba[i, order[i, 0]]), 6),
@@ -110,15 +111,6 @@ def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, 
                     row[f"top{j + 1}_p"] = round(float(proba[i, order[i, j]]), 6)
                 rows.append(row)
     return pd.DataFrame(rows), skipped
-
-
-def _scale(proba: np.ndarray, temperature: float | None) -> np.ndarray:
-    if not temperature or temperature == 1.0:
-        return proba
-    logits = np.log(np.clip(proba, 1e-12, None)) / temperature
-    logits -= logits.max(1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(1, keepdims=True)
 
 
 def write_predictions(loaded: LoadedModel, files: list[Path], out: Path, batch_size: int = 64,

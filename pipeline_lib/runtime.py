@@ -1,10 +1,15 @@
-"""The process's runtime, set by explicit calls at process start (flows/ and tasks/ package init,
-tests' conftest, benchmarks' helpers), never as a side effect of importing pipeline_lib:
-the stack's telemetry and update checks off, and torch's CPU threads."""
+"""The process's runtime, set by explicit calls, never as a side effect of importing pipeline_lib:
+the environment at process start (flows/ and tasks/ package init, tests' conftest, benchmarks'
+helpers: telemetry and update checks off, the OpenMP wait policy), and in every stage
+``use(params.runtime)``: torch's CPU threads and the device."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 QUIET_ENV = {
     "DO_NOT_TRACK": "true",
@@ -26,6 +31,25 @@ def quiet_environment() -> None:
     already in the environment wins. Call before Prefect, MLflow or DVC is imported."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def use(runtime) -> "torch.device":
+    """What every stage does first: torch's CPU threads (runtime.num_threads) and the device it
+    computes on (runtime.device); ``runtime`` is params.runtime."""
+    configure_threads(runtime.num_threads)
+    return pick_device(runtime.device)
+
+
+def pick_device(preference: str = "auto") -> "torch.device":
+    import torch
+
+    from .errors import PipelineError
+
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("runtime.device: cuda requested but no CUDA device is available; use auto or cpu")
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
 
 
 def configure_threads(num_threads: int) -> None:

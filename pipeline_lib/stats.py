@@ -77,5 +77,20 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def log_proba(proba: np.ndarray) -> np.ndarray:
+    """Log-probabilities, which serve as logits: softmax(log p / T) is temperature scaling."""
+    return np.log(np.clip(proba, 1e-12, None))
+
+
+def fit_temperature_on_proba(proba: np.ndarray, y_true: np.ndarray) -> float:
+    """The temperature fitted to probabilities (1 when there is nothing to fit on)."""
+    return fit_temperature(log_proba(proba), y_true) if len(y_true) else 1.0
+
+
+def rescale(proba: np.ndarray, temperature: float | None) -> np.ndarray:
+    """Probabilities scaled by a temperature (unchanged for None or 1)."""
+    return proba if not temperature or temperature == 1.0 else softmax(log_proba(proba), temperature)
+
+
 def nll(proba: np.ndarray, y_true: np.ndarray) -> float:
     return float(-np.log(np.clip(proba[np.arange(len(y_true)), y_true], 1e-12, None)).mean())

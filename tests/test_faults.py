@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 TINY = dict(data={"shots_per_class": 5, "sample_test_per_class": 10, "val_fraction": 0.1},
             selection={"cv_below": 0},  # holdout: finetune always writes a model (CV-mode resume: test_selection)
             augment={"copies": 2}, backbone={"resolution": 64},
-            featurize={"batch_size": 4, "num_threads": 1},
+            featurize={"batch_size": 4}, runtime={"num_threads": 1},
             synthetic={"generator": "ddpm", "per_class": 2,
                        "ddpm": {"resolution": 16, "channels": [8, 16], "train_steps": 200, "batch_size": 8,
                                 "sample_steps": 2, "checkpoint_every": 10}},

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows import OTHER_FLOWS
@@ -118,3 +119,84 @@ def test_a_stage_started_by_an_interpreter_without_the_venv_says_how_to_fix_it()
     proc = subprocess.run([sys.executable, "-S", "-m", "flows.ingest"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "source .venv/bin/activate" in proc.stderr
+
+
+class _Recording:
+    """A read-only stand-in for Params (or one of its sections) that records every key read."""
+
+    def __init__(self, obj, prefix: str, log: set):
+        object.__setattr__(self, "_obj", obj)
+        object.__setattr__(self, "_prefix", prefix)
+        object.__setattr__(self, "_log", log)
+
+    def __getattr__(self, name):
+        from pydantic import BaseModel
+
+        value = getattr(self._obj, name)
+        key = self._prefix + name
+        if isinstance(value, BaseModel):
+            return _Recording(value, key + ".", self._log)
+        self._log.add(key)
+        return value
+
+
+# Keys a stage reads without them changing its outputs; each with the reason.
+NOT_RESULTS = {
+    "model_dump": "finetune's checkpoint identity (config_hash) and Dask workers' copy of the params",
+    "runtime.num_threads": "how many CPU threads compute the same result",
+    "featurize.cache_dir": "where the content-addressed cache lives, not what is in it",
+    "featurize.executor": "local or Dask: the same vectors", "featurize.dask_address": "where Dask runs",
+    "featurize.dask_workers": "how many Dask workers", "featurize.shard_size": "Dask task size",
+    "synthetic.preview_per_class": "a report picture", "augment.preview_images": "a report picture",
+    "synthetic.ddpm.checkpoint_every": "how often a resumable checkpoint is written",
+    "evaluate.top_confusions": "the length of a list in the report",
+}
+COVERED_BY = {"backbone.names": "backbone.name", "backbone.weights_for": "backbone.weights",
+              "backbone.blocks_for": "backbone.blocks"}
+
+
+def _declared(params: list, key: str) -> bool:
+    key = COVERED_BY.get(key, key)
+    return any(key == p or key.startswith(p + ".") for p in params) or key in NOT_RESULTS or any(
+        key.endswith("." + n) or key == n for n in NOT_RESULTS)
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory):
+    """A copy of the project on a few real images, with every optional part on that reads params
+    (DDPM with the confidence probe and dedup, augmentation, flip TTA, fine-tuning)."""
+    from tests.helpers import copy_project, set_params, write_folder_dataset
+
+    root = copy_project(tmp_path_factory.mktemp("tiny") / "project")
+    write_folder_dataset(root / "data" / "raw", per_class=6)
+    set_params(root, data={"source": "folder", "path": "data/raw", "shots_per_class": None, "test_fraction": 0.34},
+               synthetic={"generator": "ddpm", "per_class": 2, "min_confidence": 0.01, "dedup_similarity": 0.999,
+                          "ddpm": {"resolution": 16, "channels": [8, 16], "train_steps": 4, "batch_size": 4,
+                                   "sample_steps": 2}},
+               augment={"copies": 1}, backbone={"resolution": 32}, train_head={"C": [1.0], "use_augmented": True},
+               selection={"folds": 2, "repeats": 1},
+               finetune={"epochs": 1, "patience": 1, "batch_size": 8, "unfreeze_blocks": 1},
+               evaluate={"bootstrap": 0}, mlflow={"log_model": False})
+    return root
+
+
+def test_each_stage_declares_the_params_it_reads(tiny_project):
+    """Every params key a stage reads (recorded on the tiny project) is among its dvc.yaml params
+    (or explained in NOT_RESULTS): otherwise changing it would leave the stage's outputs stale."""
+    import contextlib
+    import io
+
+    from pipeline_lib.config import Paths, load_params
+    from pipeline_lib.stages import stage_module
+
+    dvc = yaml.safe_load((tiny_project / "dvc.yaml").read_text())["stages"]
+    params, paths = load_params(tiny_project), Paths.for_root(tiny_project)
+    undeclared = {}
+    for stage in STAGES:
+        log: set = set()
+        with contextlib.redirect_stderr(io.StringIO()):
+            stage_module(stage).run(_Recording(params, "", log), paths)
+        missing = sorted(k for k in log if not _declared(dvc[stage].get("params", []), k))
+        if missing:
+            undeclared[stage] = missing
+    assert not undeclared, f"dvc.yaml does not declare the params these stages read: {undeclared}"

@@ -15,7 +15,7 @@ from ..heads import load_head, predict_proba
 from ..networks import FinetuneModel, Images, load_finetuned
 from ..networks import predict_proba as network_proba
 from ..plots import plot_confusion, plot_reliability
-from ..stats import bootstrap_ci, expected_calibration_error, fit_temperature, nll, reliability_bins, softmax
+from ..stats import bootstrap_ci, expected_calibration_error, fit_temperature_on_proba, nll, reliability_bins, rescale
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -49,9 +49,8 @@ def calibrate(val_proba: np.ndarray, y_val: np.ndarray, test_proba: np.ndarray, 
 
     Log-probabilities serve as logits (softmax(log p / T) is temperature scaling of the logits).
     """
-    logits_test = np.log(np.clip(test_proba, 1e-12, None))
-    temperature = fit_temperature(np.log(np.clip(val_proba, 1e-12, None)), y_val) if len(y_val) else 1.0
-    scaled = softmax(logits_test, temperature)
+    temperature = fit_temperature_on_proba(val_proba, y_val)
+    scaled = rescale(test_proba, temperature)
     result = {"temperature": temperature, "temperature_fitted_on": fitted_on, "ece": expected_calibration_error(test_proba, y_test),
               "ece_temperature_scaled": expected_calibration_error(scaled, y_test),
               "nll": nll(test_proba, y_test), "nll_temperature_scaled": nll(scaled, y_test)}

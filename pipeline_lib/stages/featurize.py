@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 
 from .. import atomic
-from ..backbones import Backbone, backbone_for, pick_device
+from ..backbones import Backbone, backbone_for
 from ..config import Params, Paths
 from ..dataset import AUGMENTED, SPLITS, SYNTHETIC, UNLABELED, load_augmented, load_manifest, load_synthetic
 from ..feature_cache import FeatureCache
 from ..features import FLIP, array_suffix, cached_embeddings
-from ..runtime import configure_threads
+from ..runtime import pick_device, use
 
 
 def all_images(paths: Paths, params: Params | None = None) -> pd.DataFrame:
@@ -66,7 +66,7 @@ def _worker_backbone(params_json: str, root: str, name: str) -> Backbone:
     from ..config import parse_params
 
     params = parse_params(json.loads(params_json))
-    return backbone_for(params, Path(root), name).to(pick_device(params.featurize.device))
+    return backbone_for(params, Path(root), name).to(pick_device(params.runtime.device))
 
 
 def embed_shard(params: Params, paths: Paths, shard: list[tuple[str, str, bool, str]]) -> int:
@@ -77,7 +77,7 @@ def embed_shard(params: Params, paths: Paths, shard: list[tuple[str, str, bool, 
         backbone = _worker_backbone(params_json, str(paths.root), name)
         cached_embeddings(FeatureCache(paths.cache_dir(params), backbone.key), backbone,
                           [tuple(item[:3]) for item in shard if item[3] == name], params.featurize.batch_size,
-                          pick_device(params.featurize.device))
+                          pick_device(params.runtime.device))
     return len(shard)
 
 
@@ -96,11 +96,9 @@ def _vectors(params: Params, paths: Paths, manifest: pd.DataFrame, backbone: Bac
 
 
 def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
-    p = params.featurize
-    configure_threads(p.num_threads)
     _, classes = load_manifest(paths)
     manifest = all_images(paths, params)
-    device = pick_device(p.device)
+    device = use(params.runtime)
     names = params.backbone.names
     flip_splits = SPLITS if params.evaluate.tta == "hflip" else ()
     arrays: dict[str, dict[str, np.ndarray]] = {split: {} for split in (*SPLITS, AUGMENTED, SYNTHETIC, UNLABELED)}

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from .. import atomic, domain_adaptation
-from ..backbones import chosen_backbone, pick_device, unfreeze
+from ..backbones import chosen_backbone, unfreeze
 from ..config import Params, Paths
 from ..dataset import load_manifest, load_synthetic
 from ..domain_adaptation import load_target_images
@@ -37,7 +37,7 @@ from ..features import load_features
 from ..finetuning import Checkpoint, Progress, Trainer, evaluate, interpolate, pick_alpha, restore, snapshot, train_epochs
 from ..heads import Head, HeadRecipe
 from ..networks import FinetuneModel, Images, build_model, predict_proba
-from ..runtime import configure_threads
+from ..runtime import use
 from ..selection import paired_bootstrap, scores, stratified_folds
 from ..training_set import TrainingSet, fit_recipe
 
@@ -60,8 +60,7 @@ def run(params: Params, paths: Paths) -> dict:
     paths.finetune_dir.mkdir(parents=True, exist_ok=True)
     if not params.finetune.enabled:
         return _disabled(paths, {"enabled": False})
-    configure_threads(params.featurize.num_threads)
-    device = pick_device(params.featurize.device)
+    device = use(params.runtime)
     manifest, classes = load_manifest(paths)
     real_train, synthetic = manifest[manifest["split"] == "train"], load_synthetic(paths)
     val_frame = manifest[manifest["split"] == "val"]

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .. import atomic
-from ..backbones import backbone_for, pick_device
+from ..backbones import backbone_for
 from ..config import Params, Paths
 from ..dataset import MANIFEST_COLUMNS, PROVENANCE_COLUMNS, SYNTHETIC, load_manifest, load_synthetic
 from ..errors import PipelineError
@@ -32,13 +32,12 @@ from ..feature_cache import FeatureCache
 from ..generators import Generated, dir_hash, sample_ddpm, sample_stable_diffusion, train_ddpm
 from ..heads import HeadRecipe, fit_head, predict_proba
 from ..images import image_id, read_rgb
+from ..runtime import pick_device, use
 
 
 def run(params: Params, paths: Paths) -> dict:
-    from ..runtime import configure_threads
 
     s = params.synthetic
-    configure_threads(params.featurize.num_threads)
     manifest, classes = load_manifest(paths)
     train = manifest[manifest["split"] == "train"]
     k = params.synthetic.preview_per_class if s.generator == "none" else None  # none: only the preview's images
@@ -52,7 +51,7 @@ def run(params: Params, paths: Paths) -> dict:
         atomic.write_json(paths.synthesize_report, report)
         return report
 
-    device = pick_device(params.featurize.device)
+    device = use(params.runtime)
     size = _common_size(train)
     started = time.perf_counter()
     info: dict = {}
@@ -173,7 +172,7 @@ def _probe(frame: pd.DataFrame, params: Params, paths: Paths, staging, train: pd
     """Features (shared content-addressed cache) and a real-data head's confidence in the intended class."""
     from ..features import cached_embeddings
 
-    device = pick_device(params.featurize.device)
+    device = pick_device(params.runtime.device)
     backbone = backbone_for(params, paths.root).to(device)
     cache = FeatureCache(paths.cache_dir(params), backbone.key)
 
