@@ -8,9 +8,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline_lib.runtime import quiet_environment  # noqa: E402
+from pipeline_lib.runtime import process_environment  # noqa: E402
 
-quiet_environment()
+process_environment()
 from pipeline_lib.dataset import load_manifest  # noqa: E402
 from tests.helpers import copy_project, set_params  # noqa: E402
 

@@ -5,8 +5,9 @@ since OpenMP reads its settings at start-up.
 
     .venv/bin/python benchmarks/threads.py [--epochs 2] [--repeats 2]
 
-Prints seconds per epoch (median over epochs and repeats) and the slowdown with the busy
-neighbour. Target (issue 12): the default policy keeps the busy epoch within 2x its idle time.
+Prints seconds per epoch (median over epochs and repeats) and the slowdown beside each kind of
+busy neighbour: a single-threaded Python loop, and another torch job using all cores. Target
+(issue 12): the default policy keeps the busy epoch within 2x its idle time.
 Run it alone: the numbers are the point.
 """
 
@@ -57,6 +58,12 @@ def epoch_seconds(project, env: dict, threads: int, epochs: int) -> list[float]:
     return json.loads(out.split("TIMES", 1)[1])
 
 
+NEIGHBOURS = {  # one other busy process on the same cores
+    "a busy Python loop": "while True: pass",
+    "another torch job, all cores": ("import torch\nx = torch.rand(512, 512)\nwhile True: x = (x @ x).tanh()"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2)
@@ -74,20 +81,22 @@ def main() -> None:
         run_stages(load_params(project), paths, last="train_head")
     print(f"{os.cpu_count()} cores; one fine-tuning epoch of the sample, seconds (median of "
           f"{args.epochs} epochs x {args.repeats} runs)")
-    print(f"{'policy':<50} {'idle':>7} {'busy':>7} {'slowdown':>9}")
+    print(f"{'policy':<50} {'idle':>7}" + "".join(f"  {n[:24]:>24} (x)" for n in NEIGHBOURS))
     for name, (env, threads) in POLICIES.items():
-        idle, busy = [], []
+        idle, busy = [], {n: [] for n in NEIGHBOURS}
         for _ in range(args.repeats):
             idle += epoch_seconds(project, env, threads, args.epochs)
-            neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-            try:
-                time.sleep(0.5)
-                busy += epoch_seconds(project, env, threads, args.epochs)
-            finally:
-                neighbour.kill()
-                neighbour.wait()
-        i, b = statistics.median(idle), statistics.median(busy)
-        print(f"{name:<50} {i:7.2f} {b:7.2f} {b / i:8.1f}x", flush=True)
+            for label, code in NEIGHBOURS.items():
+                neighbour = subprocess.Popen([sys.executable, "-c", code])
+                try:
+                    time.sleep(1.0)
+                    busy[label] += epoch_seconds(project, env, threads, args.epochs)
+                finally:
+                    neighbour.kill()
+                    neighbour.wait()
+        i = statistics.median(idle)
+        print(f"{name:<50} {i:7.2f}" + "".join(f"  {statistics.median(b):7.2f} s {statistics.median(b) / i:11.1f}x"
+                                               for b in busy.values()), flush=True)
 
 
 if __name__ == "__main__":

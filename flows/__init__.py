@@ -4,9 +4,9 @@ flows that are not stages, listed in OTHER_FLOWS."""
 
 import sys
 
-from pipeline_lib.runtime import quiet_environment
+from pipeline_lib.runtime import process_environment
 
-quiet_environment()  # process start: before any flow module imports Prefect
+process_environment()  # process start: before any flow module imports Prefect
 try:
     import prefect  # noqa: F401
 except ModuleNotFoundError:  # `dvc repro` runs `python` from PATH: outside the venv it is another one

@@ -477,7 +477,7 @@ def _describe(err: dict[str, Any]) -> str:
         allowed = err.get("ctx", {}).get("expected", "")
         return f"{key}: got {err.get('input')!r}; allowed values: {allowed}"
     if kind == "extra_forbidden":
-        return f"{key}: unknown key (check the spelling; README lists every param)"
+        return f"{key}: unknown key (check the spelling; docs/params.md lists every param)"
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 

@@ -1,5 +1,5 @@
 """Thin Prefect tasks around pipeline_lib: retries, names and logging, no logic."""
 
-from pipeline_lib.runtime import quiet_environment
+from pipeline_lib.runtime import process_environment
 
-quiet_environment()  # process start: before any task module imports Prefect
+process_environment()  # process start: before any task module imports Prefect

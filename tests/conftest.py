@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_lib.runtime import quiet_environment
+from pipeline_lib.runtime import process_environment
 
-quiet_environment()  # telemetry off for everything the tests start
+process_environment()  # telemetry off for everything the tests start
 
 ROOT = Path(__file__).resolve().parents[1]
 
