@@ -37,6 +37,8 @@ def small_cnn(n_classes: int) -> nn.Module:
 
 
 def tensors(frame, paths) -> tuple[torch.Tensor, torch.Tensor]:
+    if frame.empty:  # no val split (the pipeline's CV mode)
+        return torch.zeros(0, 3, 1, 1), torch.zeros(0, dtype=torch.long)
     x = torch.from_numpy(np.stack([read_rgb(paths.resolve(p)) for p in frame["path"]])).permute(0, 3, 1, 2)
     x = x.float().div(255.0)
     return (x - 0.5) / 0.5, torch.tensor(frame["label_idx"].to_numpy(), dtype=torch.long)
