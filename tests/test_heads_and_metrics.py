@@ -145,11 +145,12 @@ def test_learning_curve_advice_for_a_single_strategy():
 def test_flip_tta_averages_the_mirror_images_probabilities(backbone_small):
     from pipeline_lib.heads import Head
     from pipeline_lib.model import Classifier
+    from pipeline_lib.networks import FinetuneModel
 
     torch.manual_seed(0)
-    head = Head(backbone_small.feature_dim, 3)
-    plain = Classifier(backbone_small.preprocess, backbone_small.model, head, ["a", "b", "c"]).eval()
-    tta = Classifier(backbone_small.preprocess, backbone_small.model, head, ["a", "b", "c"], tta=True).eval()
+    network = FinetuneModel(backbone_small.preprocess, backbone_small.model, Head(backbone_small.feature_dim, 3))
+    plain = Classifier(network, ["a", "b", "c"]).eval()
+    tta = Classifier(network, ["a", "b", "c"], tta=True).eval()
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(tta(x), (plain(x) + plain(x.flip(-1))) / 2)
