@@ -11,6 +11,9 @@ images the pipeline sees), then fastai does what its docs teach:
 
 fastai needs a validation set: the split's val rows when ingest made one (holdout mode), else
 fastai's default random 20 % of the labelled images (the pipeline's CV mode makes no val split).
+The batch size is fastai's 64, or half the training images when there are fewer than 128: fastai
+drops the last incomplete batch, so with 40 training images and bs=64 it never trains (8 % test
+accuracy at 5 labelled images per class, below chance, before this).
 The weights are the same offline MobileNetV2 IMAGENET1K_V1 file, loaded into torchvision's model
 by the arch function; fastai has no model_meta entry for mobilenet_v2 (and ignores
 vision_learner's `cut` for non-timm archs), so one is registered the way fastai describes its own
@@ -64,8 +67,11 @@ def fastai_accuracy(manifest, paths: Paths, seed: int, resolution: int, epochs: 
     set_seed(seed, reproducible=True)
     started = time.perf_counter()
     split = {"valid_col": "is_valid"} if fit["is_valid"].any() else {"valid_pct": 0.2}
+    n_train = int((~fit["is_valid"]).sum()) if fit["is_valid"].any() else int(len(fit) * 0.8)
+    # fastai drops the last incomplete training batch: with its default bs=64 and fewer than 64
+    # training images it would never take a step, so the batch is at most half the training images
     dls = ImageDataLoaders.from_df(fit, path="/", fn_col="path", label_col="label", item_tfms=Resize(resolution),
-                                   batch_tfms=aug_transforms(), seed=seed, **split)
+                                   batch_tfms=aug_transforms(), seed=seed, bs=min(64, max(2, n_train // 2)), **split)
     learn = vision_learner(dls, _mobilenet_v2_arch(), metrics=accuracy)
     with learn.no_bar(), learn.no_logging():
         learn.fine_tune(epochs)
