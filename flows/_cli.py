@@ -4,10 +4,12 @@ as one clear message with exit status 2, never as a traceback."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Callable
 
 from pipeline_lib.errors import PipelineError
+from tasks.prefect_server import EXECUTION_ENV, execution_id
 
 
 class _HideUserErrorTracebacks(logging.Filter):
@@ -22,10 +24,17 @@ class _HideUserErrorTracebacks(logging.Filter):
 
 
 def run(flow: Callable, **kwargs) -> object:
+    """Run a flow from the command line, named and tagged with the execution id, with pipeline_lib's
+    progress lines in its log."""
+    from prefect import tags
+
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_HideUserErrorTracebacks())
+    logging.getLogger("pipeline_lib").setLevel(logging.INFO)
+    execution = os.environ[EXECUTION_ENV] = execution_id()
     try:
-        return flow(**kwargs)
+        with tags(f"execution:{execution}"):
+            return flow.with_options(flow_run_name=f"{flow.name} · {execution}")(**kwargs)
     except PipelineError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None

@@ -63,10 +63,10 @@ class Preprocess(nn.Module):
         self.register_buffer("std", torch.tensor(self.norm[1]).view(1, 3, 1, 1), persistent=False)
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """Resize a batch (or one image, (3, H, W)) to the model resolution; a no-op when it fits."""
+        """Resize a batch (or one image, (3, H, W)) to the model resolution. Always interpolated (the
+        same size comes back unchanged, bit for bit): a branch on the input size would freeze the
+        exported model (torch.export) to the size of its example input."""
         x = images.float()
-        if x.shape[-2:] == (self.resolution, self.resolution):
-            return x
         batch = x if x.dim() == 4 else x.unsqueeze(0)
         out = F.interpolate(batch, size=(self.resolution, self.resolution), mode="bilinear",
                             align_corners=False, antialias=True)

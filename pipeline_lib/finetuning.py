@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from .config import Params
 from .domain_adaptation import DomainClassifier, dann_lambda
 from .networks import FinetuneModel, Images, predict_proba
 from .stats import nll
+
+_log = logging.getLogger(__name__)
 
 
 def snapshot(state: dict) -> dict:
@@ -316,6 +319,9 @@ def train_epochs(trainers: list[Trainer], progress: Progress, last_epoch: int, c
             else:
                 progress.stale += 1
         progress.epoch = epoch
+        _log.info("%s epoch %d/%d: %s", desc, epoch, last_epoch, ", ".join(
+            f"{k} {v:.4g}" for k, v in (progress.history[-1] if validate is not None else rows[0]).items()
+            if k != "epoch" and isinstance(v, float)))
         checkpoint.save({"phase": phase, "trainers": [t.state_dict() for t in trainers],
                          "progress": asdict(progress), **(keep or {})})
     return progress

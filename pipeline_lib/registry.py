@@ -79,3 +79,32 @@ def register_and_promote(model_uri: str, params: Params, paths: Paths, challenge
                     challenger_accuracy=challenger_acc,
                     champion_version=str(champion.version) if champion else None,
                     champion_accuracy=champion_acc)
+
+
+def describe_version(params: Params, decision: Decision, classes: list[str], metrics: dict, tags: dict) -> None:
+    """Say in the registry what the model is and how good: the registered model's description (task,
+    classes, input contract, how to load), the version's description and tags (scores, data
+    version, commit, the promotion decision)."""
+    import mlflow
+
+    name, version = params.mlflow.model_name, decision.challenger_version
+    client = mlflow.MlflowClient()
+    res = params.backbone.resolution
+    client.update_registered_model(name, description=(
+        f"Image classifier over {len(classes)} classes: {', '.join(classes)}.\n\n"
+        f"Input: float32 RGB tensor (N, 3, H, W) with values in [0, 1], any H and W (resized inside to "
+        f"{res}x{res}). Output: class probabilities (N, {len(classes)}) in the order of `classes.json`.\n\n"
+        f"Load: `mlflow.pytorch.load_model('models:/{name}@{CHAMPION}')`, or predict on a folder of "
+        f"images with `python -m flows.predict <folder>` (the champion by default). "
+        f"Aliases: `{CHAMPION}` (deployed), `{CHALLENGER}` (the latest trained)."))
+    ci = (metrics.get("ci") or {}).get("accuracy")
+    client.update_model_version(name, version, description=(
+        f"{metrics.get('candidate', '?')}: test accuracy {metrics['accuracy']:.1%}"
+        + (f" ({ci[0]:.1%}–{ci[1]:.1%})" if ci else "") + f", macro-F1 {metrics['macro_f1']:.3f} on "
+        f"{metrics.get('n_test', '?')} test images. {'Promoted' if decision.promoted else 'Not promoted'}: "
+        f"{decision.reason}."))
+    version_tags = {"test_accuracy": f"{metrics['accuracy']:.4f}", "test_macro_f1": f"{metrics['macro_f1']:.4f}",
+                    "candidate": metrics.get("candidate", "?"), "promoted": str(decision.promoted).lower(),
+                    "promotion_reason": decision.reason, **tags}
+    for key, value in version_tags.items():
+        client.set_model_version_tag(name, version, key, str(value))

@@ -26,6 +26,8 @@ ENV_DEFAULTS = {
     # OpenMP threads sleep instead of spinning when they wait: beside another busy process a
     # fine-tuning epoch slowed 1.4-1.9x instead of 2.2-4.1x (benchmarks/threads.py); 22 % slower idle
     "OMP_WAIT_POLICY": "PASSIVE",
+    # pipeline_lib's log lines (a stage's summary, each fine-tuning epoch) go to the Prefect run's log
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline_lib",
 }
 
 

@@ -8,6 +8,44 @@ import sys
 from .config import Paths
 
 
+def stage_line(stage: str, report: dict, paths: Paths) -> str:
+    """One line saying what a stage did, for the console and Prefect's run log."""
+    r, took = report, f" in {report['wall_seconds']:.1f} s" if "wall_seconds" in report else ""
+    if stage == "ingest":
+        c = r.get("counts") or {}
+        line = (f"{c.get('train', 0)} train, {c.get('val', 0)} val, {c.get('test', 0)} test images of "
+                f"{len(r.get('classes') or [])} classes")
+        problems = [f"{r[k]} {what}" for k, what in (("n_rejected", "files rejected"), ("n_duplicates", "duplicates"),
+                                                     ("n_leakage", "train/test leaks")) if r.get(k)]
+        if problems:
+            line += f"; {', '.join(problems)}: see {paths.ingest_report.relative_to(paths.root)}"
+    elif stage == "synthesize":
+        line = (f"{r.get('kept', 0)} of {r.get('generated', 0)} generated images kept ({r.get('generator')})"
+                if r.get("generated") else "no synthetic images (synthetic.generator: none)")
+    elif stage == "augment":
+        line = f"{r.get('augmented_images', 0)} augmented copies of {r.get('real_train_images', 0)} training images"
+    elif stage == "featurize":
+        line = (f"{r.get('images', 0)} images through {r.get('backbone')}: {r.get('computed', 0)} computed, "
+                f"{r.get('cache_hits', 0)} from the cache")
+    elif stage == "train_head":
+        line = (f"head {r.get('winner')}: {r.get('selection_mode')} macro-F1 {r.get('cv_macro_f1', float('nan')):.3f}"
+                f" over {r.get('candidates')} candidates on {r.get('n_train')} images")
+    elif stage == "finetune":
+        line = r.get("reason") or ("kept" if r.get("kept") else "not kept")
+    else:
+        line = f"test accuracy {r['accuracy']:.1%}, macro-F1 {r['macro_f1']:.3f} ({r.get('candidate')})"
+    return f"{stage}{took}: {line}"
+
+
+def stage_markdown(stage: str, report: dict, paths: Paths) -> str:
+    """A stage's key figures as markdown (a Prefect artifact): its line, then a table of numbers."""
+    rows = [(k, v) for k, v in report.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+            and k not in ("started_at", "finished_at") and len(str(v)) < 120]
+    table = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows)
+    return (f"### {stage}\n\n{stage_line(stage, report, paths)}\n\n| figure | value |\n|---|---|\n{table}\n\n"
+            f"Full report: `{paths.stage_report(stage).relative_to(paths.root)}`")
+
+
 def summary(paths: Paths) -> str:
     if not paths.metrics.exists():
         return f"No metrics yet ({paths.metrics} missing): run `make run` or `dvc repro`."
@@ -44,9 +82,14 @@ def summary(paths: Paths) -> str:
         lines.append(f"  {pair['actual']} taken for {pair['predicted']}: {pair['count']}x")
     lines += [
         f"Reports: {paths.reports_dir}/ (metrics.json, confusion_matrix.png, ingest.json)",
-        f"MLflow UI: mlflow ui --backend-store-uri {paths.mlflow_uri}   then open http://127.0.0.1:5000",
-        "(from the project root `.venv/bin/mlflow ui` is enough: sqlite:///mlflow.db is the default)",
     ]
+    run = json.loads(paths.mlflow_run.read_text()) if paths.mlflow_run.exists() else {}
+    if run.get("tracking_uri", "").startswith(("http://", "https://")):
+        lines.append(f"MLflow: this run {run['run_url']}")
+    else:
+        lines.append(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {paths.mlflow_uri}   then open "
+                     + (f"{run['run_url']} (this run; all runs: {run['experiment_url']})" if run
+                        else "http://127.0.0.1:5000"))
     return "\n".join(lines)
 
 

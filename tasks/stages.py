@@ -8,12 +8,17 @@ a stage is safe to repeat (atomic writes, resumable checkpoints). A user mistake
 
 from __future__ import annotations
 
+import json
+
 from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
 
 from pipeline_lib.config import Params, Paths, load_params
 from pipeline_lib.errors import is_transient
-from pipeline_lib.stages import STAGES, stage_module
+from pipeline_lib.stages import STAGES, run_stage
+from pipeline_lib.summary import stage_markdown
 
 RETRY_DELAYS = [2, 8]
 
@@ -38,10 +43,20 @@ def _stage_task(stage: str):
 
     @task(cache_policy=NONE, name=stage, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
           retry_condition_fn=retry_if_transient)
-    def run_stage(params: Params, paths: Paths, **kwargs) -> dict:
-        return stage_module(stage).run(params, paths, **kwargs)
+    def stage_task(params: Params, paths: Paths, **kwargs) -> dict:
+        result = run_stage(stage, params, paths, **kwargs)
+        publish_report(stage, paths)
+        return result
 
-    return run_stage
+    return stage_task
+
+
+def publish_report(stage: str, paths: Paths) -> None:
+    """The stage's key figures as a markdown artifact of the running flow (Prefect UI: Artifacts)."""
+    report = paths.stage_report(stage)
+    if report.exists():
+        create_markdown_artifact(markdown=stage_markdown(stage, json.loads(report.read_text()), paths),
+                                 key=stage.replace("_", "-"), description=f"{stage}: key figures")
 
 
 STAGE_TASKS = {stage: _stage_task(stage) for stage in STAGES}
@@ -65,6 +80,16 @@ def embed_shard_task(shard: list, params: Params, paths: Paths) -> int:
 @task(cache_policy=NONE, name="log_to_mlflow", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
 def log_to_mlflow_task(params: Params, paths: Paths, run_name: str | None = None) -> str:
+    """Log the execution to MLflow, cross-referenced with Prefect: the MLflow run carries the flow
+    run ids and the execution id; the flow run gets a link to the MLflow run."""
     from pipeline_lib import tracking
+    from tasks.prefect_server import execution_id
 
-    return tracking.log_pipeline_run(params, paths, run_name)
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
+            "prefect.root_flow_run_id": str(flow_run.root_flow_run_id or flow_run.id),
+            "prefect.execution_id": execution_id()}
+    run_id = tracking.log_pipeline_run(params, paths, run_name, tags)
+    logged = json.loads(paths.mlflow_run.read_text())
+    create_link_artifact(link=logged["run_url"], link_text=f"MLflow run {run_id[:8]}", key="mlflow-run",
+                         description="This execution in the MLflow UI (start `mlflow ui` for a local store)")
+    return run_id

@@ -70,3 +70,39 @@ def run_cmd(args, cwd, env_extra=None, check=True, timeout=600):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+ODD_CLASS = "cats & dogs (big)"  # MLflow refuses & ( ) in metric keys
+
+
+@pytest.fixture(scope="session")
+def logged(tmp_path_factory):
+    """A project on a few real images (one class named as MLflow's keys may not be) logged to MLflow
+    twice: every stage, then train_head onwards after a head param change. Returns the root, the
+    two parent run ids and a client of its store (sqlite in the project)."""
+    import mlflow
+
+    from pipeline_lib import tracking
+    from pipeline_lib.config import Paths, load_params
+    from pipeline_lib.stages import STAGES, run_stage, run_stages
+    from tests.helpers import copy_project, set_params, write_folder_dataset
+
+    root = copy_project(tmp_path_factory.mktemp("tracking") / "project")
+    raw = write_folder_dataset(root / "data" / "raw", per_class=6)
+    (raw / "bag").rename(raw / ODD_CLASS)
+    set_params(root, data={"source": "folder", "path": "data/raw", "shots_per_class": None, "test_fraction": 0.34},
+               backbone={"resolution": 32}, train_head={"C": [1.0]}, selection={"folds": 2, "repeats": 1},
+               finetune={"epochs": 2, "patience": 2, "batch_size": 8, "unfreeze_blocks": 1},
+               evaluate={"bootstrap": 20}, mlflow={"model_name": "toy"})
+    uri = f"sqlite:///{root}/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        paths = Paths.for_root(root)
+        run_stages(load_params(root), paths)
+        first = tracking.log_pipeline_run(load_params(root), paths, tags={"prefect.flow_run_id": "abc"})
+        set_params(root, train_head={"C": [0.5]})
+        params = load_params(root)
+        for stage in STAGES[STAGES.index("train_head"):]:
+            run_stage(stage, params, paths)
+        second = tracking.log_pipeline_run(params, paths)
+    return root, first, second, mlflow.MlflowClient(uri)

@@ -57,10 +57,27 @@ def test_first_repro_runs_every_stage_as_a_prefect_flow(project, prefect_api):
     assert (root / "reports/confusion_matrix.png").stat().st_size > 10_000
     import httpx
 
-    runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={"limit": 50}).json()
+    # the MLflow run names the execution; its 7 stage flow runs (7 processes) carry its id
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    logged = json.loads((root / "reports/mlflow_run.json").read_text())
+    tags = mlflow.MlflowClient().get_run(logged["run_id"]).data.tags
+    execution = tags["prefect.execution_id"]
+    runs = httpx.post(f"{prefect_api}/flow_runs/filter",
+                      json={"flow_runs": {"tags": {"all_": [f"execution:{execution}"]}}}).json()
     flows = {f["id"]: f["name"] for f in httpx.post(f"{prefect_api}/flows/filter", json={}).json()}
-    done = {flows[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED"}
-    assert set(STAGES) <= done
+    done = {flows[r["flow_id"]]: r for r in runs if r["state_type"] == "COMPLETED"}
+    assert set(done) == set(STAGES) and all(done[s]["name"] == f"{s} · {execution}" for s in STAGES)
+    assert tags["prefect.flow_run_id"] == done["evaluate"]["id"]
+    artifacts = httpx.post(f"{prefect_api}/artifacts/filter", json={"artifacts": {"flow_run_id": {
+        "any_": [r["id"] for r in runs]}}}).json()
+    by_key = {a["key"]: a for a in artifacts}
+    assert {s.replace("_", "-") for s in STAGES} | {"mlflow-run"} == set(by_key)
+    assert "test accuracy" in by_key["evaluate"]["data"] and logged["run_url"] in by_key["mlflow-run"]["data"]
+    logs = httpx.post(f"{prefect_api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [done["finetune"]["id"]]}},
+                                                        "limit": 200}).json()
+    assert any("epoch 1/2" in line["message"] for line in logs)  # per-epoch progress in the run's log
 
 
 def test_second_repro_runs_nothing(project):
@@ -107,21 +124,29 @@ def test_mlflow_has_one_run_per_execution_with_a_working_model(project):
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("transfer-learning")
-    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    runs = client.search_runs([exp.experiment_id], "tags.run_kind = 'pipeline'",
+                              order_by=["attributes.start_time DESC"])
     assert len(runs) == 3  # first repro, head change, more shots; the no-op logged nothing
     run = runs[0]
-    assert run.data.params["data.shots_per_class"] == "6" and run.data.params["train_head.lr"] == "0.002"
+    # train_head.lr was changed, but is an MLP setting: switched off with the linear head, not shown
+    assert run.data.params["data.shots_per_class"] == "6" and "train_head.lr" not in run.data.params
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
-    assert "featurize.computed" in run.data.metrics and "train_head.cv_macro_f1" in run.data.metrics
+    stages = {r.info.run_name: r for r in client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")}
+    assert set(stages) == set(STAGES) and all(r.data.tags["stage.status"] == "ran" for r in stages.values())
+    assert "computed" in stages["featurize"].data.metrics and "cv_macro_f1" in stages["train_head"].data.metrics
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     prepared = next(o for o in lock["stages"]["ingest"]["outs"] if o["path"] == "data/prepared")
-    assert run.data.tags["dvc.ingest.data/prepared"] == prepared["md5"]
+    assert run.data.tags["data_version"] == prepared["md5"].removesuffix(".dir")
+    assert {"config/dvc.lock", "config/params.yaml"} == {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     assert len(run.data.tags["git_commit"]) == 40
     assert run.data.tags["synthetic.generator"] == "ddpm" and len(run.data.tags["synthetic.model_hash"]) == 16
-    assert {"synthetic/manifest.parquet"} == {a.path for a in client.list_artifacts(run.info.run_id, "synthetic")}
+    synthesize = {a.path for a in client.list_artifacts(stages["synthesize"].info.run_id, "reports")}
+    assert {"reports/manifest.parquet", "reports/synthetic_preview.png"} <= synthesize
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
     assert {"reports/confusion_matrix.png", "reports/metrics.json"} <= artifacts
+    assert run.data.tags["prefect.flow_run_id"]  # the evaluate flow run that logged it
 
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     manifest = pd.read_parquet(root / "data/prepared/manifest.parquet").set_index("image_id")
