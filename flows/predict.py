@@ -12,6 +12,7 @@ import argparse
 from prefect import flow
 
 from pipeline_lib.config import Paths, load_params
+from pipeline_lib.predict import model_uri
 from tasks.predict import load_model_task, predict_task
 
 
@@ -19,8 +20,8 @@ from tasks.predict import load_model_task, predict_task
 def predict(source: str, out: str = "predictions.csv", model: str | None = None, top_k: int = 3,
             batch_size: int = 64, root: str | None = None) -> dict:
     paths = Paths.for_root(root)
-    model_uri = model or f"models:/{load_params(paths.root).mlflow.model_name}@champion"
-    loaded = load_model_task(model_uri, paths.mlflow_uri)
+    uri = model_uri(model, load_params(paths.root).mlflow.model_name)
+    loaded = load_model_task(uri, paths.mlflow_uri)
     return predict_task(loaded, source, out, batch_size, top_k)
 
 
@@ -31,7 +32,8 @@ if __name__ == "__main__":
     parser.add_argument("source", help="a folder of images (recursive) or a CSV with a `path` column")
     parser.add_argument("--out", default="predictions.csv", help=".csv or .parquet (a .report.json lands beside it)")
     parser.add_argument("--model", default=None,
-                        help="model URI: models:/<name>@<alias> or models:/<name>/<version> (default: the champion)")
+                        help="an alias (champion, challenger), a version number, or a model URI "
+                             "(models:/<name>@<alias>, models:/<name>/<version>); default: the champion")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()

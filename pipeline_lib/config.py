@@ -40,6 +40,9 @@ class DataParams(_Section):
     """classes with fewer usable images are dropped (or an error)"""
     min_image_size: int = Field(8, ge=1)
     """minimum width and height in px"""
+    max_image_side: int = Field(1024, ge=0)
+    """prepared images are downscaled so that their longer side is at most this many px (the originals are
+    untouched; 0 = keep every size); more than the backbone's resolution is never used"""
     on_bad_file: Literal["quarantine", "error"] = "quarantine"
     """`quarantine` (report and go on) or `error` (stop)"""
     on_unusual_mode: Literal["convert", "reject"] = "convert"
@@ -460,6 +463,41 @@ class Params(_Section):
         """Dotted keys, as DVC and MLflow show them: {"train_head.lr": 0.01, ...}."""
         return dict(_flatten(self.model_dump()))
 
+    def switched_off(self) -> list[str]:
+        """Dotted keys (a section's key covers its subkeys) of settings that change nothing with these
+        params: the parts they configure are off. The switches themselves stay on."""
+        off = []
+        if self.synthetic.generator == "none":
+            off += [f"synthetic.{k}" for k in type(self.synthetic).model_fields if k != "generator"]
+        else:
+            off += [f"synthetic.{g}" for g in ("ddpm", "stable_diffusion") if g != self.synthetic.generator]
+        ft = self.finetune
+        if not ft.enabled:
+            off += [f"finetune.{k}" for k in type(ft).model_fields if k != "enabled"]
+        elif ft.adapt == "none":
+            off.append("finetune.dann_weight")
+        if self.augment.copies == 0 and not (ft.enabled and ft.online_augment):
+            off += ["augment.policy", "augment.preview_images"]
+        if self.featurize.executor == "local":
+            off += ["featurize.dask_address", "featurize.dask_workers", "featurize.shard_size"]
+        if "mlp" not in self.train_head.kinds:
+            off += [f"train_head.{k}" for k in ("hidden_dim", "lr", "weight_decay", "max_epochs", "patience")]
+        if self.semi_supervised.source == "none":
+            off += [f"semi_supervised.{k}" for k in ("threshold", "ratio", "weight")]
+        if self.data.source != "sample":
+            off.append("data.sample_test_per_class")
+        if self.evaluate.bootstrap == 0:
+            off.append("evaluate.ci_level")
+        if not self.mlflow.log_model:
+            off += ["mlflow.model_name", "mlflow.promotion_margin"]
+        return off
+
+    def active(self) -> dict[str, Any]:
+        """``flat()`` without the switched-off settings: what a reader of one run needs to see."""
+        off = self.switched_off()
+        return {k: v for k, v in self.flat().items()
+                if not any(k == o or k.startswith(o + ".") for o in off)}
+
 
 def _flatten(obj: dict[str, Any], prefix: str = ""):
     for key, value in obj.items():
@@ -502,12 +540,31 @@ def load_params(root: str | Path | None = None) -> Params:
     if not path.exists():
         raise PipelineError(f"{path} not found: run from the project root (where dvc.yaml is).")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise PipelineError(f"{path} is not valid YAML: {exc}") from None
-    if raw is not None and not isinstance(raw, dict):
+    if raw is None:
+        raise PipelineError(f"{path} is empty: it would train the built-in sample instead of your data. Restore it "
+                            "(`git checkout params.yaml`) or write at least `data: {source: folder, path: data/raw}`.")
+    if not isinstance(raw, dict):
         raise PipelineError(f"{path} must hold a mapping of sections (data:, backbone:, ...)")
     return parse_params(raw, str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (DVC refuses it too; the
+    flows would silently take the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def project_root(root: str | Path | None = None) -> Path:
@@ -544,7 +601,7 @@ class Paths:
 
     @property
     def ingest_report(self) -> Path:
-        return self.reports_dir / "ingest.json"
+        return self.stage_report("ingest")
 
     # synthesize
     @property
@@ -566,7 +623,7 @@ class Paths:
 
     @property
     def synthesize_report(self) -> Path:
-        return self.reports_dir / "synthesize.json"
+        return self.stage_report("synthesize")
 
     @property
     def synthetic_preview(self) -> Path:
@@ -583,7 +640,7 @@ class Paths:
 
     @property
     def augment_report(self) -> Path:
-        return self.reports_dir / "augment.json"
+        return self.stage_report("augment")
 
     @property
     def augment_preview(self) -> Path:
@@ -599,7 +656,7 @@ class Paths:
 
     @property
     def featurize_report(self) -> Path:
-        return self.reports_dir / "featurize.json"
+        return self.stage_report("featurize")
 
     # train_head
     @property
@@ -629,7 +686,7 @@ class Paths:
 
     @property
     def train_head_report(self) -> Path:
-        return self.reports_dir / "train_head.json"
+        return self.stage_report("train_head")
 
     @property
     def selection_table(self) -> Path:
@@ -651,7 +708,7 @@ class Paths:
 
     @property
     def finetune_report(self) -> Path:
-        return self.reports_dir / "finetune.json"
+        return self.stage_report("finetune")
 
     @property
     def finetune_history(self) -> Path:
@@ -665,6 +722,15 @@ class Paths:
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
+
+    def stage_report(self, stage: str) -> Path:
+        """The JSON summary a stage writes: reports/<stage>.json (evaluate's is metrics.json)."""
+        return self.metrics if stage == "evaluate" else self.reports_dir / f"{stage}.json"
+
+    @property
+    def mlflow_run(self) -> Path:
+        """Which MLflow run logged the last execution, and its URL (written by tracking)."""
+        return self.reports_dir / "mlflow_run.json"
 
     @property
     def metrics(self) -> Path:

@@ -32,3 +32,17 @@ def is_transient(exc: BaseException | None) -> bool:
     if isinstance(exc, TransientError):
         return True
     return isinstance(exc, OSError) and exc.errno is not None and exc.errno not in _PERMANENT_ERRNOS
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether an exception (or one it was raised from) says the tracking server did not answer."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = f"{type(exc).__name__}: {exc}"
+        if any(word in text for word in ("ConnectionError", "Connection refused", "Max retries exceeded",
+                                         "RemoteDisconnected", "ConnectTimeout", "ReadTimeout",
+                                         "Connection aborted", "Connection reset")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # Modes that are already 8-bit grey or colour: converted without comment.
@@ -70,8 +70,34 @@ def to_rgb_array(img: Image.Image, unusual_modes: str = "convert") -> tuple[np.n
     return np.asarray(img.convert("RGB"), dtype=np.uint8), f"{mode} converted to RGB"
 
 
-def load_image(path: str | Path, min_size: int = 8, unusual_modes: str = "convert") -> LoadedImage:
-    """Decode and validate one image file, or raise BadImage saying why not and how to fix it."""
+def upright_image(img: Image.Image) -> tuple[Image.Image, list[str]]:
+    """The image turned as its EXIF orientation says (a portrait phone photo stands up)."""
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation in (None, 1):
+        return img, []
+    return ImageOps.exif_transpose(img), [f"turned upright (EXIF orientation {orientation})"]
+
+
+def downscale(pixels: np.ndarray, max_side: int, original: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """(H, W, 3) uint8 pixels with the longer side at most ``max_side`` (0 = as they are); the note
+    says so when they are smaller than the file's ``original`` (width, height)."""
+    h, w = pixels.shape[:2]
+    if max_side and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
+    h, w = pixels.shape[:2]
+    if sorted((w, h)) == sorted(original):
+        return pixels, ""
+    return pixels, f"downscaled from {original[0]}x{original[1]} to {w}x{h} (data.max_image_side)"
+
+
+def load_image(path: str | Path, min_size: int = 8, unusual_modes: str = "convert", max_side: int = 0) -> LoadedImage:
+    """Decode and validate one image file, or raise BadImage saying why not and how to fix it.
+
+    The pixels come upright (the EXIF orientation applied, as viewers show the photo) and, with
+    ``max_side``, downscaled so that the longer side is at most that (a JPEG decodes at a reduced
+    scale to begin with); each is noted."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -83,10 +109,16 @@ def load_image(path: str | Path, min_size: int = 8, unusual_modes: str = "conver
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                img.load()
                 width, height = img.size
+                if max_side and max(width, height) > max_side:
+                    img.draft(img.mode, (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+                img.load()
                 mode = img.mode
-                pixels, note = to_rgb_array(img, unusual_modes)
+                upright, notes = upright_image(img)
+                pixels, note = to_rgb_array(upright, unusual_modes)
+                notes += [note] if note else []
+                pixels, note = downscale(pixels, max_side, (width, height))
+                note = "; ".join(notes + ([note] if note else []))
     except BadImage:
         raise
     except UnidentifiedImageError:

@@ -12,6 +12,8 @@ with a fitted temperature, ``confidence`` and the top-k probabilities are temper
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +25,11 @@ from tqdm import tqdm
 
 from . import atomic
 from .backbones import Preprocess
-from .errors import PipelineError
+from .errors import PipelineError, TransientError, is_unreachable
 from .images import IMAGE_EXTENSIONS, BadImage, load_image
 from .stats import rescale
+
+MAX_SIDE = 1024  # decode at most this size (data.max_image_side's default): a huge photo costs no gigabyte
 
 
 @dataclass
@@ -38,38 +42,68 @@ class LoadedModel:
 
 
 def list_inputs(source: Path) -> list[Path]:
+    """Every input file: the non-hidden files under a folder (other extensions are kept, to be
+    reported as skipped), or the paths of a CSV's ``path`` column (relative to the CSV)."""
     source = Path(source)
     if source.is_dir():
-        files = sorted(f for f in source.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
+        files = sorted(f for f in source.rglob("*") if f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(source).parts))
+        if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in files):
             raise PipelineError(f"predict: no images ({', '.join(IMAGE_EXTENSIONS)}) under {source}")
         return files
     if source.suffix.lower() == ".csv" and source.is_file():
-        frame = pd.read_csv(source)
+        try:
+            frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+        except UnicodeDecodeError:
+            raise PipelineError(f"predict: {source} is not UTF-8 text (UTF-16 from Excel?): save it as "
+                                "\"CSV UTF-8\" and try again") from None
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+            raise PipelineError(f"predict: {source} is not a readable CSV ({str(exc).splitlines()[0]}): "
+                                "give a header line `path` and one image path per line") from None
         if "path" not in frame.columns:
             raise PipelineError(f"predict: {source} has no `path` column (header found: {', '.join(frame.columns)})")
+        if frame.empty:
+            raise PipelineError(f"predict: {source} has a header but no rows: add one image path per line")
         return [p if p.is_absolute() else source.parent / p for p in map(Path, frame["path"].astype(str))]
     raise PipelineError(f"predict: {source} is neither a folder of images nor a .csv file with a `path` column")
 
 
+def model_uri(model: str | None, default_name: str) -> str:
+    """A model URI from what the user typed: a full ``models:/``/``runs:/`` URI, an alias
+    (``champion``) or a version number of the project's registered model; default the champion."""
+    if not model:
+        return f"models:/{default_name}@champion"
+    if ":/" in model:
+        return model
+    return f"models:/{default_name}/{model}" if model.isdigit() else f"models:/{default_name}@{model}"
+
+
 def load_registered(model_uri: str, tracking_uri: str) -> LoadedModel:
-    """The logged classifier, its classes and resolution, and the temperature its run fitted."""
+    """The logged classifier, its classes and resolution, and the temperature its run fitted.
+    Nothing is left in the system's temporary folder (the files are read from a scratch folder
+    that is removed)."""
     import mlflow
 
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        raise PipelineError(f"predict: no MLflow store at {tracking_uri}: train a model first (`make run` or "
+                            "`dvc repro`), or set MLFLOW_TRACKING_URI to the store that holds it.")
     mlflow.set_tracking_uri(tracking_uri)
-    try:
-        info = mlflow.models.get_model_info(model_uri)
-        model = mlflow.pytorch.load_model(model_uri)
-    except Exception as exc:  # noqa: BLE001 - unknown alias/version, unreachable server
-        raise PipelineError(f"predict: cannot load {model_uri} from {tracking_uri}: {str(exc).splitlines()[0]}. "
-                            "List versions and aliases in the MLflow UI (Models tab).") from None
-    temperature = None
-    if info.run_id:
+    with tempfile.TemporaryDirectory(prefix="predict-model-") as scratch:
         try:
-            path = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path="reports/metrics.json")
-            temperature = json.loads(Path(path).read_text()).get("calibration", {}).get("temperature")
-        except Exception:  # noqa: BLE001 - a model logged without an evaluation: no temperature
-            temperature = None
+            info = mlflow.models.get_model_info(model_uri)
+            model = mlflow.pytorch.load_model(model_uri, dst_path=scratch)
+        except Exception as exc:  # noqa: BLE001 - unknown alias/version, unreachable server
+            message = (f"predict: cannot load {model_uri} from {tracking_uri}: {str(exc).splitlines()[0]}. "
+                       "List versions and aliases in the MLflow UI (Models tab).")
+            raise (TransientError if is_unreachable(exc) else PipelineError)(message) from None
+        temperature = None
+        if info.run_id:
+            try:
+                path = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path="reports/metrics.json",
+                                                           dst_path=scratch)
+                temperature = json.loads(Path(path).read_text()).get("calibration", {}).get("temperature")
+            except Exception:  # noqa: BLE001 - a model logged without an evaluation: no temperature
+                temperature = None
     return LoadedModel(model=model, classes=list(info.metadata["classes"]),
                        resolution=int(info.metadata["resolution"]), temperature=temperature, uri=model_uri)
 
@@ -77,6 +111,8 @@ def load_registered(model_uri: str, tracking_uri: str) -> LoadedModel:
 def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, top_k: int = 3,
                   min_image_size: int = 8) -> tuple[pd.DataFrame, list[dict]]:
     """Predictions for the readable files (in input order) and the list of skipped ones."""
+    if batch_size < 1 or top_k < 1:
+        raise PipelineError(f"predict: --batch-size ({batch_size}) and --top-k ({top_k}) must be at least 1")
     preprocess = Preprocess(loaded.resolution)
     rows, skipped = [], []
     k = max(1, min(top_k, len(loaded.classes)))
@@ -85,15 +121,20 @@ def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, 
         for start in range(0, len(files), batch_size):
             batch, kept = [], []
             for f in files[start:start + batch_size]:
+                if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                    skipped.append({"path": str(f), "reason": f"not an image file type ({f.suffix or 'no extension'})",
+                                    "fix": f"give images of type {', '.join(IMAGE_EXTENSIONS)}"})
+                    continue
                 try:
-                    pixels = load_image(f, min_image_size).pixels
-                except BadImage as exc:
-                    skipped.append({"path": str(f), "reason": exc.reason, "fix": exc.fix})
+                    pixels = load_image(f, min_image_size, max_side=MAX_SIDE).pixels
+                except BadImage as exc:  # the fix without ingest's params (they do not apply here)
+                    skipped.append({"path": str(f), "reason": exc.reason,
+                                    "fix": re.sub(r",? or (lower|set) data\.\S+.*$", "", exc.fix)})
                     continue
                 except OSError as exc:
                     skipped.append({"path": str(f), "reason": str(exc), "fix": "check the file exists and is readable"})
                     continue
-                tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
+                tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)  # a writable copy
                 batch.append(preprocess.resize(tensor))
                 kept.append(f)
             bar.update(min(batch_size, len(files) - start))
@@ -110,7 +151,9 @@ def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, 
                     row[f"top{j + 1}"] = names[order[i, j]]
                     row[f"top{j + 1}_p"] = round(float(proba[i, order[i, j]]), 6)
                 rows.append(row)
-    return pd.DataFrame(rows), skipped
+    columns = ["path", "predicted", "confidence", "raw_confidence"] + [
+        f"top{j + 1}{p}" for j in range(k) for p in ("", "_p")]
+    return pd.DataFrame(rows, columns=columns), skipped
 
 
 def write_predictions(loaded: LoadedModel, files: list[Path], out: Path, batch_size: int = 64,
@@ -128,5 +171,10 @@ def write_predictions(loaded: LoadedModel, files: list[Path], out: Path, batch_s
     report = {"model": loaded.uri, "inputs": len(files), "predicted": len(frame), "skipped": skipped,
               "temperature": loaded.temperature, "seconds": round(seconds, 2),
               "images_per_second": round(len(frame) / seconds, 1) if seconds > 0 else None, "output": str(out)}
-    atomic.write_json(out.with_name(out.stem + ".report.json"), report)
+    report_file = out.with_name(out.stem + ".report.json")
+    atomic.write_json(report_file, report)
+    if files and frame.empty:
+        first = skipped[0]
+        raise PipelineError(f"predict: none of the {len(files)} input(s) could be read (first: {first['path']}: "
+                            f"{first['reason']}); every one is listed in {report_file}")
     return report

@@ -1,5 +1,6 @@
-"""Thin Prefect tasks for batch prediction; loading the model retries (the tracking server may be
-restarting), predicting does not (a bad input is not transient)."""
+"""Thin Prefect tasks for batch prediction; loading the model retries when the tracking server does
+not answer (it may be restarting), not when the model is not there; predicting does not retry (a
+bad input is not transient)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from pipeline_lib import predict
+from tasks.stages import RETRY_DELAYS, retry_if_transient
 
 
-@task(cache_policy=NONE, name="load_model", retries=2, retry_delay_seconds=[2, 8])
+@task(cache_policy=NONE, name="load_model", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_if_transient)
 def load_model_task(model_uri: str, tracking_uri: str) -> predict.LoadedModel:
     return predict.load_registered(model_uri, tracking_uri)
 

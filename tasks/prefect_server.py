@@ -16,9 +16,29 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
+from pathlib import Path
+
+EXECUTION_ENV = "PIPELINE_EXECUTION_ID"
+
+
+def execution_id() -> str:
+    """One id for every flow run of one pipeline execution: inherited from the environment (set by
+    the first flow, or by `python -m tasks.prefect_server`), else the `dvc repro` process this stage
+    runs under (all its stages share it), else a new one."""
+    if os.environ.get(EXECUTION_ENV):
+        return os.environ[EXECUTION_ENV]
+    try:
+        import psutil
+
+        for parent in psutil.Process().parents():
+            if parent.name().startswith("dvc") or any(part.endswith("/dvc") or part == "dvc"
+                                                       for part in parent.cmdline()[:2]):
+                return f"repro-{time.strftime('%Y%m%d-%H%M%S', time.localtime(parent.create_time()))}-{parent.pid}"
+    except Exception:  # noqa: BLE001 - no process table (a sandbox): the id only groups runs
+        pass
+    return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 def _free_port() -> int:
@@ -38,12 +58,15 @@ def _healthy(url: str) -> bool:
 def start_server(timeout: float = 90.0) -> tuple[subprocess.Popen, str, str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    log = tempfile.NamedTemporaryFile(prefix="prefect-server-", suffix=".log", delete=False)
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")  # beside the server's database
+    home.mkdir(parents=True, exist_ok=True)
+    log = open(home / "server.log", "wb")  # noqa: SIM115 - the server process writes it until stopped
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "PREFECT_UI_ENABLED": os.environ.get("PREFECT_UI_ENABLED", "false")},
     )
+    log.close()  # the child holds its own copy
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -76,6 +99,7 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
+    os.environ[EXECUTION_ENV] = execution_id()  # the stages `dvc repro` runs share it
     if os.environ.get("PREFECT_API_URL"):
         return subprocess.call(argv)
     started = time.perf_counter()

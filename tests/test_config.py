@@ -56,3 +56,25 @@ def test_params_reference_is_generated_from_the_schema_and_covers_params_yaml(pr
     assert params_doc.DOC.read_text() == params_doc.markdown(), "run `python -m pipeline_lib.params_doc`"
     raw = yaml.safe_load((project_root / "params.yaml").read_text())
     assert parse_params(raw).model_dump() == Params().model_dump(), "params.yaml and the schema defaults differ"
+
+
+def test_empty_params_file_and_a_key_given_twice_are_refused(tmp_path):
+    (tmp_path / "params.yaml").write_text("# nothing\n")
+    with pytest.raises(PipelineError, match="is empty: it would train the built-in sample"):
+        load_params(tmp_path)
+    (tmp_path / "params.yaml").write_text("data:\n  source: folder\n  path: a\n  source: manifest\n")
+    with pytest.raises(PipelineError, match=r"key 'source' is given twice \(line 4\)"):
+        load_params(tmp_path)
+
+
+def test_switched_off_settings_are_left_out_of_active_params():
+    params = parse_params({"synthetic": {"generator": "ddpm"}, "finetune": {"enabled": False}})
+    active = params.active()
+    assert "synthetic.ddpm.train_steps" in active and "synthetic.per_class" in active
+    assert not any(k.startswith("synthetic.stable_diffusion") for k in active)
+    assert active["finetune.enabled"] is False and not any(k.startswith("finetune.") and k != "finetune.enabled"
+                                                           for k in active)
+    assert "featurize.dask_workers" not in active and "train_head.hidden_dim" not in active
+    mlp = parse_params({"train_head": {"kinds": ["linear", "mlp"]}, "featurize": {"executor": "dask"}}).active()
+    assert "train_head.hidden_dim" in mlp and "featurize.dask_workers" in mlp
+    assert "synthetic.per_class" not in mlp and mlp["synthetic.generator"] == "none"

@@ -1,5 +1,7 @@
 """Every kind of bad input gets a clear message (error mode) or a report entry (quarantine mode)."""
 
+import json
+import os
 import shutil
 
 import numpy as np
@@ -189,3 +191,105 @@ def test_duplicates_across_train_and_test_are_reported_as_leakage(tmp_path):
 def test_load_image_on_directory_is_a_bad_image(tmp_path):
     with pytest.raises(BadImage):
         load_image(tmp_path)
+
+
+def test_links_out_of_the_data_folder_are_refused_and_never_opened(tmp_path, raw):
+    outside = tmp_path / "elsewhere"
+    write_folder_dataset(outside, per_class=4, classes=("trouser",))
+    (raw / "bag" / "passwd.png").symlink_to("/etc/passwd")
+    (raw / "bag" / "outside.png").symlink_to(outside / "trouser" / "trouser_0.png")
+    (raw / "bag" / "inside.png").symlink_to(raw / "sneaker" / "sneaker_0.png")  # inside: a duplicate, fine
+    (raw / "bag" / "linked_dir").symlink_to(outside / "trouser")
+    (raw / "dresses").symlink_to(outside / "trouser")  # a whole class folder linked from outside
+    os.mkfifo(raw / "bag" / "pipe.png")  # opening it would block forever
+    (raw / "bag" / "dangling.png").symlink_to(raw / "nowhere.png")
+    report = _run(tmp_path)
+    reasons = _rejected(report)
+    assert "outside the data folder" in reasons["passwd.png"] and "outside the data folder" in reasons["outside.png"]
+    assert "links to folders are not followed" in reasons["linked_dir"]
+    assert "not a regular file" in reasons["pipe.png"] and "not a regular file" in reasons["dangling.png"]
+    assert "class folder is a link" in reasons["dresses"] and "dresses" not in report["classes"]
+    manifest = pd.read_parquet(tmp_path / "data/prepared/manifest.parquet")
+    assert not manifest["source"].str.contains("elsewhere|passwd|linked_dir").any()
+    assert report["n_duplicates"] == 1  # inside.png is sneaker_0.png
+
+
+def test_hidden_folders_inside_a_class_are_skipped_and_listed(tmp_path, raw):
+    hidden = raw / "bag" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    solid((20, 20), (1, 2, 3)).save(hidden / "bag_0-checkpoint.png")
+    report = _run(tmp_path)
+    assert report["hidden_skipped"] == [str(hidden)] and report["n_rejected"] == 0
+    manifest = pd.read_parquet(tmp_path / "data/prepared/manifest.parquet")
+    assert not manifest["source"].str.contains("checkpoint").any()
+
+
+def test_exif_orientation_is_applied_and_noted(tmp_path, raw):
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)  # stored landscape, 40 wide
+    pixels[:, :20] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display": a portrait phone photo
+    Image.fromarray(pixels).save(raw / "bag" / "portrait.jpg", exif=exif, quality=95)
+    loaded = load_image(raw / "bag" / "portrait.jpg")
+    assert loaded.pixels.shape == (40, 20, 3) and "EXIF orientation 6" in loaded.note
+    assert loaded.pixels[:20].mean() > 200 and loaded.pixels[20:].mean() < 50  # the white half on top
+    report = _run(tmp_path)
+    assert any("upright" in c["note"] for c in report["converted"])
+
+
+def test_huge_image_is_downscaled_for_the_pipeline_and_the_original_kept(tmp_path, raw):
+    big = raw / "bag" / "big.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (600, 900, 3), dtype=np.uint8)).save(big)
+    before = big.read_bytes()
+    report = _run(tmp_path, max_image_side=300)
+    manifest = pd.read_parquet(tmp_path / "data/prepared/manifest.parquet")
+    row = manifest[manifest["source"] == str(big)].iloc[0]
+    assert (row["width"], row["height"]) == (300, 200) and big.read_bytes() == before
+    assert any("downscaled from 900x600 to 300x200" in c["note"] for c in report["converted"])
+    jpeg = raw / "bag" / "big.jpg"
+    Image.fromarray(np.full((1600, 2400, 3), 90, dtype=np.uint8)).save(jpeg)
+    assert load_image(jpeg, max_side=300).pixels.shape == (200, 300, 3)  # decoded at a reduced scale first
+
+
+def test_a_stopped_ingest_still_writes_the_report_its_message_points_to(tmp_path):
+    raw = tmp_path / "raw"
+    for cls in ("a", "b"):
+        (raw / cls).mkdir(parents=True)
+        for i in range(3):
+            (raw / cls / f"{i}.png").write_text("not an image")
+    stale = tmp_path / "reports" / "ingest.json"
+    stale.parent.mkdir()
+    stale.write_text('{"counts": {"train": 999}}')  # a previous run's report must not survive
+    with pytest.raises(PipelineError) as err:
+        _run(tmp_path)
+    message = str(err.value)
+    assert "6 file(s) rejected (6 x not an image" in message and "reports/ingest.json" in message
+    written = json.loads(stale.read_text())
+    assert written["error"] == message and written["n_rejected"] == 6 and "counts" not in written
+
+
+def test_folder_source_given_a_file_says_so(tmp_path):
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    with pytest.raises(PipelineError, match="is a file, but data.source: folder needs a folder.*data.source: manifest"):
+        ingest.run(_params(tmp_path, path=str(tmp_path / "labels.csv")), Paths.for_root(tmp_path))
+
+
+def test_manifest_missing_labels_windows_paths_and_no_rows(tmp_path):
+    def rows(raw):
+        files = sorted(raw.rglob("*.png"))
+        out = [{"path": str(f.relative_to(raw)).replace("/", "\\"), "label": f.parent.name} for f in files]
+        return out + [{"path": "bag\\bag_0.png", "label": "NaN"}, {"path": "bag\\bag_1.png", "label": " "},
+                      {"path": "bag\\missing.png", "label": "bag"}]
+
+    report = ingest.run(_manifest_dataset(tmp_path, rows), Paths.for_root(tmp_path))
+    assert report["classes"] == ["bag", "sneaker", "trouser"]  # no class "NaN"
+    reasons = [r["reason"] for r in report["rejected"]]
+    assert {"empty label", "missing label ('NaN')"} <= set(reasons) and len(reasons) == 3
+    assert any(r.startswith("file not found (it is written with \\") for r in reasons)
+    assert report["counts"]["train"] + report["counts"]["test"] == 24  # the \ paths were read
+    csv = tmp_path / "raw" / "labels.csv"
+    csv.write_text("path,label\n")
+    params = parse_params({"data": {"source": "manifest", "path": str(csv), "shots_per_class": None}})
+    with pytest.raises(PipelineError, match="has a header but no rows"):
+        ingest.run(params, Paths.for_root(tmp_path))
+    assert "no rows" in json.loads((tmp_path / "reports/ingest.json").read_text())["error"]

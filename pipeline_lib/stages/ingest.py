@@ -9,9 +9,11 @@ manifest, classes.json and reports/ingest.json.
 
 from __future__ import annotations
 
+import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,8 @@ from ..config import Params, Paths
 from ..dataset import MANIFEST_COLUMNS, SPLITS, UNLABELED
 from ..errors import PipelineError
 from ..images import IMAGE_EXTENSIONS, BadImage, image_id, load_image
+
+MISSING_LABELS = {"", "nan", "none", "null", "na", "n/a", "<na>"}  # what spreadsheets write for "no label"
 
 
 @dataclass
@@ -39,6 +43,7 @@ class IngestReport:
     leakage: list[dict] = field(default_factory=list)
     dropped_classes: list[dict] = field(default_factory=list)
     converted: list[dict] = field(default_factory=list)
+    hidden_skipped: list[str] = field(default_factory=list)  # hidden folders (.ipynb_checkpoints, .trash)
 
     def reject(self, source: str, reason: str, fix: str, strict: bool) -> None:
         if strict:
@@ -63,6 +68,9 @@ def _sample_candidates(params: Params, path: Path) -> tuple[list[Candidate], lis
 
 
 def _folder_candidates(root: Path, report: IngestReport, strict: bool) -> tuple[list[Candidate], list[str]]:
+    if root.is_file():
+        raise PipelineError(f"data.path {root} is a file, but data.source: folder needs a folder of class folders "
+                            f"({root.parent}/<class_name>/*.png); for a CSV manifest set data.source: manifest.")
     if not root.is_dir():
         raise PipelineError(f"data folder {root} does not exist. Put images in {root}/<class_name>/ "
                             "or set data.path (and data.source) in params.yaml.")
@@ -74,14 +82,43 @@ def _folder_candidates(root: Path, report: IngestReport, strict: bool) -> tuple[
     for stray in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
         report.reject(str(stray), "file outside any class folder",
                       f"move it into {root}/<class_name>/", strict)
+    base, classes = root.resolve(), []
     for class_dir in class_dirs:
-        for f in sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            if f.suffix.lower() in IMAGE_EXTENSIONS:
-                out.append(Candidate(str(f), class_dir.name, "", file=f))
+        if not class_dir.resolve().is_relative_to(base):
+            report.reject(str(class_dir), f"class folder is a link to {class_dir.resolve()}, outside the data "
+                          f"folder {base}", "copy the images into the data folder instead of linking them", strict)
+            continue
+        classes.append(class_dir.name)
+        out += [Candidate(str(f), class_dir.name, "", file=f) for f in _image_files(class_dir, base, report, strict)]
+    return out, classes
+
+
+def _image_files(folder: Path, base: Path, report: IngestReport, strict: bool) -> list[Path]:
+    """The image files under a folder, recursively and sorted. Hidden files and folders are skipped
+    (the folders listed in the report); links that lead outside ``base`` and links to folders are
+    refused, never opened; other extensions are rejected."""
+    files = []
+    for top, dirs, names in os.walk(folder):  # does not follow linked folders
+        here = Path(top)
+        report.hidden_skipped += [str(here / d) for d in dirs if d.startswith(".")]
+        for d in sorted(d for d in dirs if not d.startswith(".") and (here / d).is_symlink()):
+            report.reject(str(here / d), f"a link to the folder {(here / d).resolve()} (links to folders are not "
+                          "followed)", "copy the images into the class folder", strict)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here / d).is_symlink())
+        for name in sorted(n for n in names if not n.startswith(".")):
+            f = here / name
+            if f.is_symlink() and not f.resolve().is_relative_to(base):
+                report.reject(str(f), f"a link to {f.resolve()}, outside the data folder {base}",
+                              "copy the image into the data folder instead of linking it", strict)
+            elif not f.is_file():
+                report.reject(str(f), "not a regular file (a named pipe, socket or device, or a broken link)",
+                              "remove it from the data folder", strict)
+            elif f.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(f)
             else:
                 report.reject(str(f), f"unsupported file extension {f.suffix or '(none)'!r}",
                               f"use one of {', '.join(IMAGE_EXTENSIONS)} or remove the file", strict)
-    return out, [d.name for d in class_dirs]
+    return files
 
 
 def _manifest_candidates(csv: Path, report: IngestReport, strict: bool) -> tuple[list[Candidate], list[str]]:
@@ -96,6 +133,8 @@ def _manifest_candidates(csv: Path, report: IngestReport, strict: bool) -> tuple
     if missing:
         raise PipelineError(f"manifest {csv} lacks column(s) {sorted(missing)}; it has {list(frame.columns)}. "
                             "Expected a header line `path,label` or `path,label,split`.")
+    if frame.empty:
+        raise PipelineError(f"manifest {csv} has a header but no rows: add one line `path,label` per image.")
     base = csv.parent.resolve()
     out: list[Candidate] = []
     for line_no, row in enumerate(frame.itertuples(index=False), start=2):
@@ -103,14 +142,22 @@ def _manifest_candidates(csv: Path, report: IngestReport, strict: bool) -> tuple
         split = str(getattr(row, "split", "") or "").strip().lower()
         if split and split not in SPLITS:
             raise PipelineError(f"{where}: split {split!r} is not one of {list(SPLITS)} (or empty)")
-        label = str(row.label).strip()
-        if not label:
-            report.reject(where, "empty label", "give every row a label", strict)
+        label = unicodedata.normalize("NFC", str(row.label).strip())
+        if label.lower() in MISSING_LABELS:
+            report.reject(where, f"missing label ({label!r})" if label else "empty label",
+                          "give every row a label (or remove the row)", strict)
             continue
         target = (base / str(row.path)).resolve()
+        if "\\" in str(row.path) and not target.exists():  # a Windows path: images\cat\1.png
+            target = (base / PureWindowsPath(str(row.path)).as_posix()).resolve()
         if not target.is_relative_to(base):
             report.reject(f"{where} ({row.path})", f"path points outside the data folder {base}",
                           "copy the image under the manifest's folder and use a relative path", strict)
+            continue
+        if not target.exists():
+            windows = " (it is written with \\; paths are relative to the CSV's folder, with /)" if "\\" in str(row.path) else ""
+            report.reject(f"{where} ({row.path})", f"file not found{windows}",
+                          f"fix the path: it must name a file under {base}", strict)
             continue
         out.append(Candidate(str(target), label, split, file=target))
     return out, sorted({c.label for c in out})
@@ -121,13 +168,7 @@ def _unlabeled_candidates(folder: Path, report: IngestReport, strict: bool) -> l
     if not folder.is_dir():
         raise PipelineError(f"data.unlabeled: folder {folder} not found: give a folder of unlabelled images "
                             "(any layout), or set semi_supervised.source: none")
-    out = []
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        if f.suffix.lower() in IMAGE_EXTENSIONS:
-            out.append(Candidate(str(f), "", UNLABELED, file=f))
-        else:
-            report.reject(str(f), f"unsupported file extension {f.suffix or '(none)'!r}",
-                          f"use one of {', '.join(IMAGE_EXTENSIONS)} or remove the file", strict)
+    out = [Candidate(str(f), "", UNLABELED, file=f) for f in _image_files(folder, folder.resolve(), report, strict)]
     if not out:
         raise PipelineError(f"data.unlabeled: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
     return out
@@ -214,9 +255,18 @@ def split_labelled(frame: pd.DataFrame, d, cv_below: int, seed: int) -> tuple[pd
 
 # ---------------------------------------------------------------- stage
 def run(params: Params, paths: Paths) -> dict:
+    """Ingest; when it stops on bad input, reports/ingest.json still says why (and what was rejected)."""
+    report = IngestReport()
+    try:
+        return _run(params, paths, report)
+    except PipelineError as exc:
+        atomic.write_json(paths.ingest_report, {"error": str(exc), **_problems(report)})
+        raise
+
+
+def _run(params: Params, paths: Paths, report: IngestReport) -> dict:
     d = params.data
     strict = d.on_bad_file == "error"
-    report = IngestReport()
     if d.source == "sample":
         candidates, classes = _sample_candidates(params, paths.resolve(d.path))
     elif d.source == "folder":
@@ -262,7 +312,8 @@ def _validate_and_write(candidates, images_dir: Path, params: Params, report: In
                 pixels = np.repeat(cand.pixels[..., None], 3, axis=2) if cand.pixels.ndim == 2 else cand.pixels
                 mode, note = ("L" if cand.pixels.ndim == 2 else "RGB"), ""
             else:
-                loaded = load_image(cand.file, params.data.min_image_size, params.data.on_unusual_mode)
+                loaded = load_image(cand.file, params.data.min_image_size, params.data.on_unusual_mode,
+                                    params.data.max_image_side)
                 pixels, mode, note = loaded.pixels, loaded.mode, loaded.note
         except BadImage as bad:
             report.reject(cand.source, bad.reason, bad.fix, strict)
@@ -311,10 +362,11 @@ def _check_classes(frame: pd.DataFrame, classes: list[str], params: Params, repo
         report.dropped_classes.append({"class": cls, "usable_images": n, "reason": msg})
         frame = frame[frame["label"] != cls]
     if frame["label"].nunique() < 2:
+        why = f" ({rejection_summary(report)})" if report.rejected else ""
         raise PipelineError(
-            f"fewer than 2 usable classes after validation (see {len(report.rejected)} rejected file(s) "
-            "and dropped classes in reports/ingest.json): a classifier needs at least two classes "
-            f"with {need}+ images each.")
+            f"fewer than 2 usable classes after validation: {len(report.rejected)} file(s) rejected{why}, "
+            f"{len(report.dropped_classes)} class(es) dropped; the list is in reports/ingest.json. A classifier "
+            f"needs at least two classes with {need}+ images each.")
     return frame.reset_index(drop=True)
 
 
@@ -352,6 +404,12 @@ def _summary(frame: pd.DataFrame, classes: list[str], report: IngestReport) -> d
         "zero_shot_classes": [c for c in classes if c not in set(frame["label"])],
         "counts": {split: int((frame["split"] == split).sum()) for split in (*SPLITS, "unused", UNLABELED)},
         "per_class": {cls: {k: int(v) for k, v in row.items()} for cls, row in per_class.iterrows()},
+        **_problems(report),
+    }
+
+
+def _problems(report: IngestReport) -> dict:
+    return {
         "n_rejected": len(report.rejected),
         "rejected": report.rejected,
         "n_duplicates": len(report.duplicates),
@@ -360,6 +418,13 @@ def _summary(frame: pd.DataFrame, classes: list[str], report: IngestReport) -> d
         "leakage": report.leakage,
         "dropped_classes": report.dropped_classes,
         "converted": report.converted,
+        "hidden_skipped": report.hidden_skipped,
     }
+
+
+def rejection_summary(report: IngestReport, top: int = 3) -> str:
+    """The commonest reasons files were rejected: "24 x cannot read the file (...)"."""
+    reasons = Counter(r["reason"] for r in report.rejected).most_common(top)
+    return "; ".join(f"{n} x {reason}" for reason, n in reasons)
 
 

@@ -1,0 +1,91 @@
+"""Batch prediction on bad input: every input accounted for, one clear line for what cannot work,
+nothing left in the system's temporary folder (a real registered model from the `logged` fixture)."""
+
+import json
+import tempfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from pipeline_lib.errors import PipelineError, TransientError
+from pipeline_lib.predict import LoadedModel, list_inputs, load_registered, model_uri, write_predictions
+from tests.helpers import solid
+
+
+def test_model_names_a_user_types_become_uris():
+    assert model_uri(None, "clf") == "models:/clf@champion"
+    assert model_uri("challenger", "clf") == "models:/clf@challenger"
+    assert model_uri("3", "clf") == "models:/clf/3"
+    assert model_uri("models:/other@champion", "clf") == "models:/other@champion"
+
+
+def test_unreadable_csvs_are_one_clear_line(tmp_path):
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_text("path\nimg.png\n", encoding="utf-16")
+    with pytest.raises(PipelineError, match="not UTF-8 text"):
+        list_inputs(utf16)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(PipelineError, match="not a readable CSV"):
+        list_inputs(empty)
+    header = tmp_path / "header.csv"
+    header.write_text("path\n")
+    with pytest.raises(PipelineError, match="has a header but no rows"):
+        list_inputs(header)
+
+
+def test_a_missing_store_or_model_fails_at_once_and_creates_nothing(tmp_path):
+    store = tmp_path / "mlflow.db"
+    with pytest.raises(PipelineError, match="no MLflow store"):
+        load_registered("models:/clf@champion", f"sqlite:///{store}")
+    assert not store.exists()
+
+
+def test_unknown_alias_is_a_user_error_not_a_transient_one(logged):
+    root, *_ = logged
+    with pytest.raises(PipelineError, match="cannot load models:/toy@nobody") as err:
+        load_registered("models:/toy@nobody", f"sqlite:///{root}/mlflow.db")
+    assert not isinstance(err.value, TransientError)  # the task does not retry it
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "in"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    solid((40, 40), (250, 250, 250)).save(folder / "a.png")
+    solid((40, 40)).save(folder / "b.gif")
+    (folder / "notes.txt").write_text("hello")
+    solid((40, 40)).save(folder / ".ipynb_checkpoints" / "a-checkpoint.png")
+    return folder
+
+
+def test_every_input_is_predicted_or_listed_and_no_temp_files_remain(logged, images, tmp_path, monkeypatch):
+    root, *_ = logged
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    loaded = load_registered("models:/toy@champion", f"sqlite:///{root}/mlflow.db")
+    assert loaded.temperature is not None
+    files = list_inputs(images)
+    assert [f.name for f in files] == ["a.png", "b.gif", "notes.txt"]  # hidden folder skipped, the rest kept
+    report = write_predictions(loaded, files, tmp_path / "out.csv")
+    assert report["predicted"] == 1 and [s["path"].rsplit("/", 1)[1] for s in report["skipped"]] == ["b.gif", "notes.txt"]
+    assert all("not an image file type" in s["reason"] for s in report["skipped"])
+    assert list(scratch.iterdir()) == []
+
+
+def test_only_unreadable_inputs_fail_with_a_header_csv_and_a_report(tmp_path, images):
+    loaded = LoadedModel(model=torch.nn.Identity(), classes=["a", "b"], resolution=32, temperature=None, uri="x")
+    tiny = images / "tiny.png"
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tiny)
+    out = tmp_path / "out.csv"
+    with pytest.raises(PipelineError, match="none of the 2 input"):
+        write_predictions(loaded, [images / "notes.txt", tiny], out)
+    assert list(pd.read_csv(out).columns[:2]) == ["path", "predicted"]
+    skipped = json.loads((tmp_path / "out.report.json").read_text())["skipped"]
+    assert skipped[1]["reason"].startswith("too small") and "data." not in skipped[1]["fix"]
+    with pytest.raises(PipelineError, match="--batch-size \\(0\\)"):
+        write_predictions(loaded, [tiny], out, batch_size=0)
