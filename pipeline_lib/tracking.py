@@ -118,20 +118,22 @@ def evaluate_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
-def stage_artifacts(paths: Paths, stage: str) -> list[Path]:
-    """The files a stage's MLflow run carries (those that exist)."""
+def stage_artifacts(paths: Paths, stage: str) -> list[tuple[Path, str]]:
+    """The files a stage's MLflow run carries (those that exist), each with its artifact folder."""
     synthesized = bool(_read_json(paths.synthesize_report).get("generated"))
     files = {
         "ingest": [paths.ingest_report],
-        "synthesize": [paths.synthesize_report]
-        + ([paths.synthetic_preview, paths.synthetic_manifest] if synthesized else []),
+        "synthesize": [paths.synthesize_report] + ([paths.synthetic_preview] if synthesized else []),
         "augment": [paths.augment_report, paths.augment_preview],
         "featurize": [paths.featurize_report],
         "train_head": [paths.train_head_report, paths.selection_report, paths.selection_table],
         "finetune": [paths.finetune_report, paths.finetune_history],
         "evaluate": [paths.predictions],
     }[stage]
-    return [f for f in files if f.exists()]
+    found = [(f, "reports") for f in files if f.exists()]
+    if stage == "synthesize" and synthesized:  # provenance of every generated image
+        found.append((paths.synthetic_manifest, "synthetic"))
+    return found
 
 
 def stage_params(params: Params, root: Path, stage: str) -> dict:
@@ -301,8 +303,8 @@ def _log_stage(client, experiment_id: str, parent_id: str, params: Params, paths
                     for k, v in row.items() if k != "epoch" and v == v]
     items = [Param(k, str(v)[:6000]) for k, v in stage_params(params, paths.root, stage).items()]
     client.log_batch(run_id, metrics=metrics, params=items)  # chunked by the client
-    for artifact in stage_artifacts(paths, stage):
-        client.log_artifact(run_id, str(artifact), "reports")
+    for artifact, folder in stage_artifacts(paths, stage):
+        client.log_artifact(run_id, str(artifact), folder)
     client.set_terminated(run_id, "FINISHED", end_time=_ms(report.get("finished_at")) or now)
 
 
@@ -375,8 +377,8 @@ def ui_urls(tracking_uri: str, experiment_id: str, run_id: str) -> dict[str, str
     """The MLflow UI pages of an experiment's runs and of one run (training view): the tracking
     server's own address, or `mlflow ui`'s default one for a local store."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    runs = f"{base}/#/experiments/{experiment_id}/runs"
-    return {"experiment_url": runs, "run_url": f"{runs}/{run_id}"}
+    runs, view = f"{base}/#/experiments/{experiment_id}/runs", "?workflowType=machine_learning"  # not GenAI's
+    return {"experiment_url": runs + view, "run_url": f"{runs}/{run_id}{view}"}
 
 
 def _register(params: Params, paths: Paths, metrics: dict, version: str, commit: str | None, run_id: str) -> dict:

@@ -142,8 +142,9 @@ def test_mlflow_has_one_run_per_execution_with_a_working_model(project):
     assert {"config/dvc.lock", "config/params.yaml"} == {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     assert len(run.data.tags["git_commit"]) == 40
     assert run.data.tags["synthetic.generator"] == "ddpm" and len(run.data.tags["synthetic.model_hash"]) == 16
-    synthesize = {a.path for a in client.list_artifacts(stages["synthesize"].info.run_id, "reports")}
-    assert {"reports/manifest.parquet", "reports/synthetic_preview.png"} <= synthesize
+    synthesize = stages["synthesize"].info.run_id
+    assert {"reports/synthetic_preview.png"} <= {a.path for a in client.list_artifacts(synthesize, "reports")}
+    assert {"synthetic/manifest.parquet"} == {a.path for a in client.list_artifacts(synthesize, "synthetic")}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
     assert {"reports/confusion_matrix.png", "reports/metrics.json"} <= artifacts
     assert run.data.tags["prefect.flow_run_id"]  # the evaluate flow run that logged it

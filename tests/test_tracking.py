@@ -83,7 +83,8 @@ def test_parent_run_tells_the_story(logged):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     assert artifacts == {"config/params.yaml"}  # no dvc.lock without DVC
     written = json.loads((root / "reports/mlflow_run.json").read_text())
-    assert written["run_id"] == second and written["run_url"].endswith(f"/#/experiments/{run.info.experiment_id}/runs/{second}")
+    assert written["run_id"] == second and written["run_url"].endswith(
+        f"/#/experiments/{run.info.experiment_id}/runs/{second}?workflowType=machine_learning")
 
 
 def test_stage_runs_carry_their_own_params_figures_and_reports(logged):

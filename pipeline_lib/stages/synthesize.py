@@ -204,11 +204,13 @@ def _write_empty(paths: Paths) -> None:
 
 
 def preview(frame: pd.DataFrame, real: dict, classes: list[str], params: Params, paths: Paths) -> None:
-    """One row per class: real training images, then synthetic ones (kept first)."""
+    """One row per class: real training images, then synthetic ones (kept first); without any
+    synthetic image (synthesis off), the real ones only."""
     from ..plots import plot_image_grid
 
     k = params.synthetic.preview_per_class
-    blank = None
+    n_real = max((len(real[c][:k]) for c in range(len(classes))), default=0)
+    n_syn = k if len(frame) else 0
     rows = []
     for c, label in enumerate(classes):
         reals = real[c][:k]
@@ -216,9 +218,9 @@ def preview(frame: pd.DataFrame, real: dict, classes: list[str], params: Params,
         syns = [read_rgb(paths.synthetic_dir / "images" / f"{i}.png") for i in syn_rows["image_id"]]
         sample = (reals + syns)[0] if reals + syns else np.zeros((8, 8, 3), np.uint8)
         blank = np.full_like(sample, 255)
-        pad = lambda imgs: imgs + [blank] * (k - len(imgs))  # noqa: E731
-        rows.append((label, pad(reals) + pad([_fit(img, sample.shape) for img in syns])))
-    plot_image_grid(rows, [f"real {i + 1}" for i in range(k)] + [f"synthetic {i + 1}" for i in range(k)],
+        pad = lambda imgs, n: imgs + [blank] * (n - len(imgs))  # noqa: E731
+        rows.append((label, pad(reals, n_real) + pad([_fit(img, sample.shape) for img in syns], n_syn)))
+    plot_image_grid(rows, [f"real {i + 1}" for i in range(n_real)] + [f"synthetic {i + 1}" for i in range(n_syn)],
                     paths.synthetic_preview)
 
 
