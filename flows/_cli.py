@@ -3,11 +3,13 @@ as one clear message with exit status 2, never as a traceback."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
 from typing import Callable
 
+from pipeline_lib.config import Paths
 from pipeline_lib.errors import PipelineError
 from tasks.prefect_server import EXECUTION_ENV, execution_id
 
@@ -32,6 +34,8 @@ def run(flow: Callable, **kwargs) -> object:
         logging.getLogger(name).addFilter(_HideUserErrorTracebacks())
     logging.getLogger("pipeline_lib").setLevel(logging.INFO)
     execution = os.environ[EXECUTION_ENV] = execution_id()
+    if "root" in inspect.signature(flow.fn).parameters and kwargs.get("root") is None:
+        kwargs["root"] = str(Paths.for_root().root)  # the flow run shows which project it ran on
     try:
         with tags(f"execution:{execution}"):
             return flow.with_options(flow_run_name=f"{flow.name} · {execution}")(**kwargs)
