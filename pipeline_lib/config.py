@@ -318,6 +318,9 @@ class SemiSupervisedParams(_Section):
     """at most this × a class's labelled images get its pseudo-label, most confident first"""
     weight: float = Field(0.5, ge=0.0, le=1.0)
     """loss weight of a pseudo-labelled image (real = 1)"""
+    finetune: bool = False
+    """also fine-tune on the unlabelled images the probe labels confidently (the same threshold, ratio and weight; in
+    CV each fold's probe labels them, so its held-out images never shape its pseudo-labels)"""
 
 
 class SelectionParams(_Section):
@@ -483,7 +486,7 @@ class Params(_Section):
         if "mlp" not in self.train_head.kinds:
             off += [f"train_head.{k}" for k in ("hidden_dim", "lr", "weight_decay", "max_epochs", "patience")]
         if self.semi_supervised.source == "none":
-            off += [f"semi_supervised.{k}" for k in ("threshold", "ratio", "weight")]
+            off += [f"semi_supervised.{k}" for k in ("threshold", "ratio", "weight", "finetune")]
         if self.data.source != "sample":
             off.append("data.sample_test_per_class")
         if self.evaluate.bootstrap == 0:

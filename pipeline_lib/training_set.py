@@ -74,15 +74,25 @@ def fit_recipe(data: TrainingSet, rows: np.ndarray, recipe: HeadRecipe, params: 
     if not recipe.self_training or data.U is None or not len(data.U):
         return head, {}
     s = params.semi_supervised
-    proba = predict_proba(head, data.U)
-    conf, pred = proba.max(1), proba.argmax(1)
-    counts = np.bincount(data.y[rows], minlength=n_classes)
-    chosen = np.concatenate([idx[np.argsort(-conf[idx], kind="stable")][: int(s.ratio * counts[c])]
-                             for c in range(n_classes)
-                             for idx in [np.flatnonzero((pred == c) & (conf >= s.threshold))]]).astype(int)
+    chosen, pred, info = pseudo_labels(head, data.U, data.U_truth, np.bincount(data.y[rows], minlength=n_classes),
+                                       params)
     head = fit_head(np.concatenate([X, data.U[chosen]]), np.concatenate([y, pred[chosen]]), n_classes, recipe,
                     params.train_head, seed, np.r_[w, np.full(len(chosen), s.weight, np.float32)], Xv, yv).head
-    known = data.U_truth[chosen] >= 0
-    return head, {"pseudo_labels": int(len(chosen)), "unlabeled": int(len(data.U)),
-                  "pseudo_label_accuracy": float((pred[chosen][known] == data.U_truth[chosen][known]).mean())
-                  if known.any() else None}
+    return head, info
+
+
+def pseudo_labels(head: Head, U: np.ndarray, truth: np.ndarray, labelled_per_class: np.ndarray,
+                  params: Params) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The unlabelled images ``head`` labels with probability >= semi_supervised.threshold, most
+    confident first and at most ratio x each class's labelled count: their indices, every image's
+    predicted class, and what they were (count, accuracy where the truth is known, >= 0)."""
+    s = params.semi_supervised
+    proba = predict_proba(head, U)
+    conf, pred = proba.max(1), proba.argmax(1)
+    chosen = np.concatenate([idx[np.argsort(-conf[idx], kind="stable")][: int(s.ratio * labelled_per_class[c])]
+                             for c in range(len(labelled_per_class))
+                             for idx in [np.flatnonzero((pred == c) & (conf >= s.threshold))]]).astype(int)
+    known = truth[chosen] >= 0
+    return chosen, pred, {"pseudo_labels": int(len(chosen)), "unlabeled": int(len(U)),
+                          "pseudo_label_accuracy": float((pred[chosen][known] == truth[chosen][known]).mean())
+                          if known.any() else None}

@@ -243,3 +243,26 @@ def test_cv_finetune_stopped_after_an_epoch_resumes_to_the_same_result(cv_projec
         again = torch.load(paths.finetuned_model, weights_only=True)
         assert all(torch.allclose(again[k].float(), v.float(), atol=1e-4) for k, v in weights.items())
     assert not ckpt.exists()
+
+
+def test_fine_tuning_adds_the_probes_confident_pseudo_labels_never_labelled_images(tmp_path):
+    from pipeline_lib.heads import load_head
+
+    write_folder_dataset(tmp_path / "raw", per_class=12)
+    raw = json.loads(json.dumps(RAW))
+    raw["data"].update(path=str(tmp_path / "raw"), shots_per_class=4)
+    raw["semi_supervised"] = {"source": "unused", "threshold": 0.3, "ratio": 1.0, "finetune": True}
+    params, paths = parse_params(raw), Paths.for_root(tmp_path)
+    run_stages(params, paths, last="finetune")
+    report = json.loads(paths.finetune_report.read_text())
+    # ratio 1: at most each class's labelled count (4 per class in the refit, 2 in a 2-fold run)
+    assert 0 < report["finetune_pseudo_labels"] <= 12 and report["finetune_pseudo_label_accuracy"] is not None
+    manifest = load_manifest(paths)[0]
+    real = manifest[manifest["split"] == "train"]
+    head, _ = load_head(paths.head, paths.head_meta)
+    rows, info = finetune._pseudo_labelled(params, paths, head, real, None, 3)
+    assert len(rows) == info["finetune_pseudo_labels"] > 0 and set(rows["split"]) == {"unused"}
+    truth = manifest.set_index("image_id").loc[rows["image_id"], "label_idx"].to_numpy()
+    assert info["finetune_pseudo_label_accuracy"] == pytest.approx((truth == rows["label_idx"].to_numpy()).mean())
+    off = parse_params({**raw, "semi_supervised": {**raw["semi_supervised"], "finetune": False}})
+    assert finetune._pseudo_labelled(off, paths, head, real, None, 3)[0].empty

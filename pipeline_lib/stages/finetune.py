@@ -30,7 +30,7 @@ import torch
 from .. import atomic, domain_adaptation
 from ..backbones import chosen_backbone, unfreeze
 from ..config import Params, Paths
-from ..dataset import load_manifest, load_synthetic
+from ..dataset import UNLABELED, load_manifest, load_synthetic
 from ..domain_adaptation import load_target_images
 from ..errors import PipelineError
 from ..features import load_features
@@ -39,7 +39,7 @@ from ..heads import Head, HeadRecipe
 from ..networks import FinetuneModel, Images, build_model, predict_proba
 from ..runtime import use
 from ..selection import paired_bootstrap, scores, stratified_folds
-from ..training_set import TrainingSet, fit_recipe
+from ..training_set import TrainingSet, fit_recipe, pseudo_labels
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr_head"]
 
@@ -88,19 +88,41 @@ def _disabled(paths: Paths, reason: dict) -> dict:
     return reason
 
 
-def _train_images(paths: Paths, real: pd.DataFrame, synthetic: pd.DataFrame, preprocess, loss_weight: float) -> Images:
-    return Images(pd.concat([real, synthetic[real.columns]], ignore_index=True), paths, preprocess,
-                  np.r_[np.ones(len(real)), np.full(len(synthetic), loss_weight)])
+def _train_images(paths: Paths, real: pd.DataFrame, extra: list[tuple[pd.DataFrame, float]], preprocess) -> Images:
+    """The real training images (weight 1), then each extra frame at its loss weight."""
+    frames = [real] + [frame[real.columns] for frame, _ in extra]
+    weights = np.concatenate([np.ones(len(real))] + [np.full(len(frame), w) for frame, w in extra])
+    return Images(pd.concat(frames, ignore_index=True), paths, preprocess, weights)
+
+
+def _pseudo_labelled(params: Params, paths: Paths, head: Head, real: pd.DataFrame, backbone: str | None,
+                     n_classes: int) -> tuple[pd.DataFrame, dict]:
+    """semi_supervised.finetune: the unlabelled images ``head`` (the run's probe) labels confidently,
+    as training rows carrying their pseudo-label; never a val or test image."""
+    s = params.semi_supervised
+    if not s.finetune or s.source == "none":
+        return real.iloc[:0], {}
+    U, truth, ids = load_features(paths, UNLABELED, backbone)
+    counts = np.bincount(real["label_idx"].to_numpy().astype(int), minlength=n_classes)
+    chosen, pred, info = pseudo_labels(head, U, truth, counts, params)
+    rows = load_manifest(paths)[0].set_index("image_id").loc[list(ids[chosen])].reset_index()
+    if rows["split"].isin(["train", "val", "test"]).any():
+        raise PipelineError("an unlabelled image is also a labelled one: run `dvc repro featurize` again.")
+    return rows.assign(label_idx=pred[chosen]), {f"finetune_{k}": v for k, v in info.items()}
 
 
 def _prepare(params: Params, paths: Paths, real: pd.DataFrame, synthetic: pd.DataFrame, device,
              head: Head | None = None) -> tuple[Trainer, dict, dict]:
-    """A trainer for one run (from ``head``, else the trained head), the head's meta and, with
-    DANN, what the target images were."""
+    """A trainer for one run (from ``head``, else the trained head), the head's meta and what joined
+    the training images (pseudo-labelled ones; with DANN, the target images)."""
     model, meta = build_model(params, paths, head)
-    train = _train_images(paths, real, synthetic, model.preprocess, params.synthetic.loss_weight)
+    pseudo, info = _pseudo_labelled(params, paths, model.head, real, (meta.get("backbone_spec") or {}).get("name"),
+                                    len(meta["classes"]))
+    train = _train_images(paths, real, [(synthetic, params.synthetic.loss_weight),
+                                        (pseudo, params.semi_supervised.weight)], model.preprocess)
     target, skipped = _target(params, paths, model, train.pixels[:len(real)])
-    info = {"target_images": len(target), "target_skipped": skipped} if target is not None else {}
+    if target is not None:
+        info.update(target_images=len(target), target_skipped=skipped)
     return Trainer(params, model, train, device, target), meta, info
 
 
@@ -128,7 +150,7 @@ def _common_report(params: Params, trainer: Trainer, synthetic: pd.DataFrame, de
     return {"enabled": True, "n_train": len(trainer.train), "n_train_synthetic": len(synthetic),
             "trainable_backbone_params": trainer.trainable_backbone, "device": str(device),
             "adapt": params.finetune.adapt, **info,
-            **({"domain_accuracy_last_epoch": last.get("domain_accuracy")} if info else {})}
+            **({"domain_accuracy_last_epoch": last.get("domain_accuracy")} if "target_images" in info else {})}
 
 
 # ---- holdout mode -----------------------------------------------------------------------------
@@ -316,7 +338,7 @@ def _decide(params, paths, real_train, synthetic, y_all, n_classes, device, chec
               "train_seconds": round(cv_seconds, 2), "resumed_from_epoch": resumed_from,
               "n_train_synthetic": len(synthetic), "adapt": p.adapt, "kept_linear_probe": not keep,
               "curve": progress.curve, **info}
-    if info and progress.history:
+    if "target_images" in info and progress.history:
         report["domain_accuracy_last_epoch"] = progress.history[-1].get("domain_accuracy")
     return {"report": report, "best_proba": torch.from_numpy(best_proba), "scored": progress.extra["scored"]}, \
         progress.history
