@@ -279,12 +279,13 @@ def test_manifest_missing_labels_windows_paths_and_no_rows(tmp_path):
         files = sorted(raw.rglob("*.png"))
         out = [{"path": str(f.relative_to(raw)).replace("/", "\\"), "label": f.parent.name} for f in files]
         return out + [{"path": "bag\\bag_0.png", "label": "NaN"}, {"path": "bag\\bag_1.png", "label": " "},
-                      {"path": "bag\\missing.png", "label": "bag"}]
+                      {"path": "bag\\missing.png", "label": "bag"}, {"path": "bag\\bag_2.png", "label": "b\tag"}]
 
     report = ingest.run(_manifest_dataset(tmp_path, rows), Paths.for_root(tmp_path))
     assert report["classes"] == ["bag", "sneaker", "trouser"]  # no class "NaN"
     reasons = [r["reason"] for r in report["rejected"]]
-    assert {"empty label", "missing label ('NaN')"} <= set(reasons) and len(reasons) == 3
+    assert {"empty label", "missing label ('NaN')"} <= set(reasons) and len(reasons) == 4
+    assert any("control characters" in r for r in reasons)
     assert any(r.startswith("file not found (it is written with \\") for r in reasons)
     assert report["counts"]["train"] + report["counts"]["test"] == 24  # the \ paths were read
     csv = tmp_path / "raw" / "labels.csv"

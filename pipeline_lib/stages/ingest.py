@@ -84,6 +84,10 @@ def _folder_candidates(root: Path, report: IngestReport, strict: bool) -> tuple[
                       f"move it into {root}/<class_name>/", strict)
     base, classes = root.resolve(), []
     for class_dir in class_dirs:
+        if not class_dir.name.isprintable():
+            report.reject(str(class_dir), f"class folder name {class_dir.name!r} has control characters",
+                          "rename the folder in plain characters", strict)
+            continue
         if not class_dir.resolve().is_relative_to(base):
             report.reject(str(class_dir), f"class folder is a link to {class_dir.resolve()}, outside the data "
                           f"folder {base}", "copy the images into the data folder instead of linking them", strict)
@@ -146,6 +150,10 @@ def _manifest_candidates(csv: Path, report: IngestReport, strict: bool) -> tuple
         if label.lower() in MISSING_LABELS:
             report.reject(where, f"missing label ({label!r})" if label else "empty label",
                           "give every row a label (or remove the row)", strict)
+            continue
+        if not label.isprintable():
+            report.reject(where, f"label {label!r} has control characters (tab, newline, ...)",
+                          "write the class name in plain characters", strict)
             continue
         target = (base / str(row.path)).resolve()
         if "\\" in str(row.path) and not target.exists():  # a Windows path: images\cat\1.png
