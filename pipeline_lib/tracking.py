@@ -91,12 +91,11 @@ def headline_metrics(metrics: dict) -> dict[str, float]:
         if _number(value):
             out[f"test_calibration.{key}"] = float(value)
     for cls, row in (metrics.get("per_class") or {}).items():
-        out[metric_key(f"test_recall/{cls}")] = row["recall"]
-        out[metric_key(f"test_precision/{cls}")] = row["precision"]
+        out.update({metric_key(f"test_{k}/{cls}"): float(row[k]) for k in ("recall", "precision") if _number(row.get(k))})
     selection = metrics.get("selection") or {}
     for name, row in (selection.get("table") or {}).items():
         key = metric_key("cv/" + name.replace(" + flip TTA", " tta").replace("linear C=", "linear_C"))
-        out[f"{key}"] = row[selection["metric"]]
+        out[key] = row[selection["metric"]]
         out[f"{key}_std"] = row[selection["metric"] + "_std"]
     if "n_labelled" in selection:
         out["n_labelled"] = selection["n_labelled"]
@@ -110,11 +109,11 @@ def evaluate_metrics(metrics: dict) -> dict[str, float]:
     out = {metric_key(f"{name}.{key}"): value for name, scores in (metrics.get("models") or {}).items()
            for key, value in scores.items() if _number(value)}
     out.update({metric_key(f"baseline.{name}.test_accuracy"): row["test_accuracy"]
-                for name, row in (metrics.get("baselines") or {}).items()})
-    if "comparison" in metrics:
-        out["comparison.mcnemar_p"] = metrics["comparison"]["mcnemar_p"]
-    if "wall_seconds" in metrics:
-        out["wall_seconds"] = metrics["wall_seconds"]
+                for name, row in (metrics.get("baselines") or {}).items() if _number(row.get("test_accuracy"))})
+    for key, value in (("comparison.mcnemar_p", (metrics.get("comparison") or {}).get("mcnemar_p")),
+                       ("wall_seconds", metrics.get("wall_seconds"))):
+        if _number(value):
+            out[key] = value
     return out
 
 
