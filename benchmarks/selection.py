@@ -6,7 +6,8 @@ fastai's fine_tune(15) (benchmarks/peer_fastai.py) and the scratch CNN (baseline
 same images, in the same run (fastai lives in .venv-fastai: `make bench-fastai` builds it).
 
     .venv/bin/python benchmarks/selection.py [--seeds 5] [--shots 5 10 20 50] [--data sample|full]
-        [--set KEY=VALUE ...] [--unlabeled]     # --unlabeled: also semi_supervised.source=unused
+        [--set KEY=VALUE ...] [--unlabeled] [--only COLUMN ...]
+    # --unlabeled: also semi_supervised.source=unused (heads only), and with semi_supervised.finetune too
     .venv-fastai/bin/python benchmarks/selection.py --data full --seeds 5 --unlabeled --peers
 
 Each cell runs ingest → synthesize → augment → featurize → train_head → finetune → evaluate in a
@@ -56,6 +57,9 @@ def main() -> None:
     parser.add_argument("--unlabeled", action="store_true", help="also run with semi_supervised.source=unused")
     parser.add_argument("--peers", action="store_true", help="also fastai fine_tune(15) and the scratch CNN")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--only", nargs="*", default=None, metavar="COLUMN",
+                        help="compute only these columns (e.g. 'deployed+unlabeled+ft': the other figures of the same "
+                             "seeds are in an earlier run; every cell is deterministic)")
     args = parser.parse_args()
     if args.peers:
         try:
@@ -68,8 +72,9 @@ def main() -> None:
     root = copy_project()
     paths = Paths.for_root(root)
     base = apply_overrides(load_params(root).model_dump(), args.set)
-    columns = (["deployed"] + (["deployed+unlabeled"] if args.unlabeled else []) + ["lr_cv mobilenet", "lr_cv lite2"]
-               + (["fastai fine_tune(15)", "scratch CNN"] if args.peers else []))
+    columns = (["deployed"] + (["deployed+unlabeled", "deployed+unlabeled+ft"] if args.unlabeled else [])
+               + ["lr_cv mobilenet", "lr_cv lite2"] + (["fastai fine_tune(15)", "scratch CNN"] if args.peers else []))
+    columns = [c for c in columns if args.only is None or c in args.only]
     print(f"{args.data} data, {args.seeds} seeds, test accuracy % (mean ± std); overrides: {' '.join(args.set) or 'none'}")
     print(f"{'shots':>5}  " + "  ".join(f"{c:>18}" for c in columns) + "  candidates / stage seconds")
     results: dict = defaultdict(lambda: defaultdict(list))
@@ -78,11 +83,11 @@ def main() -> None:
         chosen = []
         for seed in range(args.seeds):
             raw = benchmark_params(base, seed, shots, args.data, root)
-            variants = [("deployed", raw)]
-            if args.unlabeled:
-                variants.append(("deployed+unlabeled", {**raw, "semi_supervised": {**raw["semi_supervised"],
-                                                                                   "source": "unused"}}))
-            for name, variant in variants:
+            unlabeled = {**raw["semi_supervised"], "source": "unused"}
+            variants = [("deployed", raw), ("deployed+unlabeled", {**raw, "semi_supervised": unlabeled}),
+                        ("deployed+unlabeled+ft", {**raw, "semi_supervised": {**unlabeled, "finetune": True}})]
+            for name, variant in [(n, v) for n, v in variants if n in columns or (n == "deployed" and "lr_cv mobilenet"
+                                                                                  in columns)]:
                 params = parse_params(variant)
                 for stage in STAGES:
                     started = time.perf_counter()
@@ -94,15 +99,20 @@ def main() -> None:
                 if name == "deployed":
                     chosen.append(out["candidate"] + "/" + json.loads(paths.selection_report.read_text())["winner"])
                     results[shots]["lr_cv mobilenet"].append(lr_cv(paths))
-            if args.peers:
+                if name == "deployed+unlabeled+ft":
+                    ft = json.loads(paths.finetune_report.read_text())
+                    chosen.append(f"pseudo-labels {ft.get('finetune_pseudo_labels')} "
+                                  f"({ft.get('finetune_pseudo_label_accuracy') or 0:.0%} right)")
+            if "scratch CNN" in columns:
                 manifest, classes = load_manifest(paths)
                 results[shots]["fastai fine_tune(15)"].append(
                     fastai_accuracy(manifest, paths, seed, params.backbone.resolution, 15)[0])
                 results[shots]["scratch CNN"].append(scratch_accuracy(manifest, paths, len(classes), seed, 150)[0])
-            lite = parse_params({**raw, "backbone": {**raw["backbone"], "name": "tf_efficientnet_lite2", "blocks": None}})
-            with contextlib.redirect_stderr(io.StringIO()):
-                featurize.run(lite, paths)
-            results[shots]["lr_cv lite2"].append(lr_cv(paths))
+            if "lr_cv lite2" in columns:
+                lite = parse_params({**raw, "backbone": {**raw["backbone"], "name": "tf_efficientnet_lite2", "blocks": None}})
+                with contextlib.redirect_stderr(io.StringIO()):
+                    featurize.run(lite, paths)
+                results[shots]["lr_cv lite2"].append(lr_cv(paths))
             print(f"  seed {seed}: " + "  ".join(f"{c} {results[shots][c][-1] * 100:.1f}" for c in columns), flush=True)
         times = " ".join(f"{k} {sum(v) / len(v):.0f}" for k, v in stage_s.items())
         print(f"{shots:>5}  " + "  ".join(f"{mean_std(results[shots][c]):>18}" for c in columns)
