@@ -28,6 +28,9 @@ ENV_DEFAULTS = {
     "OMP_WAIT_POLICY": "PASSIVE",
     # pipeline_lib's log lines (a stage's summary, each fine-tuning epoch) go to the Prefect run's log
     "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline_lib",
+    # torch's compile cache (loading the exported model creates it) in the user's cache, not in the
+    # system's temporary folder where it would stay behind after every run
+    "TORCHINDUCTOR_CACHE_DIR": os.path.join(os.path.expanduser("~"), ".cache", "torchinductor"),
 }
 
 
