@@ -73,7 +73,9 @@ class Preprocess(nn.Module):
         return out if x.dim() == 4 else out.squeeze(0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.resize(images) - self.mean) / self.std
+        # channels-last: the convolutions' fast layout on CPU (MobileNetV2 at 112 px, 2 cores: a
+        # forward pass 2x, a training step 1.4x faster; benchmarks/channels_last.py)
+        return ((self.resize(images) - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
 
 @dataclass(frozen=True)
@@ -383,7 +385,7 @@ def load_backbone(name: str, weights: str = "default", resolution: int = 112,
         model = truncate(model, blocks, name)
         with torch.no_grad():
             feature_dim = int(model.eval()(torch.zeros(1, 3, 64, 64)).shape[1])
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)  # see Preprocess.forward
     for p in model.parameters():
         p.requires_grad_(False)
     return Backbone(name=name, model=model, preprocess=Preprocess(resolution, mean, std), feature_dim=feature_dim,
