@@ -233,8 +233,9 @@ class AugmentPolicy(_Section):
 
 
 class AugmentParams(_Section):
-    copies: int = Field(4, ge=0, le=100)
-    """augmented copies per real training image (0 = none)"""
+    copies: int = Field(0, ge=0, le=100)
+    """augmented copies per real training image, featurized for train_head.use_augmented (0 = none;
+    fine-tuning augments online without them)"""
     preview_images: int = Field(10, ge=1, le=50)
     """rows of the preview grid"""
     policy: AugmentPolicy = AugmentPolicy()
