@@ -81,14 +81,15 @@ class Images:
 
 
 def predict_proba(model: FinetuneModel, data: Images, batch_size: int = 64, device="cpu",
-                  tta: bool = False) -> np.ndarray:
-    """Class probabilities; ``tta`` averages them with those of the horizontally flipped image."""
+                  tta: bool = False, mirrored: bool = False) -> np.ndarray:
+    """Class probabilities; ``tta`` averages them with those of the horizontally flipped image;
+    ``mirrored``: those of the flipped image alone."""
     model.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
             x = data.batch(list(range(i, min(i + batch_size, len(data))))).to(device)
-            proba = class_proba(model, x, tta)
+            proba = class_proba(model, x.flip(-1) if mirrored else x, tta)
             out.append(proba.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.head.config["n_classes"]), np.float32)
 

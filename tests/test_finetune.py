@@ -226,3 +226,27 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(prepared, tmp_path):
     resumed = torch.load(paths.finetuned_model, weights_only=True)
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_tta_from_cached_mirror_features_equals_the_network_path(prepared):
+    """head_tta comes from featurize's cached mirror-image vectors and finetune_tta from one mirrored
+    pass: both equal flip TTA through the whole network (what the logged model does)."""
+    from pipeline_lib.heads import load_head
+    from pipeline_lib.networks import FinetuneModel, Images
+    from pipeline_lib.networks import predict_proba as network_proba
+    from pipeline_lib.stages.evaluate import model_probabilities
+
+    params, paths = _params(prepared), Paths.for_root(prepared)
+    finetune.run(params, paths)
+    probas = model_probabilities(params, paths)
+    assert set(probas) >= {"head", "head_tta"}
+    manifest = pd.read_parquet(paths.manifest).set_index("image_id")
+    test_ids = np.load(paths.features("test"))["image_id"]
+    tuned = load_finetuned(params, paths)
+    images = Images(manifest.loc[list(test_ids)].reset_index(), paths, tuned.preprocess)
+    head, _ = load_head(paths.head, paths.head_meta)
+    frozen = FinetuneModel(tuned.preprocess, load_backbone("mobilenet_v2", resolution=32, blocks=15).model, head)
+    np.testing.assert_allclose(probas["head_tta"]["test"], network_proba(frozen, images, tta=True), atol=1e-4)
+    if "finetune" in probas:
+        np.testing.assert_allclose(probas["finetune_tta"]["test"], network_proba(tuned, images, tta=True), atol=1e-5)
+    assert not np.allclose(probas["head_tta"]["test"], probas["head"]["test"])  # the mirror images do count

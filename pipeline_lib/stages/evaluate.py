@@ -7,12 +7,11 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from .. import atomic
-from ..backbones import chosen_backbone
 from ..config import Params, Paths
 from ..dataset import load_manifest
-from ..features import load_features
+from ..features import load_features, load_flipped
 from ..heads import load_head, predict_proba
-from ..networks import FinetuneModel, Images, load_finetuned
+from ..networks import Images, load_finetuned
 from ..networks import predict_proba as network_proba
 from ..plots import plot_confusion, plot_reliability
 from ..stats import bootstrap_ci, expected_calibration_error, fit_temperature_on_proba, nll, reliability_bins, rescale
@@ -64,27 +63,24 @@ def calibrate(val_proba: np.ndarray, y_val: np.ndarray, test_proba: np.ndarray, 
 def model_probabilities(params: Params, paths: Paths) -> dict[str, dict[str, np.ndarray]]:
     """Val and test class probabilities of every trained model, in the feature files' row order:
     "head", "finetune" (when enabled) and, with evaluate.tta, each one's flip-averaged variant
-    ("head_tta", "finetune_tta")."""
+    ("head_tta" from the mirror images' cached features, "finetune_tta" through the network)."""
     head, meta = load_head(paths.head, paths.head_meta)
     name = (meta.get("backbone_spec") or {}).get("name")
-    out = {"head": {split: predict_proba(head, load_features(paths, split, name)[0]) for split in ("val", "test")}}
+    splits = ("val", "test")
+    out = {"head": {split: predict_proba(head, load_features(paths, split, name)[0]) for split in splits}}
+    flipped = {split: load_flipped(paths, split, name) for split in splits}
+    if params.evaluate.tta == "hflip" and all(f is not None for f in flipped.values()):
+        out["head_tta"] = {split: (out["head"][split] + predict_proba(head, flipped[split])) / 2 for split in splits}
     tuned = load_finetuned(params, paths)
-    tta = params.evaluate.tta == "hflip"
-    if tuned is None and not tta:
+    if tuned is None:
         return out
     manifest = load_manifest(paths)[0].set_index("image_id")
-    bb = chosen_backbone(params, paths)
-    preprocess = bb.preprocess
-    images = {split: Images(manifest.loc[list(load_features(paths, split)[2])].reset_index(), paths,
-                                      preprocess) for split in ("val", "test")}
-    models = {"finetune": tuned} if tuned is not None else {}
-    if tta:
-        frozen = FinetuneModel(bb.preprocess, bb.model, head)
-        out["head_tta"] = {split: network_proba(frozen, images[split], tta=True) for split in images}
-    for name, model in models.items():
-        out[name] = {split: network_proba(model, images[split]) for split in images}
-        if tta:
-            out[f"{name}_tta"] = {split: network_proba(model, images[split], tta=True) for split in images}
+    images = {split: Images(manifest.loc[list(load_features(paths, split)[2])].reset_index(), paths, tuned.preprocess)
+              for split in splits}
+    out["finetune"] = {split: network_proba(tuned, images[split]) for split in splits}
+    if params.evaluate.tta == "hflip":
+        out["finetune_tta"] = {split: (out["finetune"][split] + network_proba(tuned, images[split], mirrored=True)) / 2
+                               for split in splits}
     return out
 
 
