@@ -1,9 +1,10 @@
 """The whole DAG of dvc.yaml from Python, in one Prefect flow run (one process, one Prefect start).
 
-Each stage DVC finds stale runs as a subflow, then is committed to dvc.lock through DVC's Python
-API, so a following `dvc repro` finds nothing to do; a stage downstream of one that ran is asked
-again after the commit, so exactly the stages `dvc repro` would run are run (an upstream stage
-that rewrote identical outputs leaves its downstream stages alone). Scheduled runs use this flow.
+DVC's status is asked once for the whole DAG; each stale stage runs as a subflow, then is
+committed to dvc.lock through DVC's Python API, so a following `dvc repro` finds nothing to do; a
+stage that was up to date is asked again only once a stage before it has run, so exactly the
+stages `dvc repro` would run are run (an upstream stage that rewrote identical outputs leaves its
+downstream stages alone). Scheduled runs use this flow.
 
     python -m flows.pipeline            # run what is stale
     python -m flows.pipeline --force    # run every stage
@@ -20,7 +21,7 @@ from prefect import flow, get_run_logger
 from pipeline_lib.config import Paths, load_params
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.stages import STAGES
-from tasks.dvc import commit_stage, is_stale, stage_order
+from tasks.dvc import commit_stage, is_stale, stage_order, stale_stages
 
 
 def stage_flow(stage: str):
@@ -29,7 +30,8 @@ def stage_flow(stage: str):
 
 
 @flow(name="pipeline")
-def pipeline(root: str | None = None, force: bool = False) -> dict:
+def pipeline(root: str | None = None, force: bool = False, stale: list[str] | None = None) -> dict:
+    """``stale``: the stages `dvc status` found stale, when the caller has just asked (retrain)."""
     paths = Paths.for_root(root)
     load_params(paths.root)  # fail fast on a bad params.yaml, before any stage runs
     logger = get_run_logger()
@@ -37,9 +39,10 @@ def pipeline(root: str | None = None, force: bool = False) -> dict:
     unknown = [s for s in order if s not in STAGES]
     if unknown:
         raise PipelineError(f"dvc.yaml has stage(s) {unknown} that pipeline_lib.stages.STAGES does not list")
+    stale = set(stale_stages(paths.root) if stale is None and not force else stale or [])
     ran: list[str] = []
     for stage in order:
-        if force or is_stale(paths.root, stage):
+        if force or stage in stale or (ran and is_stale(paths.root, stage)):
             stage_flow(stage)(root=str(paths.root))
             commit_stage(paths.root, stage)
             ran.append(stage)

@@ -32,7 +32,7 @@ def retrain(root: str | None = None, force: bool = False, wait_seconds: float = 
         if not stale and not force:
             result = {"status": "skipped", "reason": "dvc status: data, params and code unchanged since the last run"}
         else:
-            result = {"status": "ran", "stale": stale, **pipeline(root=str(paths.root), force=force)}
+            result = {"status": "ran", "stale": stale, **pipeline(root=str(paths.root), force=force, stale=stale)}
         result["seconds"] = round(time.perf_counter() - started, 2)
         _append_history(paths, result)
     logger.info("retrain %s: %s", result["status"], json.dumps(result))
