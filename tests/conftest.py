@@ -1,6 +1,5 @@
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -45,7 +44,6 @@ def prefect_api(tmp_path_factory):
 @pytest.fixture
 def tmpfs(tmp_path):
     """A real small file system mounted under tmp_path (needs root with CAP_SYS_ADMIN, as on CI)."""
-    import subprocess
 
     mounted = []
 
@@ -61,15 +59,6 @@ def tmpfs(tmp_path):
     yield mount
     for point in mounted:
         subprocess.run(["umount", "-l", str(point)], check=False)
-
-
-def run_cmd(args, cwd, env_extra=None, check=True, timeout=600):
-    env = {**os.environ, **(env_extra or {})}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
 
 
 ODD_CLASS = "cats & dogs (big)"  # MLflow refuses & ( ) in metric keys

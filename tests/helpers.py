@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -195,3 +198,31 @@ def interrupt_after_epochs(monkeypatch, n: int) -> None:
             raise Interrupted(f"stopped after epoch checkpoint {n}")
 
     monkeypatch.setattr(finetuning.Checkpoint, "save", save)
+
+
+def run_cmd(args, cwd, env_extra=None, check=True, timeout=600):
+    env = {**os.environ, **(env_extra or {})}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def clone_project(src: Path, dst: Path) -> Path:
+    """A full copy of a project that has run (git, DVC cache, outputs, MLflow store): what each
+    end-to-end test starts from, so no test sees another's changes. Paths the MLflow store holds
+    (artifact locations, model sources) are moved to the copy."""
+    import sqlite3
+
+    shutil.copytree(src, dst, symlinks=True)
+    db = dst / "mlflow.db"
+    if db.exists():
+        with contextlib.closing(sqlite3.connect(db)) as con, con:
+            tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                for _, column, kind, *_ in con.execute(f'PRAGMA table_info("{table}")').fetchall():
+                    if kind.upper().startswith(("VARCHAR", "TEXT")):
+                        con.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                                    f'WHERE instr("{column}", ?) > 0', (str(src), str(dst), str(src)))
+    return dst

@@ -7,8 +7,7 @@ import numpy as np
 
 from pipeline_lib.config import Paths, load_params, parse_params
 from pipeline_lib.stages import featurize, run_stages
-from tests.conftest import run_cmd
-from tests.helpers import copy_project, set_params, write_folder_dataset
+from tests.helpers import copy_project, run_cmd, set_params, write_folder_dataset
 
 
 def test_dask_featurize_equals_single_process(tmp_path, prefect_api):

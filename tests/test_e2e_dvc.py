@@ -1,5 +1,8 @@
 """End to end: the project copied into a temporary git repo, `dvc repro` for real (each stage a
-Prefect flow run against a real local Prefect server), MLflow on sqlite in the temp dir."""
+Prefect flow run against a real local Prefect server), MLflow on sqlite in the temp dir.
+
+The first `dvc repro` runs once (``reproduced``); every other test starts from its own full copy
+of that project (``project``), so the tests do not depend on each other or on their order."""
 
 import json
 import os
@@ -10,14 +13,14 @@ import pytest
 import yaml
 
 from pipeline_lib.stages import STAGES
-from tests.conftest import run_cmd
-from tests.helpers import copy_project, set_params
+from tests.helpers import clone_project, copy_project, run_cmd, set_params
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, prefect_api):
+def reproduced(tmp_path_factory, prefect_api):
+    """The tiny project after its first `dvc repro`: (root, env, that repro's output)."""
     root = copy_project(tmp_path_factory.mktemp("e2e") / "project")
     set_params(root, data={"shots_per_class": 5, "sample_test_per_class": 10, "val_fraction": 0.1},
                 augment={"copies": 0}, backbone={"resolution": 32},
@@ -28,7 +31,24 @@ def project(tmp_path_factory, prefect_api):
     env = {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": ""}
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     run_cmd(["git", "commit", "-qam", "tiny params"], root)
-    return root, env
+    return root, env, run_cmd(["dvc", "repro"], root, env)
+
+
+@pytest.fixture
+def project(reproduced, tmp_path):
+    """This test's own copy of the reproduced project: (root, env)."""
+    src, env, _ = reproduced
+    return clone_project(src, tmp_path / "project"), env
+
+
+def _pipeline_runs(root):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("transfer-learning")
+    return client, exp, client.search_runs([exp.experiment_id], "tags.run_kind = 'pipeline'",
+                                           order_by=["attributes.start_time DESC"])
 
 
 def _repro(project, *extra):
@@ -44,9 +64,8 @@ def _cache_files(root):
     return sorted(p.name for p in (root / ".cache/features").rglob("*.npy"))
 
 
-def test_first_repro_runs_every_stage_as_a_prefect_flow(project, prefect_api):
-    root, _ = project
-    out = _repro(project)
+def test_first_repro_runs_every_stage_as_a_prefect_flow(reproduced, prefect_api):
+    root, _, out = reproduced
     assert _ran(out.stdout) == list(STAGES)
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert metrics["n_test"] == 100 and metrics["accuracy"] > 0.45  # chance is 0.10
@@ -80,12 +99,13 @@ def test_first_repro_runs_every_stage_as_a_prefect_flow(project, prefect_api):
     assert any("epoch 1/2" in line["message"] for line in logs)  # per-epoch progress in the run's log
 
 
-def test_second_repro_runs_nothing(project):
+def test_second_repro_runs_nothing_and_logs_nothing(project):
     root, _ = project
     before = (root / "reports/metrics.json").stat().st_mtime_ns
     out = _repro(project)
     assert _ran(out.stdout) == [] and "up to date" in out.stdout
     assert (root / "reports/metrics.json").stat().st_mtime_ns == before
+    assert len(_pipeline_runs(root)[2]) == 1  # the first repro's run only
 
 
 def test_head_param_change_reruns_only_what_depends_on_the_head(project):
@@ -114,22 +134,18 @@ def test_more_shots_reuse_the_cache(project):
     assert len(set(_cache_files(root)) - cached) == new
 
 
-def test_mlflow_has_one_run_per_execution_with_a_working_model(project):
+def test_mlflow_has_one_run_per_execution_with_a_working_model(reproduced):
     import mlflow
     import torch
 
     from pipeline_lib.backbones import Preprocess, read_image_tensor
 
-    root, _ = project
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name("transfer-learning")
-    runs = client.search_runs([exp.experiment_id], "tags.run_kind = 'pipeline'",
-                              order_by=["attributes.start_time DESC"])
-    assert len(runs) == 3  # first repro, head change, more shots; the no-op logged nothing
+    root, _, _ = reproduced  # read only
+    client, exp, runs = _pipeline_runs(root)
+    assert len(runs) == 1
     run = runs[0]
-    # train_head.lr was changed, but is an MLP setting: switched off with the linear head, not shown
-    assert run.data.params["data.shots_per_class"] == "6" and "train_head.lr" not in run.data.params
+    # train_head.lr is an MLP setting: switched off with the linear head, not shown
+    assert run.data.params["data.shots_per_class"] == "5" and "train_head.lr" not in run.data.params
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
     stages = {r.info.run_name: r for r in client.search_runs(

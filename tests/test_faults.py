@@ -20,8 +20,7 @@ from pipeline_lib.config import Paths, load_params
 from pipeline_lib.dataset import AUGMENTED
 from pipeline_lib.features import load_features
 from pipeline_lib.stages import run_stages
-from tests.conftest import run_cmd
-from tests.helpers import copy_project, set_params
+from tests.helpers import copy_project, run_cmd, set_params
 
 pytestmark = pytest.mark.e2e
 

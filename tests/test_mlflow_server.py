@@ -13,8 +13,7 @@ import urllib.parse
 import pytest
 
 from tasks.prefect_server import stop_server
-from tests.conftest import run_cmd
-from tests.helpers import copy_project, rest, set_params, start_mlflow_server
+from tests.helpers import copy_project, rest, run_cmd, set_params, start_mlflow_server
 
 pytestmark = pytest.mark.e2e
 MODEL = "transfer-classifier"
