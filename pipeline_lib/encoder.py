@@ -1,9 +1,9 @@
 """The encoder interface: what the pipeline needs from a pretrained network, whatever its input.
 
-Images: pipeline_lib.backbones.Backbone (torchvision and timm). A text encoder (a
-sentence-transformers model: tokenisation and truncation instead of pixels, transformer layers
-as blocks) implements the same five things, and the feature cache, the heads, selection and
-fine-tuning's block unfreezing work unchanged.
+Images: pipeline_lib.backbones.Backbone (torchvision and timm). Texts: pipeline_lib.text.TextEncoder
+(a sentence-transformers model: tokenisation and truncation instead of pixels, transformer layers
+as blocks). Both implement the same five things, and the feature cache, the heads and selection
+work unchanged. ``load_encoder`` is the one place that picks the implementation.
 """
 
 from __future__ import annotations
@@ -33,3 +33,19 @@ class Encoder(Protocol):
 
     def blocks(self) -> list[nn.Module]:
         """The blocks fine-tuning may unfreeze, input side first (backbones.BLOCK_SPLITS)."""
+
+
+def encoder_names(params, text: bool) -> list[str]:
+    """The candidate encoders featurize embeds with: text.encoder for texts, backbone.name's for images."""
+    return [params.text.encoder] if text else params.backbone.names
+
+
+def load_encoder(params, root: Path | None, name: str, text: bool) -> Encoder:
+    """The frozen encoder ``name`` as params describe it (a text data set: the sentence encoder)."""
+    if text:
+        from .text import load_text_encoder
+
+        return load_text_encoder(name, params.text.max_length, root)
+    from .backbones import backbone_for
+
+    return backbone_for(params, root, name)

@@ -77,3 +77,34 @@ def plot_image_grid(rows: list[tuple[str, list[np.ndarray]]], col_titles: list[s
     for ax in axes.flat[len(rows) * n_cols:]:
         ax.axis("off")
     save_png(fig, target, dpi=100)
+
+
+def plot_text_table(rows: list[tuple[str, list[str]]], col_titles: list[str], target: Path, width: int = 48,
+                    max_lines: int = 5) -> None:
+    """The text counterpart of plot_image_grid: one labelled row per entry, each cell the start of a
+    text wrapped to ``width`` characters (at most ``max_lines`` lines)."""
+    import textwrap
+
+    def cell(text: str) -> str:
+        lines = textwrap.wrap(text, width) or [""]
+        return "\n".join(lines[:max_lines]) + (" …" if len(lines) > max_lines else "")
+
+    n_rows, n_cols = max(len(rows), 1), max(len(col_titles), 1)
+    label_w, col_w, row_h, head_h = 1.5, 0.062 * width + 0.3, 0.14 * max_lines + 0.25, 0.3
+    fig_w, fig_h = label_w + n_cols * col_w, head_h + n_rows * row_h
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, fig_w)
+    ax.set_ylim(fig_h, 0)
+    ax.axis("off")
+    for c, title in enumerate(col_titles):
+        ax.text(label_w + c * col_w + 0.1, head_h / 2, title, fontsize=8, weight="bold", va="center")
+    for r, (label, texts) in enumerate(rows):
+        top = head_h + r * row_h
+        ax.axhline(top, color="0.8", linewidth=0.6)
+        ax.text(0.1, top + 0.1, label, fontsize=8, va="top", weight="bold")
+        for c, text in enumerate(texts[:n_cols]):
+            ax.text(label_w + c * col_w + 0.1, top + 0.1, cell(text), fontsize=7, va="top", family="monospace")
+    with atomic.atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

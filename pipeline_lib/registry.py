@@ -26,8 +26,12 @@ class Decision:
         return asdict(self)
 
 
-def decide(challenger_acc: float, champion_acc: float | None, margin: float) -> tuple[bool, str]:
-    """Promote when there is no champion, or the challenger is ahead by at least ``margin``."""
+def decide(challenger_acc: float, champion_acc: float | None, margin: float,
+           comparable: bool = True) -> tuple[bool, str]:
+    """Promote when there is no champion (or one for the other modality), or the challenger is
+    ahead by at least ``margin``."""
+    if not comparable:
+        return True, "the champion classifies the other modality (images vs texts): replaced"
     if champion_acc is None:
         return True, "no champion yet"
     gap = challenger_acc - champion_acc
@@ -36,19 +40,29 @@ def decide(challenger_acc: float, champion_acc: float | None, margin: float) -> 
     return False, f"challenger {challenger_acc:.4f} vs champion {champion_acc:.4f}: {gap:+.4f} < margin {margin}"
 
 
-def score_model_on_test(model_uri: str, paths: Paths) -> float:
-    """Accuracy of a logged classifier on the current test split, from the prepared images."""
+def score_model_on_test(model_uri: str, paths: Paths) -> float | None:
+    """Accuracy of a logged classifier on the current test split, from the prepared images or
+    texts; None when it classifies the other modality (images vs texts: no comparison possible)."""
     import mlflow
     import torch
 
     from .backbones import Preprocess, load_batch
+    from .dataset import is_text
 
     info = mlflow.models.get_model_info(model_uri)
+    manifest = pd.read_parquet(paths.manifest)
+    test = manifest[manifest["split"] == "test"]
+    if (info.metadata or {}).get("modality", "image") != ("text" if is_text(manifest) else "image"):
+        return None
+    if is_text(manifest):
+        from .text import read_text
+
+        out = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": [read_text(paths.resolve(p))
+                                                                                 for p in test["path"]]}))
+        return float(np.mean(out["label"].to_numpy() == test["label"].to_numpy()))
     classes = list(info.metadata["classes"])
     resolution = int(info.metadata["resolution"])
     model = mlflow.pytorch.load_model(model_uri)
-    manifest = pd.read_parquet(paths.manifest)
-    test = manifest[manifest["split"] == "test"]
     preprocess = Preprocess(resolution)
     predicted: list[str] = []
     files = [paths.resolve(p) for p in test["path"]]
@@ -70,7 +84,8 @@ def register_and_promote(model_uri: str, params: Params, paths: Paths, challenge
     except mlflow.exceptions.MlflowException:
         champion = None
     champion_acc = score_model_on_test(f"models:/{name}@{CHAMPION}", paths) if champion else None
-    promoted, reason = decide(challenger_acc, champion_acc, params.mlflow.promotion_margin)
+    promoted, reason = decide(challenger_acc, champion_acc, params.mlflow.promotion_margin,
+                              comparable=champion is None or champion_acc is not None)
     # the aliases move only now, after the version is fully logged and registered
     client.set_registered_model_alias(name, CHALLENGER, version)
     if promoted:
@@ -81,7 +96,8 @@ def register_and_promote(model_uri: str, params: Params, paths: Paths, challenge
                     champion_accuracy=champion_acc)
 
 
-def describe_version(params: Params, decision: Decision, classes: list[str], metrics: dict, tags: dict) -> None:
+def describe_version(params: Params, decision: Decision, classes: list[str], metrics: dict, tags: dict,
+                     text: bool = False) -> None:
     """Say in the registry what the model is and how good: the registered model's description (task,
     classes, input contract, how to load), the version's description and tags (scores, data
     version, commit, the promotion decision)."""
@@ -90,19 +106,23 @@ def describe_version(params: Params, decision: Decision, classes: list[str], met
     name, version = params.mlflow.model_name, decision.challenger_version
     client = mlflow.MlflowClient()
     res = params.backbone.resolution
+    aliases = f"Aliases: `{CHAMPION}` (deployed), `{CHALLENGER}` (the latest trained)."
     client.update_registered_model(name, description=(
+        f"Text classifier over {len(classes)} classes: {', '.join(classes)}.\n\n"
+        "Input: a DataFrame with a `text` column. Output: a DataFrame with `label`, "
+        "`confidence` and one probability column per class.\n\n"
+        f"Load: `mlflow.pyfunc.load_model('models:/{name}@{CHAMPION}')`. " + aliases) if text else (
         f"Image classifier over {len(classes)} classes: {', '.join(classes)}.\n\n"
         f"Input: float32 RGB tensor (N, 3, H, W) with values in [0, 1], any H and W (resized inside to "
         f"{res}x{res}). Output: class probabilities (N, {len(classes)}) in the order of `classes.json`.\n\n"
         f"Load: `mlflow.pytorch.load_model('models:/{name}@{CHAMPION}')`, or predict on a folder of "
-        f"images with `python -m flows.predict <folder>` (the champion by default). "
-        f"Aliases: `{CHAMPION}` (deployed), `{CHALLENGER}` (the latest trained)."))
+        f"images with `python -m flows.predict <folder>` (the champion by default). " + aliases))
     ci = (metrics.get("ci") or {}).get("accuracy")
     client.update_model_version(name, version, description=(
         f"{metrics.get('candidate', '?')}: test accuracy {metrics['accuracy']:.1%}"
         + (f" ({ci[0]:.1%}–{ci[1]:.1%})" if ci else "") + f", macro-F1 {metrics['macro_f1']:.3f} on "
-        f"{metrics.get('n_test', '?')} test images. {'Promoted' if decision.promoted else 'Not promoted'}: "
-        f"{decision.reason}."))
+        f"{metrics.get('n_test', '?')} test {'texts' if text else 'images'}. "
+        f"{'Promoted' if decision.promoted else 'Not promoted'}: {decision.reason}."))
     version_tags = {"test_accuracy": f"{metrics['accuracy']:.4f}", "test_macro_f1": f"{metrics['macro_f1']:.4f}",
                     "candidate": metrics.get("candidate", "?"), "promoted": str(decision.promoted).lower(),
                     "promotion_reason": decision.reason, **tags}

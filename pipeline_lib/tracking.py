@@ -210,20 +210,21 @@ def describe(params: Params, metrics: dict, ingest: dict, ran: list[str], versio
     """The parent run's markdown description (MLflow's mlflow.note.content)."""
     sel = metrics.get("selection") or {}
     counts = ingest.get("counts") or {}
+    items = "texts" if ingest.get("modality") == "text" else "images"
     lines = [f"**{metrics.get('candidate', '?')}** on {len(ingest.get('classes') or [])} classes: test accuracy "
              f"**{metrics['accuracy']:.1%}**, macro-F1 **{metrics['macro_f1']:.3f}** "
-             f"on {metrics.get('n_test', counts.get('test', '?'))} held-out images"]
+             f"on {metrics.get('n_test', counts.get('test', '?'))} held-out {items}"]
     if "ci" in metrics:
         lo, hi = metrics["ci"]["accuracy"]
         lines[0] += f" ({metrics['ci']['level']:.0%} interval {lo:.1%}–{hi:.1%})"
     lines[0] += "."
     source = params.data.path if params.data.source != "sample" else "the built-in Fashion-MNIST sample"
     lines.append(f"- **Data:** {source} (data version `{version[:12]}`): {counts.get('train', 0)} train, "
-                 f"{counts.get('val', 0)} val, {counts.get('test', 0)} test images"
+                 f"{counts.get('val', 0)} val, {counts.get('test', 0)} test {items}"
                  + (f", {ingest['n_rejected']} rejected (see ingest)" if ingest.get("n_rejected") else "") + ".")
     if sel.get("mode") == "cv":
         lines.append(f"- **Choice:** {sel['folds']}-fold cross-validation × {sel['repeats']} on all "
-                     f"{sel['n_labelled']} labelled images, then refitted on them: {sel['winner']} ({sel['reason']}).")
+                     f"{sel['n_labelled']} labelled {items}, then refitted on them: {sel['winner']} ({sel['reason']}).")
     elif sel:
         lines.append(f"- **Choice:** on the val split: {sel.get('winner')} ({sel.get('reason')}).")
     if (sel.get("finetune") or {}).get("reason"):
@@ -252,6 +253,46 @@ def _input_example(paths: Paths, resolution: int, n: int = 2) -> np.ndarray:
     images = [read_image_tensor(paths.resolve(p)) for p in test["path"]]
     side = min(resolution, min(min(im.shape[1:]) for im in images))
     return torch.stack([Preprocess(side).resize(im) for im in images]).numpy()
+
+
+def _log_text_model(params: Params, paths: Paths, metrics: dict):
+    """The text classifier as a pyfunc model (pipeline_lib/text_model.py): the encoder's folder, the
+    head as a torch.export program, the classes; input example: two real test texts."""
+    import tempfile
+
+    import mlflow
+    import pandas as pd
+    import sentence_transformers
+    import torch
+
+    from .heads import load_head
+    from .text import read_text, resolve_encoder
+
+    head, meta = load_head(paths.head, paths.head_meta)
+    spec = meta["backbone_spec"]
+    manifest = pd.read_parquet(paths.manifest)
+    test = manifest[manifest["split"] == "test"].drop_duplicates("label").head(2)
+    example = pd.DataFrame({"text": [read_text(paths.resolve(p)) for p in test["path"]]})
+    here = Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory() as tmp:
+        program = torch.export.export(head.eval(), (torch.zeros(2, head.config["in_dim"]),),
+                                      dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+        torch.export.save(program, f"{tmp}/head.pt2")
+        atomic.write_json(Path(tmp) / "settings.json", {"classes": meta["classes"], "max_length": spec.get("max_length"),
+                                                        "encoder": spec["name"]})
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(here / "text_model.py"), code_paths=[str(here / "text_normalize.py")],
+            artifacts={"encoder": str(resolve_encoder(spec["name"], paths.root)), "head": f"{tmp}/head.pt2",
+                       "settings": f"{tmp}/settings.json"},
+            input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                              f"sentence-transformers=={sentence_transformers.__version__}",
+                              f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}"],
+            metadata={"classes": meta["classes"], "modality": "text", "encoder": spec["name"],
+                      "input": "DataFrame with a text column",
+                      "output": "DataFrame: label, confidence, one probability column per class"})
+    mlflow.log_dict({"classes": meta["classes"]}, "classes.json")
+    return info, meta["classes"]
 
 
 def _log_model(params: Params, paths: Paths, metrics: dict):
@@ -383,12 +424,14 @@ def ui_urls(tracking_uri: str, experiment_id: str, run_id: str) -> dict[str, str
 def _register(params: Params, paths: Paths, metrics: dict, version: str, commit: str | None, run_id: str) -> dict:
     import mlflow
 
+    from .dataset import is_text, load_manifest
     from .registry import describe_version, register_and_promote
 
-    info, classes = _log_model(params, paths, metrics)
+    text = is_text(load_manifest(paths)[0])
+    info, classes = (_log_text_model if text else _log_model)(params, paths, metrics)
     decision = register_and_promote(info.model_uri, params, paths, float(metrics["accuracy"]))
     describe_version(params, decision, classes, metrics,
-                     {"data_version": version, "git_commit": commit or "unknown", "run_id": run_id})
+                     {"data_version": version, "git_commit": commit or "unknown", "run_id": run_id}, text)
     mlflow.set_tags({"promotion.promoted": str(decision.promoted).lower(), "promotion.reason": decision.reason,
                      "promotion.challenger_version": decision.challenger_version})
     if decision.champion_accuracy is not None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import Params, Paths
 from .dataset import AUGMENTED, SYNTHETIC, UNLABELED, load_augmented
-from .features import load_features, load_flipped
+from .features import featurized_backbones, load_features, load_flipped
 from .heads import Head, HeadRecipe, fit_head, predict_proba
 from .selection import Fold, stratified_folds
 
@@ -36,7 +36,7 @@ class TrainingSet:
             row_of = {iid: i for i, iid in enumerate(ids)}
             self.aug = (Xa, ya, np.array([row_of.get(s, -1) for s in source], dtype=int))
         self.X_syn, self.y_syn, _ = load_features(paths, SYNTHETIC, backbone)
-        self.backbone = backbone or params.backbone.names[0]
+        self.backbone = backbone or featurized_backbones(paths)[0]
         self.U = self.U_truth = None  # unlabelled images' features (and hidden labels, -1 when unknown)
         if params.semi_supervised.source != "none":
             self.U, self.U_truth, _ = load_features(paths, UNLABELED, backbone)

@@ -52,7 +52,8 @@ BAD_FILES = {
     "notimage.png": (lambda p: p.write_text("hello, I am text"), "not an image"),
     "truncated.png": (lambda p: p.write_bytes(_png_bytes()[:60]), "corrupt or truncated"),
     "tiny.png": (lambda p: solid((4, 4)).save(p), "too small"),
-    "readme.txt": (lambda p: p.write_text("notes"), "unsupported file extension"),
+    "readme.txt": (lambda p: p.write_text("notes"), "a text file in a folder of images"),
+    "notes.docx": (lambda p: p.write_bytes(b"PK\x03\x04"), "unsupported file extension"),
 }
 
 

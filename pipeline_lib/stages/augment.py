@@ -1,10 +1,12 @@
-"""Stage augment: an albumentations policy from params.yaml, used two ways.
+"""Stage augment: the augmentation policy from params.yaml (albumentations for images,
+augment.text's noise for texts), used two ways.
 
-- offline: K augmented copies of every real training image, written with their own manifest and
-  featurized like any image (content-addressed: unchanged copies are never re-featurized);
+- offline: K augmented copies of every real training item, written with their own manifest and
+  featurized like any item (content-addressed: unchanged copies are never re-featurized);
 - online: the same policy on the fly in the fine-tuning data loader (``make_policy``).
 
-A preview grid (original | K augmented copies) shows what the policy does to the labels.
+A preview (original | augmented copies: an image grid, or a table of texts) shows what the policy
+does to the labels.
 """
 
 from __future__ import annotations
@@ -12,36 +14,71 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import atomic
-from ..augmentation import augment_image, copy_seed
+from ..augmentation import augment_image, augment_text, copy_seed
 from ..config import Params, Paths
-from ..dataset import MANIFEST_COLUMNS, load_manifest
+from ..dataset import MANIFEST_COLUMNS, is_text, load_manifest
 from ..images import image_id, read_rgb
+from ..text import read_text, text_id
+
+
+class _Images:
+    folder, suffix, mode = "images", ".png", "RGB"
+
+    def __init__(self, params: Params):
+        self.policy = params.augment.policy
+
+    read, write, content_id = staticmethod(read_rgb), staticmethod(atomic.write_png), staticmethod(image_id)
+
+    def augment(self, pixels, seed: int):
+        return augment_image(pixels, self.policy, seed)
+
+    @staticmethod
+    def size(pixels) -> tuple[int, int]:
+        return pixels.shape[0], pixels.shape[1]
+
+
+class _Texts:
+    folder, suffix, mode = "texts", ".txt", "text"
+
+    def __init__(self, params: Params):
+        self.policy = params.augment.text
+
+    read, write, content_id = staticmethod(read_text), staticmethod(atomic.write_text), staticmethod(text_id)
+
+    def augment(self, text, seed: int):
+        return augment_text(text, self.policy, seed)
+
+    @staticmethod
+    def size(text) -> tuple[int, int]:
+        return 0, 0
 
 
 def run(params: Params, paths: Paths) -> dict:
     manifest, classes = load_manifest(paths)
     train = manifest[manifest["split"] == "train"]
+    kind = (_Texts if is_text(manifest) else _Images)(params)
     k = params.augment.copies
     rows = []
     with atomic.replace_dir(paths.augmented_dir) as staging:
-        (staging / "images").mkdir()
+        (staging / kind.folder).mkdir()
         for row in train.itertuples(index=False):
-            pixels = read_rgb(paths.resolve(row.path))
+            item = kind.read(paths.resolve(row.path))
             for c in range(k):
-                out = augment_image(pixels, params.augment.policy, copy_seed(params.seed, row.image_id, c))
-                iid = image_id(out)
-                if iid == row.image_id:  # no transform fired: the real image is already in train
+                out = kind.augment(item, copy_seed(params.seed, row.image_id, c))
+                iid = kind.content_id(out)
+                if iid == row.image_id:  # no transform fired: the real item is already in train
                     continue
-                atomic.write_png(staging / "images" / f"{iid}.png", out)
-                rows.append({"image_id": iid, "path": f"data/augmented/images/{iid}.png",
+                kind.write(staging / kind.folder / f"{iid}{kind.suffix}", out)
+                height, width = kind.size(out)
+                rows.append({"image_id": iid, "path": f"data/augmented/{kind.folder}/{iid}{kind.suffix}",
                              "source": f"augment:{row.image_id}#{c}", "label": row.label,
-                             "label_idx": row.label_idx, "split": "train", "height": out.shape[0],
-                             "width": out.shape[1], "orig_mode": "RGB", "note": f"copy {c} of {row.image_id}"})
+                             "label_idx": row.label_idx, "split": "train", "height": height,
+                             "width": width, "orig_mode": kind.mode, "note": f"copy {c} of {row.image_id}"})
         frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).drop_duplicates("image_id")
         atomic.write_parquet(staging / "manifest.parquet", frame)
-    preview(train, params, paths)
+    (text_preview if isinstance(kind, _Texts) else preview)(train, params, paths)
     report = {"copies_per_image": k, "real_train_images": int(len(train)), "augmented_images": int(len(frame)),
-              "identical_copies_dropped": int(k * len(train) - len(frame))}
+              "identical_copies_dropped": int(k * len(train) - len(frame)), "modality": kind.mode}
     atomic.write_json(paths.augment_report, report)
     return report
 
@@ -59,3 +96,16 @@ def preview(train: pd.DataFrame, params: Params, paths: Paths) -> None:
                   for c in range(n_cols)]
         rows.append((row.label, [pixels, *copies]))
     plot_image_grid(rows, ["original"] + [f"aug {c}" for c in range(n_cols)], paths.augment_preview)
+
+
+def text_preview(train: pd.DataFrame, params: Params, paths: Paths) -> None:
+    """Table PNG: one row per sample text (one per class first), the original then noisy copies."""
+    from ..plots import plot_text_table
+
+    picks = train.groupby("label_idx", sort=True).head(1).head(params.augment.preview_images)
+    rows = []
+    for row in picks.itertuples(index=False):
+        text = read_text(paths.resolve(row.path))
+        rows.append((row.label, [text] + [augment_text(text, params.augment.text, copy_seed(params.seed, row.image_id, c))
+                                          for c in range(2)]))
+    plot_text_table(rows, ["original", "noisy copy 1", "noisy copy 2"], paths.augment_preview)

@@ -1,14 +1,16 @@
-"""Stage ingest: read the source, validate every image, normalise to RGB, split, write a manifest.
+"""Stage ingest: read the source, validate every image or text, normalise, split, write a manifest.
 
-Sources: the embedded Fashion-MNIST sample, an image folder ``<path>/<class>/*.png``, or a CSV
-manifest ``path,label[,split]`` (paths relative to the CSV's folder). Every image that cannot be
-used goes to the report with the reason and the fix (``data.on_bad_file: quarantine``) or stops the
-stage with that message (``error``). Output: normalised PNGs named by content hash, a parquet
-manifest, classes.json and reports/ingest.json.
+Sources: the embedded Fashion-MNIST sample, a folder ``<path>/<class>/*.png`` (or ``*.txt``, one
+text per file), or a CSV manifest ``path,label[,split]`` (paths relative to the CSV's folder) or
+``text,label[,split]``. Every item that cannot be used goes to the report with the reason and the
+fix (``data.on_bad_file: quarantine``) or stops the stage with that message (``error``). Output:
+normalised RGB PNGs or UTF-8 texts (NFC, whitespace collapsed) named by content hash, a parquet
+manifest (``orig_mode`` "text" marks a text data set), classes.json and reports/ingest.json.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import unicodedata
 from collections import Counter
@@ -23,6 +25,8 @@ from ..config import Params, Paths
 from ..dataset import MANIFEST_COLUMNS, SPLITS, UNLABELED
 from ..errors import PipelineError
 from ..images import IMAGE_EXTENSIONS, BadImage, image_id, load_image
+from ..text import TEXT_EXTENSIONS, UTF8_FIX, decode_utf8, not_utf8, text_id
+from ..text_normalize import normalize_text
 
 MISSING_LABELS = {"", "nan", "none", "null", "na", "n/a", "<na>"}  # what spreadsheets write for "no label"
 
@@ -33,7 +37,12 @@ class Candidate:
     label: str
     split: str  # "" when the source gives none
     file: Path | None = None  # a file to decode, or
-    pixels: np.ndarray | None = None  # pixels already in memory (the embedded sample)
+    pixels: np.ndarray | None = None  # pixels already in memory (the embedded sample), or
+    text: str | None = None  # a text already in memory (a manifest's text column)
+
+    @property
+    def is_text(self) -> bool:
+        return self.text is not None or (self.file is not None and self.file.suffix.lower() in TEXT_EXTENSIONS)
 
 
 @dataclass
@@ -93,14 +102,28 @@ def _folder_candidates(root: Path, report: IngestReport, strict: bool) -> tuple[
                           f"folder {base}", "copy the images into the data folder instead of linking them", strict)
             continue
         classes.append(class_dir.name)
-        out += [Candidate(str(f), class_dir.name, "", file=f) for f in _image_files(class_dir, base, report, strict)]
-    return out, classes
+        out += [Candidate(str(f), class_dir.name, "", file=f)
+                for f in _image_files(class_dir, base, report, strict, IMAGE_EXTENSIONS + TEXT_EXTENSIONS)]
+    return _one_modality(out, report, strict), classes
 
 
-def _image_files(folder: Path, base: Path, report: IngestReport, strict: bool) -> list[Path]:
-    """The image files under a folder, recursively and sorted. Hidden files and folders are skipped
-    (the folders listed in the report); links that lead outside ``base`` and links to folders are
-    refused, never opened; other extensions are rejected."""
+def _one_modality(candidates: list[Candidate], report: IngestReport, strict: bool) -> list[Candidate]:
+    """A folder is a data set of images or of texts, whichever it holds more of; files of the other
+    kind are rejected."""
+    texts = sum(c.is_text for c in candidates) > len(candidates) / 2
+    for c in candidates:
+        if c.is_text != texts:
+            report.reject(c.source, f"{'an image' if texts else 'a text file'} in a folder of "
+                          f"{'texts' if texts else 'images'}",
+                          "keep images and texts in separate data sets (or remove the file)", strict)
+    return [c for c in candidates if c.is_text == texts]
+
+
+def _image_files(folder: Path, base: Path, report: IngestReport, strict: bool,
+                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """The files with ``extensions`` under a folder, recursively and sorted. Hidden files and folders
+    are skipped (the folders listed in the report); links that lead outside ``base`` and links to
+    folders are refused, never opened; other extensions are rejected."""
     files = []
     for top, dirs, names in os.walk(folder):  # does not follow linked folders
         here = Path(top)
@@ -117,11 +140,11 @@ def _image_files(folder: Path, base: Path, report: IngestReport, strict: bool) -
             elif not f.is_file():
                 report.reject(str(f), "not a regular file (a named pipe, socket or device, or a broken link)",
                               "remove it from the data folder", strict)
-            elif f.suffix.lower() in IMAGE_EXTENSIONS:
+            elif f.suffix.lower() in extensions:
                 files.append(f)
             else:
                 report.reject(str(f), f"unsupported file extension {f.suffix or '(none)'!r}",
-                              f"use one of {', '.join(IMAGE_EXTENSIONS)} or remove the file", strict)
+                              f"use one of {', '.join(extensions)} or remove the file", strict)
     return files
 
 
@@ -130,15 +153,21 @@ def _manifest_candidates(csv: Path, report: IngestReport, strict: bool) -> tuple
         raise PipelineError(f"manifest {csv} does not exist: give a CSV with columns path,label[,split] "
                             "in data.path, or set data.source: folder.")
     try:
-        frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        frame = pd.read_csv(io.StringIO(decode_utf8(csv.read_bytes(), f"manifest {csv}")), dtype=str,
+                            keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise PipelineError(f"manifest {csv} is not a readable CSV: {exc}") from None
-    missing = {"path", "label"} - set(frame.columns)
+    if {"path", "text"} <= set(frame.columns):
+        raise PipelineError(f"manifest {csv} has both a `path` and a `text` column: a data set is images (path) "
+                            "or texts (text); keep one of the two columns.")
+    item = "text" if "text" in frame.columns else "path"
+    missing = {item, "label"} - set(frame.columns)
     if missing:
         raise PipelineError(f"manifest {csv} lacks column(s) {sorted(missing)}; it has {list(frame.columns)}. "
-                            "Expected a header line `path,label` or `path,label,split`.")
+                            "Expected a header line `path,label[,split]` (images) or `text,label[,split]` (texts).")
     if frame.empty:
-        raise PipelineError(f"manifest {csv} has a header but no rows: add one line `path,label` per image.")
+        raise PipelineError(f"manifest {csv} has a header but no rows: add one line `{item},label` per "
+                            f"{'text' if item == 'text' else 'image'}.")
     base = csv.parent.resolve()
     out: list[Candidate] = []
     for line_no, row in enumerate(frame.itertuples(index=False), start=2):
@@ -154,6 +183,9 @@ def _manifest_candidates(csv: Path, report: IngestReport, strict: bool) -> tuple
         if not label.isprintable():
             report.reject(where, f"label {label!r} has control characters (tab, newline, ...)",
                           "write the class name in plain characters", strict)
+            continue
+        if item == "text":
+            out.append(Candidate(where, label, split, text=str(row.text)))
             continue
         target = (base / str(row.path)).resolve()
         if "\\" in str(row.path) and not target.exists():  # a Windows path: images\cat\1.png
@@ -284,8 +316,10 @@ def _run(params: Params, paths: Paths, report: IngestReport) -> dict:
 
     if params.semi_supervised.source == "folder":
         candidates = candidates + _unlabeled_candidates(paths.resolve(d.unlabeled), report, strict)
+    texts = bool(candidates) and all(c.is_text for c in candidates)
+    items = "texts" if texts else "images"
     with atomic.replace_dir(paths.prepared_dir) as staging:
-        rows = _validate_and_write(candidates, staging / "images", params, report, strict)
+        rows = _validate_and_write(candidates, staging / items, params, report, strict)
         frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
         unlabeled = frame[frame["split"] == UNLABELED]
         frame = frame[frame["split"] != UNLABELED].reset_index(drop=True)
@@ -297,24 +331,33 @@ def _run(params: Params, paths: Paths, report: IngestReport) -> dict:
         classes = classes + _zero_shot_classes(d.zero_shot_classes, classes)
         frame = pd.concat([frame, unlabeled.assign(label_idx=-1)], ignore_index=True)
         frame = frame.sort_values(["split", "label_idx", "image_id"], kind="stable").reset_index(drop=True)
-        _remove_orphans(staging / "images", set(frame["path"]))
-        frame["path"] = "data/prepared/images/" + frame["path"]
+        _remove_orphans(staging / items, set(frame["path"]))
+        frame["path"] = f"data/prepared/{items}/" + frame["path"]
         atomic.write_parquet(staging / "manifest.parquet", frame)
         atomic.write_json(staging / "classes.json", classes)
 
-    summary = {"selection_mode": mode, **_summary(frame, classes, report)}
+    summary = {"selection_mode": mode, "modality": "text" if texts else "image", **_summary(frame, classes, report)}
     atomic.write_json(paths.ingest_report, summary)
     return summary
 
 
-def _validate_and_write(candidates, images_dir: Path, params: Params, report: IngestReport,
+def _validate_and_write(candidates, items_dir: Path, params: Params, report: IngestReport,
                         strict: bool) -> list[dict]:
     from tqdm import tqdm
 
-    images_dir.mkdir(parents=True)
+    items_dir.mkdir(parents=True)
     rows: list[dict] = []
     seen: dict[str, dict] = {}  # image_id -> its row (duplicates are kept once)
-    for cand in tqdm(candidates, desc="ingest", unit="img", disable=len(candidates) < 200):
+    for cand in tqdm(candidates, desc="ingest", unit="item", disable=len(candidates) < 200):
+        if cand.is_text:
+            try:
+                text = _load_text(cand)
+            except BadImage as bad:
+                report.reject(cand.source, bad.reason, bad.fix, strict)
+                continue
+            _keep(cand, text_id(text), {"height": 0, "width": 0, "orig_mode": "text", "note": ""}, seen, rows, report,
+                  lambda name: atomic.write_text(items_dir / name, text), ".txt")
+            continue
         try:
             if cand.pixels is not None:
                 pixels = np.repeat(cand.pixels[..., None], 3, axis=2) if cand.pixels.ndim == 2 else cand.pixels
@@ -326,31 +369,53 @@ def _validate_and_write(candidates, images_dir: Path, params: Params, report: In
         except BadImage as bad:
             report.reject(cand.source, bad.reason, bad.fix, strict)
             continue
-        iid = image_id(pixels)
         if note:
             report.converted.append({"file": cand.source, "note": note})
-        if iid in seen:
-            first = seen[iid]
-            entry = {"file": cand.source, "duplicate_of": first["source"], "label": cand.label,
-                     "split": cand.split}
-            if first["label"] != cand.label:
-                entry["conflict"] = f"labelled {cand.label!r} here but {first['label']!r} there"
-            if first["split"] != cand.split and "test" in (first["split"], cand.split):
-                report.leakage.append({"file": cand.source, "same_image_as": first["source"],
-                                       "splits": sorted([first["split"] or "(unassigned)",
-                                                         cand.split or "(unassigned)"]),
-                                       "action": "kept once, in test only"})
-                first["split"] = "test"
-            report.duplicates.append(entry)
-            continue
-        name = f"{iid}.png"
-        atomic.write_png(images_dir / name, pixels)
-        row = {"image_id": iid, "path": name, "source": cand.source, "label": cand.label,
-               "label_idx": -1, "split": cand.split, "height": pixels.shape[0], "width": pixels.shape[1],
-               "orig_mode": mode, "note": note}
-        seen[iid] = row
-        rows.append(row)
+        _keep(cand, image_id(pixels), {"height": pixels.shape[0], "width": pixels.shape[1], "orig_mode": mode,
+                                        "note": note}, seen, rows, report,
+              lambda name: atomic.write_png(items_dir / name, pixels), ".png")
     return rows
+
+
+def _load_text(cand: Candidate) -> str:
+    """The candidate's text, decoded and normalised; BadImage (reason, fix) when it cannot be used."""
+    if cand.text is not None:
+        raw = cand.text
+    else:
+        data = cand.file.read_bytes()
+        if not_utf8(data):
+            raise BadImage(not_utf8(data), UTF8_FIX)
+        raw = data.decode("utf-8-sig")
+    text = normalize_text(raw)
+    if not text:
+        raise BadImage("empty text (nothing but whitespace)" if raw else "empty text",
+                       "write the text in the row (or remove the row)")
+    return text
+
+
+def _keep(cand: Candidate, iid: str, fields: dict, seen: dict[str, dict], rows: list[dict], report: IngestReport,
+          write, suffix: str) -> None:
+    """Write a new item once (named by its content id) and add its row; a repeat of a seen item is
+    listed as a duplicate (a conflict when labelled differently) and, across train/test, as leakage
+    (kept once, in test)."""
+    if iid in seen:
+        first = seen[iid]
+        entry = {"file": cand.source, "duplicate_of": first["source"], "label": cand.label, "split": cand.split}
+        if first["label"] != cand.label:
+            entry["conflict"] = f"labelled {cand.label!r} here but {first['label']!r} there"
+        if first["split"] != cand.split and "test" in (first["split"], cand.split):
+            report.leakage.append({"file": cand.source, "same_image_as": first["source"],
+                                   "splits": sorted([first["split"] or "(unassigned)", cand.split or "(unassigned)"]),
+                                   "action": "kept once, in test only"})
+            first["split"] = "test"
+        report.duplicates.append(entry)
+        return
+    name = f"{iid}{suffix}"
+    write(name)
+    row = {"image_id": iid, "path": name, "source": cand.source, "label": cand.label, "label_idx": -1,
+           "split": cand.split, **fields}
+    seen[iid] = row
+    rows.append(row)
 
 
 def _check_classes(frame: pd.DataFrame, classes: list[str], params: Params, report: IngestReport,

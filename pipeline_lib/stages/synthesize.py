@@ -26,13 +26,14 @@ import pandas as pd
 from .. import atomic
 from ..backbones import backbone_for
 from ..config import Params, Paths
-from ..dataset import MANIFEST_COLUMNS, PROVENANCE_COLUMNS, SYNTHETIC, load_manifest, load_synthetic
+from ..dataset import MANIFEST_COLUMNS, PROVENANCE_COLUMNS, SYNTHETIC, is_text, load_manifest, load_synthetic
 from ..errors import PipelineError
 from ..feature_cache import FeatureCache
 from ..generators import Generated, dir_hash, sample_ddpm, sample_stable_diffusion, train_ddpm
 from ..heads import HeadRecipe, fit_head, predict_proba
 from ..images import image_id, read_rgb
 from ..runtime import pick_device, use
+from ..text import read_text
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -40,6 +41,8 @@ def run(params: Params, paths: Paths) -> dict:
     s = params.synthetic
     manifest, classes = load_manifest(paths)
     train = manifest[manifest["split"] == "train"]
+    if is_text(manifest):
+        return _text(params, paths, train, classes)
     k = params.synthetic.preview_per_class if s.generator == "none" else None  # none: only the preview's images
     real = {c: [read_rgb(paths.resolve(p)) for p in train.loc[train["label_idx"] == c, "path"][:k]]
             for c in range(len(classes))}
@@ -201,6 +204,26 @@ def _write_empty(paths: Paths) -> None:
         (staging / "images").mkdir()
         atomic.write_parquet(staging / "manifest.parquet",
                              pd.DataFrame(columns=MANIFEST_COLUMNS + PROVENANCE_COLUMNS))
+
+
+def _text(params: Params, paths: Paths, train: pd.DataFrame, classes: list[str]) -> dict:
+    """A text data set: no generator draws texts yet (ddpm and stable_diffusion draw images); the
+    preview shows real training texts per class."""
+    from ..plots import plot_text_table
+
+    if params.synthetic.generator != "none":
+        raise PipelineError(f"synthetic.generator: {params.synthetic.generator} draws images, and this is a text data "
+                            "set: set synthetic.generator: none")
+    _write_empty(paths)
+    _no_ddpm(paths, "none")
+    k = min(params.synthetic.preview_per_class, 3)  # texts need the width of several images
+    rows = [(label, [read_text(paths.resolve(p)) for p in train.loc[train["label_idx"] == c, "path"][:k]])
+            for c, label in enumerate(classes)]
+    plot_text_table(rows, [f"real {i + 1}" for i in range(max((len(t) for _, t in rows), default=0))],
+                    paths.synthetic_preview)
+    report = {"generator": "none", "generated": 0, "kept": 0, "modality": "text"}
+    atomic.write_json(paths.synthesize_report, report)
+    return report
 
 
 def preview(frame: pd.DataFrame, real: dict, classes: list[str], params: Params, paths: Paths) -> None:

@@ -18,8 +18,9 @@ import pandas as pd
 from .. import atomic
 from ..backbones import backbone_spec
 from ..config import Params, Paths
-from ..dataset import load_manifest
+from ..dataset import is_text, load_manifest
 from ..errors import PipelineError
+from ..features import featurized_backbones
 from ..heads import HeadRecipe, predict_proba, recipes, save_head
 from ..selection import Fold, best, mean_oof, oof_matrix, summarise
 from ..training_set import TTA, TrainingSet, fit_recipe
@@ -50,7 +51,7 @@ def cross_validate(data: TrainingSet, folds: list[Fold], params: Params, n_class
 
 def run(params: Params, paths: Paths) -> dict:
     _, classes = load_manifest(paths)
-    names = params.backbone.names
+    names = featurized_backbones(paths)  # backbone.name's candidates, or text.encoder for texts
     sets = {name: TrainingSet(params, paths, name) for name in names}
     data = sets[names[0]]
     missing = [c for i, c in enumerate(classes) if not ((data.y == i).any() or (data.y_syn == i).any())]
@@ -81,8 +82,9 @@ def run(params: Params, paths: Paths) -> dict:
     head, pseudo = fit_recipe(data, refit, recipe, params, len(classes), params.seed, val)
     seconds = time.perf_counter() - started
 
+    text = is_text(load_manifest(paths)[0])
     meta = {"classes": classes, "backbone": params.backbone.model_dump(), "seed": params.seed,
-            "backbone_spec": backbone_spec(params, data.backbone), "recipe": recipe.as_dict(),
+            "backbone_spec": backbone_spec(params, data.backbone, text), "recipe": recipe.as_dict(),
             "tta": table[winner]["tta"]}
     save_head(head, paths.head, paths.head_meta, meta)
     scored = ~np.isnan(oof[winner][:, 0])
