@@ -3,6 +3,7 @@
     python -m flows.predict data/new_images                      # -> predictions.csv (+ .report.json)
     python -m flows.predict new.csv --model models:/transfer-classifier@challenger --out preds.parquet
     python -m flows.predict data/new_images --model models:/transfer-classifier/3 --top-k 5
+    python -m flows.predict new_reviews.txt                      # a text model: one example per line (or a CSV `text` column)
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ if __name__ == "__main__":
     from flows._cli import run
 
     parser = argparse.ArgumentParser(description="Batch prediction with a registered model.")
-    parser.add_argument("source", help="a folder of images (recursive) or a CSV with a `path` column")
+    parser.add_argument("source", help="a folder of images (recursive) or a CSV with a `path` column; for a text "
+                                       "model a CSV with a `text` column or a text file, one example per line")
     parser.add_argument("--out", default="predictions.csv", help=".csv or .parquet (a .report.json lands beside it)")
     parser.add_argument("--model", default=None,
                         help="an alias (champion, challenger), a version number, or a model URI "
@@ -40,4 +42,4 @@ if __name__ == "__main__":
     report = run(predict, source=args.source, out=args.out, model=args.model, top_k=args.top_k,
                  batch_size=args.batch_size)
     print(f"{report['predicted']} predictions -> {report['output']} ({len(report['skipped'])} skipped; "
-          f"{report['images_per_second']} img/s; model {report['model']})")
+          f"{report.get('images_per_second', report.get('texts_per_second'))} per second; model {report['model']})")

@@ -1,8 +1,10 @@
 """Batch prediction with a registered model: ``models:/<name>@champion`` by default.
 
-Inputs: a folder of images (searched recursively) or a CSV with a ``path`` column (relative to
-the CSV's folder). Every file is decoded and validated as ingest does; unreadable ones are
-skipped and listed with the reason in the report, never fatal. The logged model carries the
+Inputs of an image model: a folder of images (searched recursively) or a CSV with a ``path``
+column (relative to the CSV's folder). Every file is decoded and validated as ingest does;
+unreadable ones are skipped and listed with the reason in the report, never fatal. Inputs of a
+text model: a CSV with a ``text`` column, or a text file with one example per line (an empty
+row or line is skipped and listed). The logged model carries the
 preprocessing (normalisation inside; inputs are resized here exactly as training resized them),
 the class names and the resolution in its metadata. When the model's run holds an evaluation
 with a fitted temperature, ``confidence`` and the top-k probabilities are temperature-scaled;
@@ -34,11 +36,12 @@ MAX_SIDE = 1024  # decode at most this size (data.max_image_side's default): a h
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
+    model: torch.nn.Module  # an image model; a text model is an mlflow pyfunc model
     classes: list[str]
-    resolution: int
+    resolution: int  # 0 for a text model
     temperature: float | None
     uri: str
+    modality: str = "image"
 
 
 def list_inputs(source: Path) -> list[Path]:
@@ -68,6 +71,30 @@ def list_inputs(source: Path) -> list[Path]:
     raise PipelineError(f"predict: {source} is neither a folder of images nor a .csv file with a `path` column")
 
 
+def list_texts(source: Path) -> list[tuple[str, str]]:
+    """(where, text) of every input of a text model: the rows of a CSV's ``text`` column, or the
+    lines of a text file (UTF-8), blank ones included (they are reported as skipped)."""
+    from .text import decode_utf8
+
+    source = Path(source)
+    if not source.is_file():
+        raise PipelineError(f"predict: {source} is not a file: give a CSV with a `text` column or a text file "
+                            "with one example per line")
+    content = decode_utf8(source.read_bytes(), f"predict: {source}")
+    if source.suffix.lower() == ".csv":
+        import io
+
+        try:
+            frame = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+            raise PipelineError(f"predict: {source} is not a readable CSV ({str(exc).splitlines()[0]}): "
+                                "give a header line `text` and one example per row") from None
+        if "text" not in frame.columns:
+            raise PipelineError(f"predict: {source} has no `text` column (header found: {', '.join(frame.columns)})")
+        return [(f"{source}:{i + 2}", t) for i, t in enumerate(frame["text"])]
+    return [(f"{source}:{i + 1}", line) for i, line in enumerate(content.splitlines())]
+
+
 def model_uri(model: str | None, default_name: str) -> str:
     """A model URI from what the user typed: a full ``models:/``/``runs:/`` URI, an alias
     (``champion``) or a version number of the project's registered model; default the champion."""
@@ -91,7 +118,8 @@ def load_registered(model_uri: str, tracking_uri: str) -> LoadedModel:
     with tempfile.TemporaryDirectory(prefix="predict-model-") as scratch:
         try:
             info = mlflow.models.get_model_info(model_uri)
-            model = mlflow.pytorch.load_model(model_uri, dst_path=scratch)
+            text = (info.metadata or {}).get("modality") == "text"
+            model = (mlflow.pyfunc if text else mlflow.pytorch).load_model(model_uri, dst_path=scratch)
         except Exception as exc:  # noqa: BLE001 - unknown alias/version, unreachable server
             message = (f"predict: cannot load {model_uri} from {tracking_uri}: {str(exc).splitlines()[0]}. "
                        "List versions and aliases in the MLflow UI (Models tab).")
@@ -105,7 +133,49 @@ def load_registered(model_uri: str, tracking_uri: str) -> LoadedModel:
             except Exception:  # noqa: BLE001 - a model logged without an evaluation: no temperature
                 temperature = None
     return LoadedModel(model=model, classes=list(info.metadata["classes"]),
-                       resolution=int(info.metadata["resolution"]), temperature=temperature, uri=model_uri)
+                       resolution=0 if text else int(info.metadata["resolution"]), temperature=temperature,
+                       uri=model_uri, modality="text" if text else "image")
+
+
+def _table(loaded: LoadedModel, raw: np.ndarray, sources: list[str], k: int, column: str = "path") -> list[dict]:
+    """Output rows: the predicted class, its (temperature-scaled) confidence, the model's own
+    probability and the top k."""
+    proba = rescale(raw, loaded.temperature)
+    names = np.array(loaded.classes)
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    rows = []
+    for i, source in enumerate(sources):
+        row = {column: source, "predicted": names[order[i, 0]], "confidence": round(float(proba[i, order[i, 0]]), 6),
+               "raw_confidence": round(float(raw[i].max()), 6)}
+        for j in range(k):
+            row[f"top{j + 1}"] = names[order[i, j]]
+            row[f"top{j + 1}_p"] = round(float(proba[i, order[i, j]]), 6)
+        rows.append(row)
+    return rows
+
+
+def _columns(first: str, k: int) -> list[str]:
+    return [first, "predicted", "confidence", "raw_confidence"] + [f"top{j + 1}{p}" for j in range(k) for p in ("", "_p")]
+
+
+def predict_texts(loaded: LoadedModel, items: list[tuple[str, str]], batch_size: int = 64, top_k: int = 3
+                  ) -> tuple[pd.DataFrame, list[dict]]:
+    """Predictions of a text model for the non-empty texts (in input order; the model normalises
+    them as ingest did), and the list of skipped (empty) ones."""
+    from .text_normalize import normalize_text
+
+    k = max(1, min(top_k, len(loaded.classes)))
+    kept = [(where, text) for where, text in items if normalize_text(text)]
+    skipped = [{"path": where, "reason": "empty text", "fix": "write the example in the row (or remove it)"}
+               for where, text in items if not normalize_text(text)]
+    rows = []
+    for start in tqdm(range(0, len(kept), batch_size), desc="predict", unit="batch", disable=len(kept) < batch_size):
+        part = kept[start:start + batch_size]
+        out = loaded.model.predict(pd.DataFrame({"text": [t for _, t in part]}))
+        rows += _table(loaded, out[loaded.classes].to_numpy(np.float64), [w for w, _ in part], k, "source")
+        for row, (_, text) in zip(rows[-len(part):], part):
+            row["text"] = text[:200]
+    return pd.DataFrame(rows, columns=_columns("source", k) + ["text"]), skipped
 
 
 def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, top_k: int = 3,
@@ -116,7 +186,6 @@ def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, 
     preprocess = Preprocess(loaded.resolution)
     rows, skipped = [], []
     k = max(1, min(top_k, len(loaded.classes)))
-    names = np.array(loaded.classes)
     with tqdm(total=len(files), desc="predict", unit="img") as bar:
         for start in range(0, len(files), batch_size):
             batch, kept = [], []
@@ -142,25 +211,22 @@ def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, 
                 continue
             with torch.no_grad():
                 raw = loaded.model(torch.stack(batch)).numpy().astype(np.float64)
-            proba = rescale(raw, loaded.temperature)
-            order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
-            for i, f in enumerate(kept):
-                row = {"path": str(f), "predicted": names[order[i, 0]], "confidence": round(float(proba[i, order[i, 0]]), 6),
-                       "raw_confidence": round(float(raw[i].max()), 6)}
-                for j in range(k):
-                    row[f"top{j + 1}"] = names[order[i, j]]
-                    row[f"top{j + 1}_p"] = round(float(proba[i, order[i, j]]), 6)
-                rows.append(row)
-    columns = ["path", "predicted", "confidence", "raw_confidence"] + [
-        f"top{j + 1}{p}" for j in range(k) for p in ("", "_p")]
-    return pd.DataFrame(rows, columns=columns), skipped
+            rows += _table(loaded, raw, [str(f) for f in kept], k)
+    return pd.DataFrame(rows, columns=_columns("path", k)), skipped
 
 
-def write_predictions(loaded: LoadedModel, files: list[Path], out: Path, batch_size: int = 64,
+def read_inputs(loaded: LoadedModel, source: Path) -> list:
+    """What ``source`` holds for this model: image files, or (where, text) pairs for a text model."""
+    return list_texts(source) if loaded.modality == "text" else list_inputs(source)
+
+
+def write_predictions(loaded: LoadedModel, files: list, out: Path, batch_size: int = 64,
                       top_k: int = 3) -> dict:
-    """Predict ``files`` and write the table (.csv or .parquet, atomically) and a report beside it."""
+    """Predict ``files`` (images, or a text model's (where, text) pairs) and write the table (.csv or
+    .parquet, atomically) and a report beside it."""
     started = time.perf_counter()
-    frame, skipped = predict_files(loaded, files, batch_size, top_k)
+    predict = predict_texts if loaded.modality == "text" else predict_files
+    frame, skipped = predict(loaded, files, batch_size, top_k)
     seconds = time.perf_counter() - started
     out = Path(out)
     if out.suffix == ".parquet":
@@ -170,7 +236,8 @@ def write_predictions(loaded: LoadedModel, files: list[Path], out: Path, batch_s
             frame.to_csv(tmp, index=False)
     report = {"model": loaded.uri, "inputs": len(files), "predicted": len(frame), "skipped": skipped,
               "temperature": loaded.temperature, "seconds": round(seconds, 2),
-              "images_per_second": round(len(frame) / seconds, 1) if seconds > 0 else None, "output": str(out)}
+              f"{'texts' if loaded.modality == 'text' else 'images'}_per_second":
+                  round(len(frame) / seconds, 1) if seconds > 0 else None, "output": str(out)}
     report_file = out.with_name(out.stem + ".report.json")
     atomic.write_json(report_file, report)
     if files and frame.empty:

@@ -21,4 +21,4 @@ def load_model_task(model_uri: str, tracking_uri: str) -> predict.LoadedModel:
 
 @task(cache_policy=NONE, name="predict")
 def predict_task(loaded: predict.LoadedModel, source: str, out: str, batch_size: int, top_k: int) -> dict:
-    return predict.write_predictions(loaded, predict.list_inputs(Path(source)), Path(out), batch_size, top_k)
+    return predict.write_predictions(loaded, predict.read_inputs(loaded, Path(source)), Path(out), batch_size, top_k)

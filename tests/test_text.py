@@ -155,14 +155,21 @@ def test_folder_of_text_files_with_a_bad_encoding_and_a_stray_image(tmp_path):
     assert report["modality"] == "text" and "an image in a folder of texts" in [r["reason"] for r in report["rejected"]]
 
 
-def test_logged_pyfunc_model_round_trips_and_matches_evaluate(trained):
-    import mlflow
-
+@pytest.fixture(scope="module")
+def logged(trained):
+    """The trained text project logged to MLflow (sqlite in the project): params, paths, run id."""
     from pipeline_lib import tracking
-    from pipeline_lib.text import read_text
 
     params, paths = trained
-    run_id = tracking.log_pipeline_run(params, paths)
+    return params, paths, tracking.log_pipeline_run(params, paths)
+
+
+def test_logged_pyfunc_model_round_trips_and_matches_evaluate(logged):
+    import mlflow
+
+    from pipeline_lib.text import read_text
+
+    params, paths, run_id = logged
     mlflow.set_tracking_uri(paths.mlflow_uri)
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     manifest = pd.read_parquet(paths.manifest).set_index("image_id")
@@ -175,3 +182,25 @@ def test_logged_pyfunc_model_round_trips_and_matches_evaluate(trained):
     version = mlflow.MlflowClient().get_model_version_by_alias(params.mlflow.model_name, "challenger")
     assert "Text classifier over 4 classes" in mlflow.MlflowClient().get_registered_model(
         params.mlflow.model_name).description and version.run_id == run_id
+
+
+def test_predict_reads_a_text_file_and_a_csv_and_accounts_for_every_row(logged, tmp_path):
+    from pipeline_lib import predict
+
+    params, paths, _ = logged
+    loaded = predict.load_registered(predict.model_uri("challenger", params.mlflow.model_name), paths.mlflow_uri)
+    assert loaded.modality == "text" and loaded.classes == list(CLASSES)
+    lines = tmp_path / "new.txt"
+    lines.write_text("My face broke out in acne again\n\n  \nI have been depressed for months\n", encoding="utf-8")
+    report = predict.write_predictions(loaded, predict.read_inputs(loaded, lines), tmp_path / "preds.csv")
+    preds = pd.read_csv(tmp_path / "preds.csv")
+    assert preds["source"].tolist() == [f"{lines}:1", f"{lines}:4"] and report["predicted"] == 2
+    assert [s["path"] for s in report["skipped"]] == [f"{lines}:2", f"{lines}:3"]
+    assert {"predicted", "confidence", "raw_confidence", "top1", "top3_p", "text"} <= set(preds.columns)
+    table = tmp_path / "new.csv"
+    pd.DataFrame({"text": ["acne on my back", ""]}).to_csv(table, index=False)
+    report = predict.write_predictions(loaded, predict.read_inputs(loaded, table), tmp_path / "preds2.csv")
+    assert report["predicted"] == 1 and report["skipped"][0]["path"] == f"{table}:3"
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(PipelineError, match="line 1 is not UTF-8"):
+        predict.read_inputs(loaded, tmp_path / "bad.txt")

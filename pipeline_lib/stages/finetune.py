@@ -30,7 +30,7 @@ import torch
 from .. import atomic, domain_adaptation
 from ..backbones import chosen_backbone, unfreeze
 from ..config import Params, Paths
-from ..dataset import UNLABELED, load_manifest, load_synthetic
+from ..dataset import UNLABELED, is_text, load_manifest, load_synthetic
 from ..domain_adaptation import load_target_images
 from ..errors import PipelineError
 from ..features import load_features
@@ -60,8 +60,12 @@ def run(params: Params, paths: Paths) -> dict:
     paths.finetune_dir.mkdir(parents=True, exist_ok=True)
     if not params.finetune.enabled:
         return _disabled(paths, {"enabled": False})
-    device = use(params.runtime)
     manifest, classes = load_manifest(paths)
+    if is_text(manifest):  # the frozen encoder's head is deployed; contrastive tuning is the next step
+        return _disabled(paths, {"enabled": True, "kept": False, "modality": "text",
+                                 "reason": "fine-tuning a text encoder is not available yet: the head on the frozen "
+                                           "sentence encoder is deployed"})
+    device = use(params.runtime)
     real_train, synthetic = manifest[manifest["split"] == "train"], load_synthetic(paths)
     val_frame = manifest[manifest["split"] == "val"]
     checkpoint = Checkpoint(paths.finetune_checkpoint(config_hash(params, paths)), device)
