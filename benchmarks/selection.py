@@ -5,7 +5,7 @@ several seeds, mean ± std of test accuracy; plus the wall time of each stage. W
 fastai's fine_tune(15) (benchmarks/peer_fastai.py) and the scratch CNN (baseline_scratch.py) on the
 same images, in the same run (fastai lives in .venv-fastai: `make bench-fastai` builds it).
 
-    .venv/bin/python benchmarks/selection.py [--seeds 5] [--shots 5 10 20 50] [--data sample|full]
+    .venv/bin/python benchmarks/selection.py [--seeds 5] [--first-seed 0] [--shots 5 10 20 50] [--data sample|full]
         [--set KEY=VALUE ...] [--unlabeled] [--only COLUMN ...]
     # --unlabeled: also semi_supervised.source=unused (heads only), and with semi_supervised.finetune too
     .venv-fastai/bin/python benchmarks/selection.py --data full --seeds 5 --unlabeled --peers
@@ -52,6 +52,7 @@ def lr_cv(paths: Paths) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--data", choices=["sample", "full"], default="sample")
     parser.add_argument("--unlabeled", action="store_true", help="also run with semi_supervised.source=unused")
@@ -81,7 +82,7 @@ def main() -> None:
     for shots in args.shots:
         stage_s: dict[str, list[float]] = defaultdict(list)
         chosen = []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             raw = benchmark_params(base, seed, shots, args.data, root)
             unlabeled = {**raw["semi_supervised"], "source": "unused"}
             variants = [("deployed", raw), ("deployed+unlabeled", {**raw, "semi_supervised": unlabeled}),
