@@ -53,6 +53,9 @@ class DataParams(_Section):
     zero_shot_classes: list[str] = Field(default_factory=list)
     """classes with no labelled image: learnt from `stable_diffusion` images of their prompt (docs/design.md, "A class with no
     labelled image at all")"""
+    class_descriptions: dict[str, str] = Field(default_factory=dict)
+    """text data sets: what each class is about, `{refund: "the customer asks for money back"}`, for the zero-shot row of
+    evaluate ("This text is about <description>."); a class without one is described by its name"""
 
     @model_validator(mode="after")
     def _fractions(self) -> "DataParams":

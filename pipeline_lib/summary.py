@@ -8,12 +8,22 @@ import sys
 from .config import Paths
 
 
+def items(paths: Paths) -> str:
+    """What the data set holds, for sentences: "texts" or "images" (ingest's report says)."""
+    try:
+        text = json.loads(paths.ingest_report.read_text()).get("modality") == "text"
+    except (OSError, ValueError):
+        text = False
+    return "texts" if text else "images"
+
+
 def stage_line(stage: str, report: dict, paths: Paths) -> str:
     """One line saying what a stage did, for the console and Prefect's run log."""
     r, took = report, f" in {report['wall_seconds']:.1f} s" if "wall_seconds" in report else ""
+    noun = "texts" if r.get("modality") == "text" else items(paths)
     if stage == "ingest":
         c = r.get("counts") or {}
-        line = (f"{c.get('train', 0)} train, {c.get('val', 0)} val, {c.get('test', 0)} test images of "
+        line = (f"{c.get('train', 0)} train, {c.get('val', 0)} val, {c.get('test', 0)} test {noun} of "
                 f"{len(r.get('classes') or [])} classes")
         problems = [f"{r[k]} {what}" for k, what in (("n_rejected", "files rejected"), ("n_duplicates", "duplicates"),
                                                      ("n_leakage", "train/test leaks")) if r.get(k)]
@@ -23,13 +33,13 @@ def stage_line(stage: str, report: dict, paths: Paths) -> str:
         line = (f"{r.get('kept', 0)} of {r.get('generated', 0)} generated images kept ({r.get('generator')})"
                 if r.get("generated") else "no synthetic images (synthetic.generator: none)")
     elif stage == "augment":
-        line = f"{r.get('augmented_images', 0)} augmented copies of {r.get('real_train_images', 0)} training images"
+        line = f"{r.get('augmented_images', 0)} augmented copies of {r.get('real_train_images', 0)} training {noun}"
     elif stage == "featurize":
-        line = (f"{r.get('images', 0)} images through {r.get('backbone')}: {r.get('computed', 0)} computed, "
+        line = (f"{r.get('images', 0)} {noun} through {r.get('backbone')}: {r.get('computed', 0)} computed, "
                 f"{r.get('cache_hits', 0)} from the cache")
     elif stage == "train_head":
         line = (f"head {r.get('winner')}: {r.get('selection_mode')} macro-F1 {r.get('cv_macro_f1', float('nan')):.3f}"
-                f" over {r.get('candidates')} candidates on {r.get('n_train')} images")
+                f" over {r.get('candidates')} candidates on {r.get('n_train')} {noun}")
     elif stage == "finetune":
         line = r.get("reason") or ("kept" if r.get("kept") else "not kept")
     else:
@@ -50,7 +60,8 @@ def summary(paths: Paths) -> str:
     if not paths.metrics.exists():
         return f"No metrics yet ({paths.metrics} missing): run `make run` or `dvc repro`."
     m = json.loads(paths.metrics.read_text())
-    lines = [f"Test accuracy {m['accuracy']:.1%}   macro-F1 {m['macro_f1']:.3f}   ({m['n_test']} test images)"]
+    noun = items(paths)
+    lines = [f"Test accuracy {m['accuracy']:.1%}   macro-F1 {m['macro_f1']:.3f}   ({m['n_test']} test {noun})"]
     if "ci" in m:
         (alo, ahi), (flo, fhi) = m["ci"]["accuracy"], m["ci"]["macro_f1"]
         lines.append(f"{m['ci']['level']:.0%} bootstrap CI: accuracy {alo:.1%}–{ahi:.1%}, macro-F1 {flo:.3f}–{fhi:.3f}")
@@ -58,14 +69,14 @@ def summary(paths: Paths) -> str:
     sel = m.get("selection") or {}
     if sel.get("mode") == "cv":
         lines.append(f"Model: {m['candidate']}, chosen by {sel['folds']}-fold cross-validation x {sel['repeats']} "
-                     f"on all {sel['n_labelled']} labelled images and refitted on them: head {sel['winner']} "
+                     f"on all {sel['n_labelled']} labelled {noun} and refitted on them: head {sel['winner']} "
                      f"({sel['reason']})")
         if "finetune" in sel:
             lines.append(f"  {sel['finetune']['reason']}")
         pseudo = sel.get("pseudo_labels") or {}
         if pseudo:
             right = pseudo.get("pseudo_label_accuracy")
-            lines.append(f"  self-training: {pseudo['pseudo_labels']} of {pseudo['unlabeled']} unlabelled images "
+            lines.append(f"  self-training: {pseudo['pseudo_labels']} of {pseudo['unlabeled']} unlabelled {noun} "
                          "pseudo-labelled" + (f" ({right:.0%} right)" if right is not None else ""))
     elif len(models) > 1:
         lines.append(f"Model: {m['candidate']} (chosen on val: " + ", ".join(

@@ -63,6 +63,26 @@ def test_stages_end_to_end_well_above_chance(trained):
     assert paths.synthetic_preview.stat().st_size > 5_000 and paths.augment_preview.stat().st_size > 5_000
 
 
+def test_zero_shot_row_follows_the_class_descriptions(trained):
+    from pipeline_lib.stages.evaluate import text_zero_shot
+
+    params, paths = trained
+    metrics = json.loads(paths.metrics.read_text())
+    row = metrics["baselines"]["zero_shot"]
+    assert row["prompts"][0] == "This text is about acne." and row["test_accuracy"] >= 0.5  # chance 0.25
+    y = np.load(paths.features("test"))["y"]
+    described = {"acne": "pimples and skin", "birth_control": "contraception and periods",
+                 "depression": "depression and mood", "pain": "pain and painkillers"}
+    swapped = dict(zip(described, reversed(list(described.values()))))
+    raw = params.model_dump()
+    good = text_zero_shot(parse_params({**raw, "data": {**raw["data"], "class_descriptions": described}}), paths,
+                          list(CLASSES), y)
+    bad = text_zero_shot(parse_params({**raw, "data": {**raw["data"], "class_descriptions": swapped}}), paths,
+                         list(CLASSES), y)
+    assert good["prompts"][0] == "This text is about pimples and skin."
+    assert good["test_accuracy"] >= 0.5 and bad["test_accuracy"] <= 0.25 < good["test_accuracy"]
+
+
 def test_cache_is_keyed_by_text_content(trained, tmp_path):
     """The same texts in another project are cache hits; one changed text is the one computed."""
     params, paths = trained

@@ -8,7 +8,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from .. import atomic
 from ..config import Params, Paths
-from ..dataset import load_manifest
+from ..dataset import is_text, load_manifest
 from ..features import load_features, load_flipped
 from ..heads import load_head, predict_proba
 from ..networks import Images, load_finetuned
@@ -101,13 +101,34 @@ def choose_candidate(val_scores: dict[str, tuple[float, float]], monitor: str = 
     return max(val_scores, key=lambda name: (val_scores[name][0], -val_scores[name][1]))
 
 
+def text_zero_shot(params: Params, paths: Paths, classes: list[str], y_test: np.ndarray) -> dict:
+    """No label used: each test text goes to the class whose description ("This text is about
+    <data.class_descriptions[c] or the class name>.") its vector is most similar to (cosine; the
+    encoder's vectors are unit length)."""
+    from ..text import load_text_encoder
+
+    head_meta = load_head(paths.head, paths.head_meta)[1]
+    spec = head_meta["backbone_spec"]
+    prompts = [f"This text is about {params.data.class_descriptions.get(c, c.replace('_', ' '))}." for c in classes]
+    encoder = load_text_encoder(spec["name"], spec.get("max_length"), paths.root)
+    P = encoder.encode(prompts)
+    P /= np.linalg.norm(P, axis=1, keepdims=True)
+    X = load_features(paths, "test", spec["name"])[0]
+    pred = (X / np.linalg.norm(X, axis=1, keepdims=True) @ P.T).argmax(1)
+    return {"test_accuracy": float((pred == y_test).mean()),
+            "test_macro_f1": classification_metrics(y_test, pred, classes)["macro_f1"], "prompts": prompts}
+
+
 def baselines(params: Params, paths: Paths, classes: list[str], y_test: np.ndarray) -> dict:
-    """Test accuracy without real labels: synthetic-only nearest class mean; CLIP zero-shot if given."""
+    """Test accuracy without real labels: synthetic-only nearest class mean; CLIP zero-shot if given;
+    for texts, zero-shot from the class descriptions."""
     from ..dataset import SYNTHETIC
     from ..generators import class_prompt
     from ..zero_shot import clip_zero_shot, nearest_class_mean
 
     out = {}
+    if is_text(load_manifest(paths)[0]):
+        out["zero_shot"] = text_zero_shot(params, paths, classes, y_test)
     if paths.features(SYNTHETIC).exists():
         X_syn, y_syn, _ = load_features(paths, SYNTHETIC)
         if len(X_syn):
