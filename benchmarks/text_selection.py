@@ -7,6 +7,7 @@ vectors, TF-IDF + LogisticRegressionCV, zero-shot (cosine similarity to "This te
 weights). Macro-F1 on test (mean ± std over seeds) and seconds per run.
 
     .venv/bin/python benchmarks/text_selection.py [--task condition|sentiment] [--shots 8 16] [--seeds 5] [--setfit]
+        [--set KEY=VALUE ...]   # params overrides for the deployed model, as `dvc exp run -S` takes them
 
 SetFit is a benchmark-only package (`pip install setfit==1.2.0` into the venv; its pins fit the
 project's). Run it alone: it is CPU-bound.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import ROOT  # noqa: F401  (sys.path, process environment)
+from _common import apply_overrides
 
 from pipeline_lib import drug_reviews  # noqa: E402
 from pipeline_lib.config import Paths, parse_params  # noqa: E402
@@ -70,14 +71,13 @@ def setfit_run(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> tuple[np.n
     return pred, time.perf_counter() - started
 
 
-def one(task: str, shots: int, seed: int, work: Path, use_setfit: bool) -> dict:
+def one(task: str, shots: int, seed: int, work: Path, use_setfit: bool, overrides: list[str]) -> dict:
     train, test = drug_reviews.load(task)
     csv = work / "reviews.csv"
     pd.concat([train.assign(split=""), test.assign(split="test")]).to_csv(csv, index=False)
-    params = parse_params({"seed": seed, "data": {"source": "manifest", "path": str(csv), "shots_per_class": shots,
-                                                  "min_per_class": 1},
-                           "featurize": {"cache_dir": str(work.parent / "feature-cache")},
-                           "mlflow": {"log_model": False}})
+    raw = {"seed": seed, "data": {"source": "manifest", "path": str(csv), "shots_per_class": shots, "min_per_class": 1},
+           "featurize": {"cache_dir": str(work.parent / "feature-cache")}, "mlflow": {"log_model": False}}
+    params = parse_params(apply_overrides(parse_params(raw).model_dump(), overrides))
     paths = Paths.for_root(work)
     started = time.perf_counter()
     run_stages(params, paths)
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--setfit", action="store_true")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     results: dict = defaultdict(lambda: defaultdict(list))
     with tempfile.TemporaryDirectory(prefix="text-bench-") as tmp:
@@ -121,13 +122,14 @@ def main() -> None:
             for seed in range(args.seeds):
                 work = Path(tmp) / f"k{shots}-s{seed}"
                 work.mkdir()
-                row = one(args.task, shots, seed, work, args.setfit)
+                row = one(args.task, shots, seed, work, args.setfit, args.set)
                 print(f"  k={shots} seed {seed}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                             for k, v in row.items()), flush=True)
                 for key, value in row.items():
                     results[shots][key].append(value)
     columns = ["deployed", "lr_cv minilm", "tfidf lr_cv", "zero-shot"] + (["setfit"] if args.setfit else [])
-    print(f"\ndrug reviews, task {args.task}, {args.seeds} seeds, test macro-F1 (mean ± std); seconds per run")
+    print(f"\ndrug reviews, task {args.task}, {args.seeds} seeds, test macro-F1 (mean ± std); seconds per run; "
+          f"overrides: {' '.join(args.set) or 'none'}")
     print(f"{'shots':>5}  " + "  ".join(f"{c:>14}" for c in columns) + "  deployed_s" + ("  setfit_s" if args.setfit else ""))
     for shots, r in results.items():
         cells = [f"{np.mean(r[c]):.3f} ± {np.std(r[c]):.3f}" for c in columns]

@@ -136,8 +136,8 @@ class TextEncoder:
     def token_counts(self, texts: Sequence[str]) -> np.ndarray:
         """Tokens per text (special tokens included), before truncation."""
         tokenizer = self.st.tokenizer
-        return np.array([len(ids) for ids in tokenizer(list(texts), add_special_tokens=True,
-                                                        truncation=False)["input_ids"]], dtype=int)
+        return np.array([len(ids) for ids in tokenizer(list(texts), add_special_tokens=True, truncation=False,
+                                                        verbose=False)["input_ids"]], dtype=int)
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 64, desc: str = "featurize") -> np.ndarray:

@@ -59,7 +59,20 @@ def test_a_candidate_worse_by_construction_is_never_chosen():
             oof[f.repeat][f.held] = predict_proba(head, X[f.held])
         table[name] = summarise(y, oof, 3)
     assert best(table, "macro_f1") == "true labels" and best(table, "accuracy") == "true labels"
+    assert best(table, "macro_f1", tie_se=1.0) == "true labels"  # far apart: never a tie
     assert table["true labels"]["accuracy"] > 0.9 > 0.6 > table["shuffled labels"]["accuracy"]
+
+
+def test_candidates_within_a_standard_error_are_tied_and_the_lower_log_loss_wins():
+    """64 scored items: a macro-F1 of 0.814 is known to about ±0.049, so 0.802 ties with it and the
+    candidate with the far better log loss wins; 0.70 is beyond the margin and never wins."""
+    table = {"C=0.3": {"macro_f1": 0.814, "log_loss": 1.88, "n_scored": 64},
+             "C=100": {"macro_f1": 0.802, "log_loss": 0.72, "n_scored": 64},
+             "C=1000": {"macro_f1": 0.70, "log_loss": 0.50, "n_scored": 64}}
+    assert best(table, "macro_f1") == "C=0.3"  # tie_se 0: only exact ties
+    assert best(table, "macro_f1", tie_se=1.0) == "C=100"
+    table["C=100"]["n_scored"] = table["C=0.3"]["n_scored"] = 100_000  # known to ±0.001: no tie
+    assert best(table, "macro_f1", tie_se=1.0) == "C=0.3"
 
 
 def test_paired_bootstrap_gain_and_its_uncertainty():

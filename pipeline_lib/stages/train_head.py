@@ -70,7 +70,7 @@ def run(params: Params, paths: Paths) -> dict:
         table.update(part)
         oof.update(part_oof)
     metric = params.selection.metric
-    winner = best(table, metric)
+    winner = best(table, metric, params.selection.tie_se)
     cv_seconds = time.perf_counter() - started
 
     data = sets[table[winner]["backbone"]]
