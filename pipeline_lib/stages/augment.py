@@ -11,6 +11,9 @@ does to the labels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import pandas as pd
 
 from .. import atomic
@@ -21,42 +24,33 @@ from ..images import image_id, read_rgb
 from ..text import read_text, text_id
 
 
-class _Images:
-    folder, suffix, mode = "images", ".png", "RGB"
+@dataclass(frozen=True)
+class _Kind:
+    """How augment handles one modality's items: where they go, how they are read, changed, named."""
 
-    def __init__(self, params: Params):
-        self.policy = params.augment.policy
-
-    read, write, content_id = staticmethod(read_rgb), staticmethod(atomic.write_png), staticmethod(image_id)
-
-    def augment(self, pixels, seed: int):
-        return augment_image(pixels, self.policy, seed)
-
-    @staticmethod
-    def size(pixels) -> tuple[int, int]:
-        return pixels.shape[0], pixels.shape[1]
+    folder: str
+    suffix: str
+    mode: str
+    read: Callable
+    write: Callable
+    content_id: Callable
+    augment: Callable  # (item, seed) -> augmented item
+    size: Callable  # item -> (height, width) for the manifest
 
 
-class _Texts:
-    folder, suffix, mode = "texts", ".txt", "text"
-
-    def __init__(self, params: Params):
-        self.policy = params.augment.text
-
-    read, write, content_id = staticmethod(read_text), staticmethod(atomic.write_text), staticmethod(text_id)
-
-    def augment(self, text, seed: int):
-        return augment_text(text, self.policy, seed)
-
-    @staticmethod
-    def size(text) -> tuple[int, int]:
-        return 0, 0
+def _kind(params: Params, text: bool) -> _Kind:
+    if text:
+        return _Kind("texts", ".txt", "text", read_text, atomic.write_text, text_id,
+                     lambda item, seed: augment_text(item, params.augment.text, seed), lambda item: (0, 0))
+    return _Kind("images", ".png", "RGB", read_rgb, atomic.write_png, image_id,
+                 lambda item, seed: augment_image(item, params.augment.policy, seed), lambda item: item.shape[:2])
 
 
 def run(params: Params, paths: Paths) -> dict:
     manifest, classes = load_manifest(paths)
     train = manifest[manifest["split"] == "train"]
-    kind = (_Texts if is_text(manifest) else _Images)(params)
+    text = is_text(manifest)
+    kind = _kind(params, text)
     k = params.augment.copies
     rows = []
     with atomic.replace_dir(paths.augmented_dir) as staging:
@@ -76,9 +70,9 @@ def run(params: Params, paths: Paths) -> dict:
                              "width": width, "orig_mode": kind.mode, "note": f"copy {c} of {row.image_id}"})
         frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).drop_duplicates("image_id")
         atomic.write_parquet(staging / "manifest.parquet", frame)
-    (text_preview if isinstance(kind, _Texts) else preview)(train, params, paths)
+    (text_preview if text else preview)(train, params, paths)
     report = {"copies_per_image": k, "real_train_images": int(len(train)), "augmented_images": int(len(frame)),
-              "identical_copies_dropped": int(k * len(train) - len(frame)), "modality": kind.mode}
+              "identical_copies_dropped": int(k * len(train) - len(frame)), "modality": "text" if text else "image"}
     atomic.write_json(paths.augment_report, report)
     return report
 
