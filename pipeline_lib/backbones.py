@@ -282,6 +282,10 @@ class Backbone:
     cut: int | None = None  # the first N blocks kept (backbone.blocks), None = the whole network
 
     @property
+    def weights_sha256(self) -> str:
+        return self.weights.sha256
+
+    @property
     def blocks_tag(self) -> str:
         return "" if self.cut is None else f"blocks={self.cut}|"
 

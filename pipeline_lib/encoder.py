@@ -20,6 +20,7 @@ from torch import nn
 class Encoder(Protocol):
     name: str
     feature_dim: int
+    weights_sha256: str  # of the weights file(s): in the cache key and the reports
     model: nn.Module  # the frozen network (what fine-tuning trains)
     preprocess: nn.Module  # raw input batch -> the network's input (inside the deployed model)
 

@@ -117,12 +117,12 @@ class TextEncoder:
         self.feature_dim = int(self.st.get_embedding_dimension())
         self.model: nn.Module = self.st
         self.preprocess: nn.Module = nn.Identity()  # tokenisation happens in embed
-        self.sha256 = weights_sha256(folder)
+        self.weights_sha256 = weights_sha256(folder)
 
     @property
     def key(self) -> str:
         """Identifies the vectors: model, weights, window, pooling and normalisation (in the folder)."""
-        return hashlib.sha256(f"text|{self.name}|{self.sha256}|max_length={self.max_length}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"text|{self.name}|{self.weights_sha256}|max_length={self.max_length}".encode()).hexdigest()[:16]
 
     def to(self, device) -> "TextEncoder":
         self.st.to(device)

@@ -100,17 +100,13 @@ def _vectors(params: Params, paths: Paths, manifest: pd.DataFrame, backbone: Enc
     vectors, computed = cached_embeddings(cache, backbone, items, params.featurize.batch_size, device)
     seconds = time.perf_counter() - started
     report = {
-        "backbone_key": backbone.key, "weights_sha256": _weights_sha256(backbone), "feature_dim": backbone.feature_dim,
+        "backbone_key": backbone.key, "weights_sha256": backbone.weights_sha256, "feature_dim": backbone.feature_dim,
         "images": len(vectors), "mirrored": sum(k.endswith(FLIP) for k in vectors), "cache_hits": cache.hits,
         "computed": computed, "seconds": round(seconds, 3),
         "images_per_second": round(computed / seconds, 1) if computed and seconds > 0 else None}
     if isinstance(backbone, TextEncoder):
         report.update(_truncation(backbone, [paths.resolve(rel) for _, rel, _ in items]))
     return vectors, report
-
-
-def _weights_sha256(encoder: Encoder) -> str:
-    return encoder.sha256 if isinstance(encoder, TextEncoder) else encoder.weights.sha256
 
 
 def _truncation(encoder: TextEncoder, files: list[Path]) -> dict:
