@@ -90,7 +90,9 @@ def summary(paths: Paths) -> str:
     worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["recall"])[:3]
     lines.append("Hardest classes (recall): " + ", ".join(f"{c} {v['recall']:.0%}" for c, v in worst))
     for pair in m.get("top_confusions", [])[:3]:
-        lines.append(f"  {pair['actual']} taken for {pair['predicted']}: {pair['count']}x")
+        example = (pair.get("examples") or [""])[0]
+        lines.append(f"  {pair['actual']} taken for {pair['predicted']}: {pair['count']}x"
+                     + (f' — e.g. "{example[:90]}{"…" if len(example) > 90 else ""}"' if example else ""))
     lines += [
         f"Reports: {paths.reports_dir}/ (metrics.json, confusion_matrix.png, ingest.json)",
     ]

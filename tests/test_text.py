@@ -60,6 +60,8 @@ def test_stages_end_to_end_well_above_chance(trained):
     assert featurize_report["mirrored"] == 0 and featurize_report["max_length"] == 256
     metrics = json.loads(paths.metrics.read_text())
     assert metrics["n_test"] == 20 and metrics["accuracy"] >= 0.6  # chance: 0.25
+    for pair in metrics["top_confusions"]:  # the worst-confused pairs come with example texts
+        assert 1 <= len(pair["examples"]) <= min(2, pair["count"]) and all(pair["examples"])
     assert paths.synthetic_preview.stat().st_size > 5_000 and paths.augment_preview.stat().st_size > 5_000
 
 

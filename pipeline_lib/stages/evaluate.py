@@ -34,6 +34,17 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     }
 
 
+def _example_texts(confusions: list[dict], paths: Paths, ids, actual, predicted, confidence, n: int = 2) -> None:
+    """Text data sets: each worst-confused pair gets its most confidently wrong test texts (start)."""
+    from ..text import read_text
+
+    where = load_manifest(paths)[0].set_index("image_id")["path"]
+    for pair in confusions:
+        rows = np.flatnonzero((actual == pair["actual"]) & (predicted == pair["predicted"]))
+        rows = rows[np.argsort(-confidence[rows], kind="stable")][:n]
+        pair["examples"] = [read_text(paths.resolve(where[ids[i]]))[:300] for i in rows]
+
+
 def top_confusions(cm: np.ndarray, classes: list[str], k: int) -> list[dict]:
     off = [(int(cm[i, j]), classes[i], classes[j]) for i in range(len(classes)) for j in range(len(classes))
            if i != j and cm[i, j] > 0]
@@ -211,6 +222,9 @@ def run(params: Params, paths: Paths) -> dict:
             probas["head"]["test"].argmax(1) == y, probas["finetune"]["test"].argmax(1) == y)}
     cm = confusion_matrix(y, pred, labels=list(range(len(classes))))
     metrics["top_confusions"] = top_confusions(cm, classes, params.evaluate.top_confusions)
+    if is_text(load_manifest(paths)[0]):
+        _example_texts(metrics["top_confusions"], paths, image_ids, np.array(classes)[y], np.array(classes)[pred],
+                       proba.max(1))
     if params.evaluate.bootstrap:
         metrics["ci"] = {"level": params.evaluate.ci_level, "resamples": params.evaluate.bootstrap,
                          **bootstrap_ci(y, pred, len(classes), params.evaluate.bootstrap,
