@@ -86,11 +86,22 @@ def best(table: dict[str, dict], metric: str, tie_se: float = 0.0) -> str:
     and among tied candidates the lower log loss wins (a proper score that uses every
     probability, not only the argmax), then the first listed, the simpler one."""
     names = list(table)
-    top = max(names, key=lambda n: (round(table[n][metric], 9), -round(table[n]["log_loss"], 9), -names.index(n)))
-    m, n = table[top][metric], max(1, table[top].get("n_scored", 1))
-    margin = tie_se * float(np.sqrt(max(m * (1 - m), 0.0) / n))
-    tied = [c for c in names if table[c][metric] >= m - margin - 1e-12]
+    top = top_scorer(table, metric)
+    margin = tie_margin(table[top], metric, tie_se)
+    tied = [c for c in names if table[c][metric] >= table[top][metric] - margin - 1e-12]
     return min(tied, key=lambda c: (round(table[c]["log_loss"], 9), names.index(c)))
+
+
+def top_scorer(table: dict[str, dict], metric: str) -> str:
+    """The best mean ``metric`` (exact ties: lower log loss, then the first listed)."""
+    names = list(table)
+    return max(names, key=lambda n: (round(table[n][metric], 9), -round(table[n]["log_loss"], 9), -names.index(n)))
+
+
+def tie_margin(row: dict, metric: str, tie_se: float) -> float:
+    """``tie_se`` standard errors of a proportion ``row[metric]`` over the row's scored items."""
+    m, n = row[metric], max(1, row.get("n_scored", 1))
+    return tie_se * float(np.sqrt(max(m * (1 - m), 0.0) / n))
 
 
 def paired_bootstrap(y: np.ndarray, proba_a: np.ndarray, proba_b: np.ndarray, n_classes: int, metric: str,

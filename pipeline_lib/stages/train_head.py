@@ -22,7 +22,7 @@ from ..dataset import is_text, load_manifest
 from ..errors import PipelineError
 from ..features import featurized_backbones
 from ..heads import HeadRecipe, predict_proba, recipes, save_head
-from ..selection import Fold, best, mean_oof, oof_matrix, summarise
+from ..selection import Fold, best, mean_oof, oof_matrix, summarise, tie_margin, top_scorer
 from ..training_set import TTA, TrainingSet, fit_recipe
 
 
@@ -47,6 +47,18 @@ def cross_validate(data: TrainingSet, folds: list[Fold], params: Params, n_class
                            "backbone": data.backbone}
             oof_by_name[name] = mean_oof(oof)
     return table, oof_by_name
+
+
+def _reason(table: dict[str, dict], winner: str, metric: str, mode: str, tie_se: float) -> str:
+    """Why the winner won, in a line: the best score and the runner-up, or the tie rule."""
+    row, top = table[winner], top_scorer(table, metric)
+    if top != winner:
+        return (f"{mode} {metric} {row[metric]:.3f} ± {row[metric + '_std']:.3f}, within {tie_se:g} SE "
+                f"(±{tie_margin(table[top], metric, tie_se):.3f}) of the best, {top} {table[top][metric]:.3f}, "
+                f"and the lowest log loss of those: {row['log_loss']:.3f} vs {table[top]['log_loss']:.3f}")
+    runner_up = sorted((n for n in table if n != winner), key=lambda n: table[n][metric], reverse=True)[:1]
+    return (f"best {mode} {metric} {row[metric]:.3f} ± {row[metric + '_std']:.3f}"
+            + (f" (next: {runner_up[0]} {table[runner_up[0]][metric]:.3f})" if runner_up else ""))
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -89,14 +101,12 @@ def run(params: Params, paths: Paths) -> dict:
     save_head(head, paths.head, paths.head_meta, meta)
     scored = ~np.isnan(oof[winner][:, 0])
     atomic.write_npz(paths.head_oof, y=data.y[scored], proba=oof[winner][scored].astype(np.float32))
-    runner_up = sorted(table, key=lambda n: table[n][metric], reverse=True)[1:2]
     selection = {
         "mode": data.mode, "metric": metric, "winner": winner, "backbone": data.backbone, "recipe": recipe.as_dict(),
         "tta": table[winner]["tta"],
         "folds": len({f.fold for f in folds}), "repeats": len({f.repeat for f in folds}),
         "n_labelled": int(len(data.y)), "refit_on": int(len(refit)),
-        "reason": (f"best {data.mode} {metric} {table[winner][metric]:.3f} ± {table[winner][metric + '_std']:.3f}"
-                   + (f" (next: {runner_up[0]} {table[runner_up[0]][metric]:.3f})" if runner_up else "")),
+        "reason": _reason(table, winner, metric, data.mode, params.selection.tie_se),
         "pseudo_labels": pseudo, "table": table,
     }
     atomic.write_json(paths.selection_report, selection)
