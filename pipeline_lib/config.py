@@ -375,8 +375,8 @@ class SelectionParams(_Section):
     metric: Literal["accuracy", "macro_f1"] = "macro_f1"
     """`macro_f1` or `accuracy` of the pooled out-of-fold predictions (ties: lower log loss)"""
     tie_se: float = Field(1.0, ge=0.0)
-    """head candidates whose CV metric is within this many standard errors of the best one's (its sampling error over
-    the labelled images) count as tied, and the lowest log loss among them wins (0 = only exact ties)"""
+    """linear heads that differ from the best candidate only in C and score within this many standard errors of it (its
+    sampling error over the labelled items) count as tied, and the lowest log loss among them wins (0 = exact ties)"""
     finetune_folds: int = Field(2, ge=2)
     """folds of the fine-tuning decision (each fold is a full fine-tuning run)"""
     min_gain_se: float = Field(0.5, ge=0.0)

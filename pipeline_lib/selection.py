@@ -80,16 +80,25 @@ def summarise(y: np.ndarray, oof: list[np.ndarray], n_classes: int) -> dict:
 
 
 def best(table: dict[str, dict], metric: str, tie_se: float = 0.0) -> str:
-    """The candidate with the best mean ``metric``; those within ``tie_se`` standard errors of it
-    count as tied (the standard error of a proportion over the scored images: with 64 labelled
-    texts a macro-F1 of 0.80 is known to about ±0.05, and a difference of 0.01 means nothing),
-    and among tied candidates the lower log loss wins (a proper score that uses every
-    probability, not only the argmax), then the first listed, the simpler one."""
+    """The candidate with the best mean ``metric`` — with one exception for the regularisation
+    strength: among candidates of the best one's family (same head kind, TTA, backbone and
+    self-training; they differ only in C) those within ``tie_se`` standard errors of its score
+    count as tied (the standard error of a proportion over the scored items: with 64 labelled
+    texts a macro-F1 of 0.80 is known to about ±0.05, a difference of 0.01 means nothing), and
+    the lowest log loss among them wins (a proper score that uses every probability, not only the
+    argmax); then the first listed, the simpler one. Structural choices (TTA, backbone, kind)
+    stay with the metric."""
     names = list(table)
     top = top_scorer(table, metric)
     margin = tie_margin(table[top], metric, tie_se)
-    tied = [c for c in names if table[c][metric] >= table[top][metric] - margin - 1e-12]
+    tied = [c for c in names if _family(table[c]) == _family(table[top])
+            and table[c][metric] >= table[top][metric] - margin - 1e-12]
     return min(tied, key=lambda c: (round(table[c]["log_loss"], 9), names.index(c)))
+
+
+def _family(row: dict) -> tuple:
+    recipe = row.get("recipe") or {}
+    return recipe.get("kind"), recipe.get("self_training"), row.get("tta"), row.get("backbone")
 
 
 def top_scorer(table: dict[str, dict], metric: str) -> str:

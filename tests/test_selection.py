@@ -73,6 +73,9 @@ def test_candidates_within_a_standard_error_are_tied_and_the_lower_log_loss_wins
     assert best(table, "macro_f1", tie_se=1.0) == "C=100"
     table["C=100"]["n_scored"] = table["C=0.3"]["n_scored"] = 100_000  # known to ±0.001: no tie
     assert best(table, "macro_f1", tie_se=1.0) == "C=0.3"
+    table["C=100"].update(n_scored=64, tta=True)  # another family (flip TTA): the metric alone decides
+    table["C=0.3"].update(n_scored=64, tta=False)
+    assert best(table, "macro_f1", tie_se=1.0) == "C=0.3"
 
 
 def test_paired_bootstrap_gain_and_its_uncertainty():
