@@ -34,11 +34,12 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     }
 
 
-def _example_texts(confusions: list[dict], paths: Paths, ids, actual, predicted, confidence, n: int = 2) -> None:
+def _example_texts(confusions: list[dict], paths: Paths, manifest: pd.DataFrame, ids, actual, predicted, confidence,
+                   n: int = 2) -> None:
     """Text data sets: each worst-confused pair gets its most confidently wrong test texts (start)."""
     from ..text import read_text
 
-    where = load_manifest(paths)[0].set_index("image_id")["path"]
+    where = manifest.set_index("image_id")["path"]
     for pair in confusions:
         rows = np.flatnonzero((actual == pair["actual"]) & (predicted == pair["predicted"]))
         rows = rows[np.argsort(-confidence[rows], kind="stable")][:n]
@@ -130,7 +131,7 @@ def text_zero_shot(params: Params, paths: Paths, classes: list[str], y_test: np.
             "test_macro_f1": classification_metrics(y_test, pred, classes)["macro_f1"], "prompts": prompts}
 
 
-def baselines(params: Params, paths: Paths, classes: list[str], y_test: np.ndarray) -> dict:
+def baselines(params: Params, paths: Paths, manifest: pd.DataFrame, classes: list[str], y_test: np.ndarray) -> dict:
     """Test accuracy without real labels: synthetic-only nearest class mean; CLIP zero-shot if given;
     for texts, zero-shot from the class descriptions."""
     from ..dataset import SYNTHETIC
@@ -138,7 +139,7 @@ def baselines(params: Params, paths: Paths, classes: list[str], y_test: np.ndarr
     from ..zero_shot import clip_zero_shot, nearest_class_mean
 
     out = {}
-    if is_text(load_manifest(paths)[0]):
+    if is_text(manifest):
         out["zero_shot"] = text_zero_shot(params, paths, classes, y_test)
     if paths.features(SYNTHETIC).exists():
         X_syn, y_syn, _ = load_features(paths, SYNTHETIC)
@@ -151,9 +152,9 @@ def baselines(params: Params, paths: Paths, classes: list[str], y_test: np.ndarr
     if params.evaluate.zero_shot_model:
         from ..images import read_rgb
 
-        manifest = load_manifest(paths)[0].set_index("image_id")
+        where = manifest.set_index("image_id")["path"]
         ids = load_features(paths, "test")[2]
-        images = [read_rgb(paths.resolve(manifest.loc[i, "path"])) for i in ids]
+        images = [read_rgb(paths.resolve(where[i])) for i in ids]
         prompts = [class_prompt(params.synthetic.stable_diffusion, c) for c in classes]
         proba = clip_zero_shot(paths.resolve(params.evaluate.zero_shot_model), prompts, images)
         out["clip_zero_shot"] = {"test_accuracy": float((proba.argmax(1) == y_test).mean()), "prompts": prompts}
@@ -199,7 +200,7 @@ def oof_probabilities(paths: Paths, candidate: str) -> tuple[np.ndarray, np.ndar
 
 
 def run(params: Params, paths: Paths) -> dict:
-    _, classes = load_manifest(paths)
+    manifest, classes = load_manifest(paths)
     _, y_val, _ = load_features(paths, "val")
     _, y, image_ids = load_features(paths, "test")
     probas = model_probabilities(params, paths)
@@ -222,14 +223,14 @@ def run(params: Params, paths: Paths) -> dict:
             probas["head"]["test"].argmax(1) == y, probas["finetune"]["test"].argmax(1) == y)}
     cm = confusion_matrix(y, pred, labels=list(range(len(classes))))
     metrics["top_confusions"] = top_confusions(cm, classes, params.evaluate.top_confusions)
-    if is_text(load_manifest(paths)[0]):
-        _example_texts(metrics["top_confusions"], paths, image_ids, np.array(classes)[y], np.array(classes)[pred],
+    if is_text(manifest):
+        _example_texts(metrics["top_confusions"], paths, manifest, image_ids, np.array(classes)[y], np.array(classes)[pred],
                        proba.max(1))
     if params.evaluate.bootstrap:
         metrics["ci"] = {"level": params.evaluate.ci_level, "resamples": params.evaluate.bootstrap,
                          **bootstrap_ci(y, pred, len(classes), params.evaluate.bootstrap,
                                         params.evaluate.ci_level, params.seed)}
-    metrics["baselines"] = baselines(params, paths, classes, y)
+    metrics["baselines"] = baselines(params, paths, manifest, classes, y)
     fit_y, fit_proba = oof_probabilities(paths, candidate) if cv_mode else (y_val, probas[candidate]["val"])
     metrics["calibration"] = calibrate(fit_proba, fit_y, proba, y, paths.reliability_png,
                                        "out-of-fold predictions" if cv_mode else "val")
