@@ -165,9 +165,10 @@ def predict_texts(loaded: LoadedModel, items: list[tuple[str, str]], batch_size:
     from .text_normalize import normalize_text
 
     k = max(1, min(top_k, len(loaded.classes)))
-    kept = [(where, text) for where, text in items if normalize_text(text)]
+    empty = [not normalize_text(text) for _, text in items]
+    kept = [item for item, blank in zip(items, empty) if not blank]
     skipped = [{"path": where, "reason": "empty text", "fix": "write the example in the row (or remove it)"}
-               for where, text in items if not normalize_text(text)]
+               for (where, _), blank in zip(items, empty) if blank]
     rows = []
     for start in tqdm(range(0, len(kept), batch_size), desc="predict", unit="batch", disable=len(kept) < batch_size):
         part = kept[start:start + batch_size]
