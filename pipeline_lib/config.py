@@ -383,6 +383,19 @@ class SelectionParams(_Section):
     """fine-tuning is kept only if its CV gain over the probe exceeds this many standard errors"""
 
 
+class TextFinetuneParams(_Section):
+    pairs_per_example: int = Field(5, ge=1)
+    """contrastive pairs per labelled text: this many partners of its class and as many of other classes"""
+    epochs: int = Field(1, ge=1)
+    """passes over the pairs"""
+    lr: float = Field(2e-5, gt=0.0)
+    """encoder learning rate (AdamW, 10 % linear warm-up, linear decay; SetFit's default)"""
+    batch_size: int = Field(16, ge=1)
+    """pairs per step"""
+    augment: bool = False
+    """apply augment.text noise to the second text of each pair (online augmentation)"""
+
+
 class FinetuneParams(_Section):
     enabled: bool = True
     """run the finetune stage"""
@@ -434,6 +447,8 @@ class FinetuneParams(_Section):
     """`dann`: domain-adversarial training towards `data.unlabeled` (docs/design.md, "Synthetic data and domain adaptation")"""
     dann_weight: float = Field(0.1, ge=0.0)
     """final weight of the reversed domain gradient (ramped up from 0)"""
+    text: TextFinetuneParams = TextFinetuneParams()
+    """text data sets: SetFit-style contrastive tuning of the sentence encoder (the settings above are for images)"""
 
     @field_validator("wise_alphas")
     @classmethod
@@ -534,7 +549,7 @@ class Params(_Section):
         if self.data.source != "sample":
             off.append("data.sample_test_per_class")
         else:  # the embedded sample is images
-            off += ["text", "augment.text"]
+            off += ["text", "augment.text", "finetune.text"]
         if self.evaluate.bootstrap == 0:
             off.append("evaluate.ci_level")
         if not self.mlflow.log_model:
@@ -736,6 +751,16 @@ class Paths:
     @property
     def finetune_oof(self) -> Path:
         return self.finetune_dir / "oof.npz"
+
+    @property
+    def finetuned_encoder(self) -> Path:
+        """text: the contrastively tuned sentence encoder (a sentence-transformers folder)"""
+        return self.finetune_dir / "encoder"
+
+    @property
+    def finetuned_head(self) -> Path:
+        """text: the head on the tuned encoder's vectors"""
+        return self.finetune_dir / "head.pt"
 
     @property
     def train_head_report(self) -> Path:

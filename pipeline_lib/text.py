@@ -100,17 +100,12 @@ class TextEncoder:
     """A frozen sentence-transformers model: one L2-normalisable vector per text file."""
 
     def __init__(self, name: str, folder: Path, max_length: int | None, device: str = "cpu"):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-
         self.name, self.folder = name, folder
         try:
-            self.st = SentenceTransformer(str(folder), device=device, local_files_only=True)
+            self.st = load_sentence_model(folder, max_length, device)
         except Exception as exc:  # noqa: BLE001 - any loading failure is the folder's fault
             raise PipelineError(f"text.encoder {name}: cannot load a sentence-transformers model from {folder} "
                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-        if max_length:
-            self.st.max_seq_length = int(max_length)
         self.max_length = int(self.st.max_seq_length)
         self.st.eval()
         for p in self.st.parameters():
@@ -159,3 +154,27 @@ class TextEncoder:
 def load_text_encoder(name: str, max_length: int | None = None, root: Path | None = None,
                       device: str = "cpu") -> TextEncoder:
     return TextEncoder(name, resolve_encoder(name, root), max_length, device)
+
+
+def texts_of(paths, frame) -> list[str]:
+    """The texts of manifest rows ``frame``."""
+    return [read_text(paths.resolve(p)) for p in frame["path"]]
+
+
+def load_sentence_model(folder: Path, max_length: int | None, device: str = "cpu"):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device=device, local_files_only=True)
+    if max_length:
+        model.max_seq_length = int(max_length)
+    return model
+
+
+def encode(model, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Vectors of ``texts`` (as the frozen TextEncoder gives them: the model's own pooling and normalisation)."""
+    if not len(texts):
+        return np.zeros((0, model.get_embedding_dimension()), np.float32)
+    with torch.inference_mode():
+        return model.encode(list(texts), batch_size=batch_size, show_progress_bar=len(texts) >= 256,
+                            convert_to_numpy=True).astype(np.float32)

@@ -268,8 +268,10 @@ def _log_text_model(params: Params, paths: Paths, metrics: dict):
     from .heads import load_head
     from .text import read_text, resolve_encoder
 
-    head, meta = load_head(paths.head, paths.head_meta)
+    tuned = metrics.get("candidate", "head").startswith("finetune")  # the contrastively tuned encoder and its head
+    head, meta = load_head(*((paths.finetuned_head, paths.finetune_meta) if tuned else (paths.head, paths.head_meta)))
     spec = meta["backbone_spec"]
+    encoder = paths.finetuned_encoder if tuned else resolve_encoder(spec["name"], paths.root)
     manifest = pd.read_parquet(paths.manifest)
     test = manifest[manifest["split"] == "test"].drop_duplicates("label").head(2)
     example = pd.DataFrame({"text": [read_text(paths.resolve(p)) for p in test["path"]]})
@@ -282,13 +284,13 @@ def _log_text_model(params: Params, paths: Paths, metrics: dict):
                                                         "encoder": spec["name"]})
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(here / "text_model.py"), code_paths=[str(here / "text_normalize.py")],
-            artifacts={"encoder": str(resolve_encoder(spec["name"], paths.root)), "head": f"{tmp}/head.pt2",
+            artifacts={"encoder": str(encoder), "head": f"{tmp}/head.pt2",
                        "settings": f"{tmp}/settings.json"},
             input_example=example,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                               f"sentence-transformers=={sentence_transformers.__version__}",
                               f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}"],
-            metadata={"classes": meta["classes"], "modality": "text", "encoder": spec["name"],
+            metadata={"classes": meta["classes"], "modality": "text", "encoder": spec["name"], "encoder_tuned": tuned,
                       "input": "DataFrame with a text column",
                       "output": "DataFrame: label, confidence, one probability column per class"})
     mlflow.log_dict({"classes": meta["classes"]}, "classes.json")

@@ -15,6 +15,7 @@ from ..networks import Images, load_finetuned
 from ..networks import predict_proba as network_proba
 from ..plots import plot_confusion, plot_reliability
 from ..stats import bootstrap_ci, expected_calibration_error, fit_temperature_on_proba, nll, reliability_bins, rescale
+from ..text import encode, load_sentence_model, texts_of
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -83,6 +84,14 @@ def model_probabilities(params: Params, paths: Paths) -> dict[str, dict[str, np.
     flipped = {split: load_flipped(paths, split, name) for split in splits}
     if params.evaluate.tta == "hflip" and all(f is not None for f in flipped.values()):
         out["head_tta"] = {split: (out["head"][split] + predict_proba(head, flipped[split])) / 2 for split in splits}
+    if (meta.get("backbone_spec") or {}).get("modality") == "text":
+        if paths.finetuned_head.exists():  # the contrastively tuned encoder and its head (text_finetune)
+            head, meta = load_head(paths.finetuned_head, paths.finetune_meta)
+            model = load_sentence_model(paths.finetuned_encoder, meta["backbone_spec"].get("max_length"))
+            manifest = load_manifest(paths)[0].set_index("image_id")
+            out["finetune"] = {split: predict_proba(head, encode(model, texts_of(
+                paths, manifest.loc[list(load_features(paths, split, name)[2])]))) for split in splits}
+        return out
     tuned = load_finetuned(params, paths)
     if tuned is None:
         return out

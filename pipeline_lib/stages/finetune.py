@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import atomic, domain_adaptation
+from .. import atomic, domain_adaptation, text_finetune
 from ..backbones import chosen_backbone, unfreeze
 from ..config import Params, Paths
 from ..dataset import UNLABELED, is_text, load_manifest, load_synthetic
@@ -61,11 +61,9 @@ def run(params: Params, paths: Paths) -> dict:
     if not params.finetune.enabled:
         return _disabled(paths, {"enabled": False})
     manifest, classes = load_manifest(paths)
-    if is_text(manifest):  # the frozen encoder's head is deployed; contrastive tuning is the next step
-        return _disabled(paths, {"enabled": True, "kept": False, "modality": "text",
-                                 "reason": "fine-tuning a text encoder is not available yet: the head on the frozen "
-                                           "sentence encoder is deployed"})
     device = use(params.runtime)
+    if is_text(manifest):
+        return _text(params, paths, manifest, len(classes), device)
     real_train, synthetic = manifest[manifest["split"] == "train"], load_synthetic(paths)
     val_frame = manifest[manifest["split"] == "val"]
     checkpoint = Checkpoint(paths.finetune_checkpoint(config_hash(params, paths)), device)
@@ -80,16 +78,30 @@ def run(params: Params, paths: Paths) -> dict:
     return report
 
 
+def _text(params: Params, paths: Paths, manifest: pd.DataFrame, n_classes: int, device) -> dict:
+    """Texts: contrastive tuning of the sentence encoder (pipeline_lib.text_finetune), no epochs history."""
+    checkpoint = Checkpoint(paths.finetune_checkpoint(config_hash(params, paths)), device)
+    report = text_finetune.run(params, paths, manifest[manifest["split"] == "train"],
+                               manifest[manifest["split"] == "val"], n_classes, device, checkpoint)
+    atomic.write_json(paths.finetune_report, report)
+    _no_history(paths)
+    checkpoint.clear()
+    return report
+
+
 # ---- shared phases ----------------------------------------------------------------------------
 
 def _disabled(paths: Paths, reason: dict) -> dict:
-    paths.finetuned_model.unlink(missing_ok=True)
-    paths.finetune_oof.unlink(missing_ok=True)
+    text_finetune.clear_outputs(paths)
     atomic.write_json(paths.finetune_meta, reason)
     atomic.write_json(paths.finetune_report, reason)
+    _no_history(paths)
+    return reason
+
+
+def _no_history(paths: Paths) -> None:
     with atomic.atomic_path(paths.finetune_history) as tmp:  # declared in dvc.yaml: no epochs, no rows
         pd.DataFrame(columns=HISTORY_COLUMNS).to_csv(tmp, index=False)
-    return reason
 
 
 def _train_images(paths: Paths, real: pd.DataFrame, extra: list[tuple[pd.DataFrame, float]], preprocess) -> Images:

@@ -1,0 +1,199 @@
+"""Contrastive (SetFit-style) fine-tuning of a sentence encoder on a few labelled texts.
+
+Pairs are drawn from the labelled texts (same class: positive, target similarity 1; different
+classes: negative, target 0), and sentence-transformers' own trainer (``SentenceTransformerTrainer``)
+minimises CosineSimilarityLoss on them, as SetFit's body training does. The number of pairs is a
+param (``finetune.text.pairs_per_example``): SetFit's default draws every pair, oversampled, which
+costs half an hour at 8 texts per class on two CPU cores; a few partners per text reach the same
+embedding geometry in a fraction of that (docs/benchmarks.md). The head is then fitted on the tuned
+vectors (LP-FT: the encoder first, the head on its output).
+
+The stage (pipeline_lib.stages.finetune) decides on every label whether the tuned encoder beats the
+frozen one: each CV fold tunes its own encoder on its training texts only.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import atomic
+from .augmentation import augment_text
+from .errors import PipelineError
+from .features import load_features
+from .heads import fit_head, predict_proba, save_head
+from .selection import paired_bootstrap, scores, stratified_folds
+from .text import encode, load_sentence_model, resolve_encoder, texts_of
+
+
+def contrastive_pairs(y: np.ndarray, per_example: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first, second, target) index pairs: for every text, ``per_example`` partners of its own
+    class (target 1; none for a class of one text) and as many of other classes (target 0), drawn
+    uniformly with a generator seeded by ``seed``."""
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    members = {c: np.flatnonzero(y == c) for c in np.unique(y)}
+    first, second, target = [], [], []
+    for i, c in enumerate(y):
+        same = members[c][members[c] != i]
+        other = np.flatnonzero(y != c)
+        if len(same):
+            first += [i] * per_example
+            second += list(rng.choice(same, per_example))
+            target += [1.0] * per_example
+        if len(other):
+            first += [i] * per_example
+            second += list(rng.choice(other, per_example))
+            target += [0.0] * per_example
+    order = rng.permutation(len(first))
+    return (np.asarray(first, int)[order], np.asarray(second, int)[order], np.asarray(target, np.float32)[order])
+
+
+def tune(folder: Path, max_length: int | None, texts: Sequence[str], y: np.ndarray, settings, seed: int,
+         device: str = "cpu", noise: Callable[[str, int], str] | None = None, desc: str = "contrastive"):
+    """A copy of the encoder in ``folder`` tuned on pairs of ``texts``: CosineSimilarityLoss,
+    AdamW at ``settings.lr`` with 10 % linear warm-up, ``settings.epochs`` passes over the pairs.
+    ``noise(text, index)``, when given, perturbs the second text of each pair (seeded by the pair's
+    index): the text-noise augmentation applied online. Returns the SentenceTransformer."""
+    import datasets
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    try:
+        from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
+    except ImportError:  # sentence-transformers 5
+        from sentence_transformers.losses import CosineSimilarityLoss
+
+    datasets.disable_progress_bars()
+    model = load_sentence_model(folder, max_length, device)
+    a, b, target = contrastive_pairs(y, settings.pairs_per_example, seed)
+    texts = list(texts)
+    second = [noise(texts[j], k) if noise is not None else texts[j] for k, j in enumerate(b)]
+    pairs = datasets.Dataset.from_dict({"sentence1": [texts[i] for i in a], "sentence2": second, "label": target})
+    steps = -(-len(pairs) // settings.batch_size) * settings.epochs
+    print(f"{desc}: {len(texts)} texts, {len(pairs)} pairs, {steps} steps", flush=True)
+    with tempfile.TemporaryDirectory(prefix="text-finetune-") as tmp:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=tmp, num_train_epochs=settings.epochs, per_device_train_batch_size=settings.batch_size,
+            learning_rate=settings.lr, warmup_steps=int(0.1 * steps), weight_decay=0.0, seed=seed, data_seed=seed,
+            save_strategy="no", logging_strategy="no", report_to="none", use_cpu=str(device) == "cpu",
+            dataloader_num_workers=0, disable_tqdm=False)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs,
+                                             loss=CosineSimilarityLoss(model))
+        trainer.train()
+    model.eval()
+    return model
+
+
+# ---- the stage's phases (pipeline_lib.stages.finetune calls run for a text data set) ------------
+
+def run(params, paths, train: pd.DataFrame, val: pd.DataFrame, n_classes: int, device, checkpoint) -> dict:
+    """Decide whether the tuned encoder beats the frozen one — on the val split when there is one,
+    else by k-fold CV on every labelled text (selection.finetune_folds; each fold tunes its own
+    encoder on its training texts and fits the chosen head recipe on their tuned vectors, against
+    the same recipe on the frozen vectors) — and, when it does, tune on every labelled text and fit
+    the head on the tuned vectors. Each finished fold is checkpointed: a killed run resumes."""
+    from .heads import HeadRecipe, load_head
+
+    frozen_head, meta = load_head(paths.head, paths.head_meta)
+    spec, recipe = meta["backbone_spec"], HeadRecipe(**meta["recipe"])
+    folder = resolve_encoder(spec["name"], paths.root)
+    job = _Job(params, folder, spec.get("max_length"), n_classes, device)
+    texts, y = texts_of(paths, train), train["label_idx"].to_numpy().astype(np.int64)
+    X_frozen, y_features, _ = load_features(paths, "train", spec["name"])
+    if not np.array_equal(y, y_features):
+        raise PipelineError("data/features/train.npz does not match the manifest: run `dvc repro featurize`.")
+    started = time.perf_counter()
+    if len(val):
+        y_val = val["label_idx"].to_numpy().astype(np.int64)
+        model, head = job.fit(texts, y, recipe, "contrastive")
+        before = predict_proba(frozen_head, load_features(paths, "val", spec["name"])[0])
+        after, scored, oof = predict_proba(head, encode(model, texts_of(paths, val))), y_val, None
+        mode, folds = "holdout", 0
+    else:
+        folds = stratified_folds(y, params.selection.finetune_folds, 1, params.seed + 7)
+        saved = checkpoint.load() or {"folds": {}}
+        before, after = np.full((len(y), n_classes), np.nan), np.full((len(y), n_classes), np.nan)
+        for fold in folds:
+            before[fold.held] = predict_proba(job.head(X_frozen[fold.train], y[fold.train], recipe, fold.fold),
+                                              X_frozen[fold.held])
+            if fold.fold not in saved["folds"]:
+                fold_model, fold_head = job.fit([texts[i] for i in fold.train], y[fold.train], recipe,
+                                                f"contrastive fold {fold.fold + 1}/{len(folds)}", fold.fold)
+                saved["folds"][fold.fold] = torch.from_numpy(
+                    predict_proba(fold_head, encode(fold_model, [texts[i] for i in fold.held])))
+                checkpoint.save(saved)
+            after[fold.held] = saved["folds"][fold.fold].numpy()
+        ok = ~np.isnan(before[:, 0])
+        before, after, scored, oof = before[ok], after[ok], y[ok], (y[ok], after[ok])
+        mode, folds = "cv", len(folds)
+    decision = _decision(params, scored, before, after, n_classes, mode)
+    report = {"enabled": True, "modality": "text", "mode": mode, "folds": folds, **decision,
+              "pairs_per_example": params.finetune.text.pairs_per_example,
+              "pairs": int(len(contrastive_pairs(y, params.finetune.text.pairs_per_example, params.seed)[0])),
+              "decide_seconds": round(time.perf_counter() - started, 2)}
+    if not report["kept"]:
+        clear_outputs(paths)
+        atomic.write_json(paths.finetune_meta, {"enabled": True, "kept": False, "modality": "text"})
+        return report
+    started = time.perf_counter()
+    model, head = job.fit(texts, y, recipe, "contrastive refit") if mode == "cv" else (model, head)
+    with atomic.replace_dir(paths.finetuned_encoder) as tmp:
+        model.save(str(tmp))
+    save_head(head, paths.finetuned_head, paths.finetune_meta,
+              {"enabled": True, "kept": True, "modality": "text", "recipe": meta["recipe"], "classes": meta["classes"],
+               "backbone_spec": {**spec, "tuned": True}})
+    if oof is not None:
+        atomic.write_npz(paths.finetune_oof, y=oof[0], proba=oof[1].astype(np.float32))
+    report.update(refit_seconds=round(time.perf_counter() - started, 2))
+    report["train_seconds"] = round(report["decide_seconds"] + report["refit_seconds"], 2)
+    return report
+
+
+class _Job:
+    """What every tuning of this run shares: the frozen encoder's folder, the settings, the seed."""
+
+    def __init__(self, params, folder: Path, max_length: int | None, n_classes: int, device):
+        self.params, self.folder, self.max_length, self.n_classes, self.device = params, folder, max_length, n_classes, device
+        policy = params.augment.text
+        self.noise = (lambda text, k: augment_text(text, policy, params.seed + 100_003 * k)) \
+            if params.finetune.text.augment else None
+
+    def head(self, X: np.ndarray, y: np.ndarray, recipe, offset: int = 0):
+        return fit_head(X, y, self.n_classes, recipe, self.params.train_head, self.params.seed + offset).head
+
+    def fit(self, texts: list[str], y: np.ndarray, recipe, desc: str, offset: int = 0):
+        """The encoder tuned on ``texts`` and the recipe's head fitted on their tuned vectors."""
+        model = tune(self.folder, self.max_length, texts, y, self.params.finetune.text, self.params.seed + offset,
+                     str(self.device), self.noise, desc)
+        return model, self.head(encode(model, texts), y, recipe, offset)
+
+
+def _decision(params, y: np.ndarray, before: np.ndarray, after: np.ndarray, n_classes: int, mode: str) -> dict:
+    """Keep the tuned encoder only when its gain over the frozen one exceeds selection.min_gain_se
+    standard errors (paired bootstrap over the scored texts), as for images."""
+    metric, s = params.selection.metric, params.selection
+    gain = paired_bootstrap(y, before, after, n_classes, metric, params.seed)
+    keep = gain["gain"] > 0 and gain["gain"] > s.min_gain_se * gain["se"]
+    a, b = scores(y, before, n_classes), scores(y, after, n_classes)
+    where = "CV" if mode == "cv" else "val"
+    reason = (f"contrastive tuning of the text encoder {'kept' if keep else 'not kept'}: {where} {metric} "
+              f"{a[metric]:.3f} (frozen encoder) -> {b[metric]:.3f} (tuned), gain {gain['gain']:+.3f} ± "
+              f"{gain['se']:.3f} (SE); needs > {s.min_gain_se:g} SE")
+    return {"kept": bool(keep), "reason": reason, "monitor": metric, f"cv_{metric}_probe": a[metric],
+            f"cv_{metric}": b[metric], "cv_accuracy_probe": a["accuracy"], "cv_accuracy": b["accuracy"],
+            "gain": gain["gain"], "gain_se": gain["se"], "kept_linear_probe": not keep}
+
+
+def clear_outputs(paths) -> None:
+    """Remove a fine-tuned model of either kind (a run that keeps none leaves none behind)."""
+    import shutil
+
+    shutil.rmtree(paths.finetuned_encoder, ignore_errors=True)
+    for f in (paths.finetuned_head, paths.finetune_oof, paths.finetuned_model):
+        f.unlink(missing_ok=True)

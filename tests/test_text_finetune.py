@@ -1,0 +1,115 @@
+"""Contrastive (SetFit-style) tuning of the real all-MiniLM-L6-v2: the pairs, the embedding
+geometry it changes, the keep decision's phases (checkpointed folds) and the kept model through
+evaluate and MLflow."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline_lib import text_finetune
+from pipeline_lib.config import TextFinetuneParams
+from pipeline_lib.text import encode, load_sentence_model, read_text, resolve_encoder
+from tests.test_text import _project
+
+TOY = {  # short texts: a tuning step takes a fraction of a second
+    "refund": ["I want my money back", "please refund my order", "can I get a refund", "return the payment to me",
+               "I was charged twice, refund it", "give me my money back now", "refund the last invoice"],
+    "shipping": ["where is my parcel", "my package has not arrived", "when will the order ship",
+                 "the delivery is late", "track my shipment please", "the courier lost my box", "no parcel yet"],
+    "password": ["I forgot my password", "reset my login please", "cannot sign in to my account",
+                 "my password does not work", "locked out of my account", "how do I change my password",
+                 "the login page rejects me"],
+}
+
+
+def _toy(test_per_class: int = 2) -> pd.DataFrame:
+    rows = [{"text": t, "label": c, "split": "test" if i >= len(texts) - test_per_class else "train"}
+            for c, texts in TOY.items() for i, t in enumerate(texts)]
+    return pd.DataFrame(rows)
+
+
+def _margin(vectors: np.ndarray, y: np.ndarray) -> float:
+    """Mean cosine similarity within classes minus between classes."""
+    v = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sim, same = v @ v.T, y[:, None] == y[None, :]
+    off = ~np.eye(len(y), dtype=bool)
+    return float(sim[same & off].mean() - sim[~same].mean())
+
+
+def test_pairs_are_balanced_seeded_and_never_a_text_with_itself():
+    y = np.array([0, 0, 0, 1, 1, 2])  # class 2 has one text: negatives only
+    a, b, target = text_finetune.contrastive_pairs(y, 3, seed=1)
+    assert len(a) == 3 * (5 * 2 + 1) and (a != b).all()
+    assert ((y[a] == y[b]) == (target == 1)).all() and target.sum() == 15
+    again = text_finetune.contrastive_pairs(y, 3, seed=1)
+    assert all(np.array_equal(x, z) for x, z in zip((a, b, target), again))
+    assert not np.array_equal(a, text_finetune.contrastive_pairs(y, 3, seed=2)[0])
+
+
+def test_contrastive_tuning_pulls_each_class_together():
+    frame = _toy(test_per_class=0)
+    texts, y = frame["text"].tolist(), pd.factorize(frame["label"])[0]
+    folder = resolve_encoder("all-MiniLM-L6-v2")
+    frozen = encode(load_sentence_model(folder, 64), texts)
+    tuned = text_finetune.tune(folder, 64, texts, y, TextFinetuneParams(pairs_per_example=4, epochs=2, lr=1e-4), seed=0)
+    after = encode(tuned, texts)
+    assert _margin(after, y) > _margin(frozen, y) + 0.1
+    assert np.allclose(np.linalg.norm(after, axis=1), 1, atol=1e-4)  # the model's own normalisation kept
+
+
+@pytest.fixture()
+def toy_project(tmp_path):
+    from pipeline_lib.stages import run_stages
+
+    params, paths = _project(tmp_path, _toy(), finetune={"enabled": True, "text": {"pairs_per_example": 2}})
+    run_stages(params, paths, last="train_head")
+    return params, paths
+
+
+def test_folds_are_checkpointed_and_a_rerun_tunes_only_what_is_missing(toy_project, monkeypatch):
+    from pipeline_lib.dataset import load_manifest
+    from pipeline_lib.finetuning import Checkpoint
+
+    params, paths = toy_project
+    calls = []
+    real_tune = text_finetune.tune
+    monkeypatch.setattr(text_finetune, "tune", lambda *a, **k: calls.append(len(a[2])) or real_tune(*a, **k))
+    manifest = load_manifest(paths)[0]
+    train, val = manifest[manifest["split"] == "train"], manifest[manifest["split"] == "val"]
+    checkpoint = Checkpoint(paths.root / "ckpt.pt", "cpu")
+    first = text_finetune.run(params, paths, train, val, 3, "cpu", checkpoint)
+    assert calls[:2] == [8, 7] or calls[:2] == [7, 8]  # each fold tunes on its own half of the 15 texts
+    assert first["mode"] == "cv" and first["folds"] == 2 and "frozen encoder" in first["reason"]
+    calls.clear()
+    second = text_finetune.run(params, paths, train, val, 3, "cpu", checkpoint)
+    assert calls == ([15] if first["kept"] else [])  # the folds come from the checkpoint; only a refit tunes
+    assert {k: second[k] for k in ("gain", "kept")} == {k: first[k] for k in ("gain", "kept")}
+
+
+def test_kept_tuned_encoder_is_evaluated_logged_and_served(toy_project, monkeypatch):
+    import mlflow
+
+    from pipeline_lib import tracking
+    from pipeline_lib.stages import run_stage
+
+    params, paths = toy_project
+    decide = text_finetune._decision
+    monkeypatch.setattr(text_finetune, "_decision", lambda *a: {**decide(*a), "kept": True})  # whatever CV says
+    report = run_stage("finetune", params, paths)
+    assert report["kept"] and (paths.finetuned_encoder / "modules.json").is_file() and paths.finetune_oof.exists()
+    metrics = run_stage("evaluate", params, paths)
+    assert metrics["candidate"] == "finetune" and set(metrics["models"]) == {"head", "finetune"}
+    run_id = tracking.log_pipeline_run(params, paths)
+    mlflow.set_tracking_uri(paths.mlflow_uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    expected = pd.read_csv(paths.predictions)
+    manifest = pd.read_parquet(paths.manifest).set_index("image_id")
+    out = model.predict(pd.DataFrame({"text": [read_text(paths.resolve(manifest.loc[i, "path"]))
+                                               for i in expected["image_id"]]}))
+    assert out["label"].tolist() == expected["predicted"].tolist() and len(expected) == 6
+    np.testing.assert_allclose(out["confidence"], expected["confidence"], atol=1e-4)
+    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    assert info.metadata["encoder_tuned"] is True
+    assert json.loads(paths.finetune_meta.read_text())["backbone_spec"]["tuned"] is True
