@@ -8,6 +8,8 @@ weights). Macro-F1 on test (mean ± std over seeds) and seconds per run.
 
     .venv/bin/python benchmarks/text_selection.py [--task condition|sentiment] [--shots 8 16] [--seeds 5] [--setfit]
         [--set KEY=VALUE ...]   # params overrides for the deployed model, as `dvc exp run -S` takes them
+        [--cells condition:8,16 sentiment:8,16,32] [--out results.jsonl] [--budget-s SECONDS]
+        [--variants NAME:KEY=VALUE,KEY=VALUE ...]  # finetune + evaluate again with these overrides, same data
 
 SetFit is a benchmark-only package (`pip install setfit==1.2.0` into the venv; its pins fit the
 project's). Run it alone: it is CPU-bound.
@@ -71,7 +73,8 @@ def setfit_run(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> tuple[np.n
     return pred, time.perf_counter() - started
 
 
-def one(task: str, shots: int, seed: int, work: Path, use_setfit: bool, overrides: list[str]) -> dict:
+def one(task: str, shots: int, seed: int, work: Path, use_setfit: bool, overrides: list[str],
+        variant_specs: list[str] = ()) -> dict:
     train, test = drug_reviews.load(task)
     csv = work / "reviews.csv"
     pd.concat([train.assign(split=""), test.assign(split="test")]).to_csv(csv, index=False)
@@ -83,6 +86,15 @@ def one(task: str, shots: int, seed: int, work: Path, use_setfit: bool, override
     run_stages(params, paths)
     pipeline_s = time.perf_counter() - started
     metrics = json.loads(paths.metrics.read_text())
+    decision = metrics["selection"].get("finetune") or {}
+    variants = {}
+    for name, items in (variant.split(":", 1) for variant in variant_specs):
+        params_v = parse_params(apply_overrides(params.model_dump(), items.split(",")))
+        t0 = time.perf_counter()
+        run_stages(params_v, paths, first="finetune")  # the same data, features and head: only finetune and evaluate re-run
+        m = json.loads(paths.metrics.read_text())
+        variants[f"v:{name}"], variants[f"v:{name}_s"] = m["macro_f1"], time.perf_counter() - t0
+        variants[f"v:{name}_kept"] = bool((m["selection"].get("finetune") or {}).get("kept"))
     manifest = pd.read_parquet(paths.manifest)
     classes = json.loads((paths.prepared_dir / "classes.json").read_text())
     X, y, _ = load_features(paths, "train")
@@ -94,6 +106,7 @@ def one(task: str, shots: int, seed: int, work: Path, use_setfit: bool, override
     texts = [read_text(paths.resolve(p)) for p in labelled["path"]]
     test_texts = [read_text(paths.resolve(p)) for p in tested["path"]]
     out = {"deployed": metrics["macro_f1"], "deployed_s": pipeline_s, "candidate": metrics["candidate"],
+           "tuning_gain": decision.get("gain"), **variants,
            "lr_cv minilm": macro_f1(yt, lr_cv(X, y, Xt)),
            "tfidf lr_cv": macro_f1(tested["label_idx"], tfidf(texts, labelled["label_idx"].to_numpy(), test_texts))}
     from pipeline_lib.text import load_text_encoder
@@ -108,34 +121,53 @@ def one(task: str, shots: int, seed: int, work: Path, use_setfit: bool, override
     return out
 
 
+def cells(args) -> list[tuple[str, int]]:
+    """(task, shots) pairs: --cells condition:8,16 sentiment:8,16,32, else --task x --shots."""
+    if not args.cells:
+        return [(args.task, k) for k in args.shots]
+    return [(task, int(k)) for cell in args.cells for task, ks in [cell.split(":")] for k in ks.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=["condition", "sentiment"], default="condition")
     parser.add_argument("--shots", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--cells", nargs="*", default=[], metavar="TASK:K,K", help="several tasks in one run")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--setfit", action="store_true")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--variants", nargs="*", default=[], metavar="NAME:KEY=VALUE,KEY=VALUE",
+                        help="also re-run finetune + evaluate with these overrides on each cell's data")
+    parser.add_argument("--out", type=Path, help="append one JSON line per finished cell")
+    parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new seed after this many seconds")
     args = parser.parse_args()
     results: dict = defaultdict(lambda: defaultdict(list))
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="text-bench-") as tmp:
-        for shots in args.shots:
-            for seed in range(args.seeds):
-                work = Path(tmp) / f"k{shots}-s{seed}"
+        for seed in range(args.seeds):  # seeds outermost: a run cut short still covers every cell
+            if time.perf_counter() - started > args.budget_s:
+                print(f"time budget spent after {seed} seed(s)", flush=True)
+                break
+            for task, shots in cells(args):
+                work = Path(tmp) / f"{task}-k{shots}-s{seed}"
                 work.mkdir()
-                row = one(args.task, shots, seed, work, args.setfit, args.set)
-                print(f"  k={shots} seed {seed}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                                            for k, v in row.items()), flush=True)
+                row = one(task, shots, seed, work, args.setfit, args.set, args.variants)
+                print(f"  {task} k={shots} seed {seed}: " + ", ".join(
+                    f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+                if args.out:
+                    with args.out.open("a") as fh:
+                        fh.write(json.dumps({"task": task, "shots": shots, "seed": seed, **row}) + "\n")
                 for key, value in row.items():
-                    results[shots][key].append(value)
-    columns = ["deployed", "lr_cv minilm", "tfidf lr_cv", "zero-shot"] + (["setfit"] if args.setfit else [])
-    print(f"\ndrug reviews, task {args.task}, {args.seeds} seeds, test macro-F1 (mean ± std); seconds per run; "
-          f"overrides: {' '.join(args.set) or 'none'}")
-    print(f"{'shots':>5}  " + "  ".join(f"{c:>14}" for c in columns) + "  deployed_s" + ("  setfit_s" if args.setfit else ""))
-    for shots, r in results.items():
-        cells = [f"{np.mean(r[c]):.3f} ± {np.std(r[c]):.3f}" for c in columns]
+                    results[(task, shots)][key].append(value)
+    columns = ["deployed", "lr_cv minilm", "tfidf lr_cv", "zero-shot"] + (["setfit"] if args.setfit else []) \
+        + [f"v:{v.split(':')[0]}" for v in args.variants]
+    print(f"\ndrug reviews, test macro-F1 (mean ± std over seeds); seconds per run; overrides: {' '.join(args.set) or 'none'}")
+    print(f"{'task':>9} {'k':>3} {'seeds':>5}  " + "  ".join(f"{c:>14}" for c in columns) + "  deployed_s"
+          + ("  setfit_s" if args.setfit else ""))
+    for (task, shots), r in results.items():
+        cells_ = [f"{np.mean(r[c]):.3f} ± {np.std(r[c]):.3f}" for c in columns]
         times = f"  {np.mean(r['deployed_s']):10.1f}" + (f"  {np.mean(r['setfit_s']):8.1f}" if args.setfit else "")
-        print(f"{shots:>5}  " + "  ".join(f"{c:>14}" for c in cells) + times)
-    print(json.dumps({k: {c: v[c] for c in columns} for k, v in results.items()}))
+        print(f"{task:>9} {shots:>3} {len(r['deployed']):>5}  " + "  ".join(f"{c:>14}" for c in cells_) + times)
 
 
 if __name__ == "__main__":
