@@ -127,11 +127,26 @@ class StableDiffusionParams(_Section):
         return value
 
 
+class TextGeneratorParams(_Section):
+    model: str = ""
+    """local transformers causal language model folder (e.g. a GPT-2 or a small instruction model)"""
+    prompt: str = "Write a short text about {description}:\n"
+    """prompt per class; {description} = data.class_descriptions[c] or the class name"""
+    max_new_tokens: int = Field(64, ge=1, le=1024)
+    """length of each generated text, in tokens"""
+    temperature: float = Field(0.9, gt=0.0)
+    """sampling temperature"""
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    """nucleus sampling: the smallest token set with this much probability"""
+
+
 class SyntheticParams(_Section):
-    generator: Literal["none", "ddpm", "stable_diffusion"] = "none"
-    """`none`, `ddpm` (small diffusion model trained on the real training images), `stable_diffusion` (local weights)"""
+    generator: Literal["none", "ddpm", "stable_diffusion", "template", "text_model"] = "none"
+    """images: `ddpm` (small diffusion model trained on the real training images), `stable_diffusion` (local weights);
+    texts: `template` (synthetic.templates filled with each class description), `text_model` (a local text
+    generator, synthetic.text_model); `none`"""
     per_class: int = Field(20, ge=1)
-    """images generated per class"""
+    """images (or generated texts) per class; `template` makes one text per template"""
     ratio: float = Field(1.0, ge=0.0)
     """at most ratio × (real training images of the class) synthetic ones are used, most confident first"""
     loss_weight: float = Field(1.0, ge=0.0, le=1.0)
@@ -145,6 +160,19 @@ class SyntheticParams(_Section):
     """real and synthetic columns per class in `reports/synthetic_preview.png`"""
     ddpm: DdpmParams = DdpmParams()
     stable_diffusion: StableDiffusionParams = StableDiffusionParams()
+    templates: list[str] = Field(default_factory=lambda: [
+        "This text is about {description}.", "{description}", "A text about {description}.",
+        "Someone writes about {description}."])
+    """text, `template`: one synthetic text per template and class ({description} as in the prompt), SetFit's
+    zero-shot recipe"""
+    text_model: TextGeneratorParams = TextGeneratorParams()
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, value: list[str]) -> list[str]:
+        if not value or any("{description}" not in t for t in value):
+            raise ValueError("a non-empty list, each template containing {description}")
+        return value
 
 
 class BackboneParams(_Section):
@@ -532,7 +560,8 @@ class Params(_Section):
         if self.synthetic.generator == "none":
             off += [f"synthetic.{k}" for k in type(self.synthetic).model_fields if k != "generator"]
         else:
-            off += [f"synthetic.{g}" for g in ("ddpm", "stable_diffusion") if g != self.synthetic.generator]
+            off += [f"synthetic.{g}" for g in ("ddpm", "stable_diffusion", "text_model") if g != self.synthetic.generator]
+            off += ["synthetic.templates"] if self.synthetic.generator != "template" else []
         ft = self.finetune
         if not ft.enabled:
             off += [f"finetune.{k}" for k in type(ft).model_fields if k != "enabled"]

@@ -25,6 +25,7 @@ import torch
 
 from . import atomic
 from .augmentation import augment_text
+from .dataset import SYNTHETIC, load_synthetic
 from .errors import PipelineError
 from .features import load_features
 from .heads import fit_head, predict_proba, save_head
@@ -103,11 +104,13 @@ def run(params, paths, train: pd.DataFrame, val: pd.DataFrame, n_classes: int, d
     frozen_head, meta = load_head(paths.head, paths.head_meta)
     spec, recipe = meta["backbone_spec"], HeadRecipe(**meta["recipe"])
     folder = resolve_encoder(spec["name"], paths.root)
-    job = _Job(params, folder, spec.get("max_length"), n_classes, device)
+    synthetic = load_synthetic(paths)  # kept synthetic texts join every training fold (never held out)
+    job = _Job(params, folder, spec.get("max_length"), n_classes, device, texts_of(paths, synthetic),
+               synthetic["label_idx"].to_numpy().astype(np.int64), load_features(paths, SYNTHETIC, spec["name"])[0])
     texts, y = texts_of(paths, train), train["label_idx"].to_numpy().astype(np.int64)
     X_frozen, y_features, _ = load_features(paths, "train", spec["name"])
-    if not np.array_equal(y, y_features):
-        raise PipelineError("data/features/train.npz does not match the manifest: run `dvc repro featurize`.")
+    if not np.array_equal(y, y_features) or len(job.syn_X) != len(job.syn_y):
+        raise PipelineError("data/features/ does not match the manifests: run `dvc repro featurize`.")
     started = time.perf_counter()
     if len(val):
         y_val = val["label_idx"].to_numpy().astype(np.int64)
@@ -156,22 +159,30 @@ def run(params, paths, train: pd.DataFrame, val: pd.DataFrame, n_classes: int, d
 
 
 class _Job:
-    """What every tuning of this run shares: the frozen encoder's folder, the settings, the seed."""
+    """What every tuning of this run shares: the frozen encoder's folder, the settings, the seed and
+    the synthetic texts (with their frozen vectors), which join every training set at
+    synthetic.loss_weight in the head."""
 
-    def __init__(self, params, folder: Path, max_length: int | None, n_classes: int, device):
+    def __init__(self, params, folder: Path, max_length: int | None, n_classes: int, device,
+                 syn_texts: list[str], syn_y: np.ndarray, syn_X: np.ndarray):
         self.params, self.folder, self.max_length, self.n_classes, self.device = params, folder, max_length, n_classes, device
+        self.syn_texts, self.syn_y, self.syn_X = syn_texts, syn_y, syn_X
         policy = params.augment.text
         self.noise = (lambda text, k: augment_text(text, policy, params.seed + 100_003 * k)) \
             if params.finetune.text.augment else None
 
-    def head(self, X: np.ndarray, y: np.ndarray, recipe, offset: int = 0):
-        return fit_head(X, y, self.n_classes, recipe, self.params.train_head, self.params.seed + offset).head
+    def head(self, X: np.ndarray, y: np.ndarray, recipe, offset: int = 0, X_syn: np.ndarray | None = None):
+        """The recipe's head on real vectors ``X`` plus the synthetic texts' (``X_syn``, default: frozen)."""
+        X_syn = self.syn_X if X_syn is None else X_syn
+        weights = np.r_[np.ones(len(y)), np.full(len(self.syn_y), self.params.synthetic.loss_weight)].astype(np.float32)
+        return fit_head(np.concatenate([X, X_syn]), np.concatenate([y, self.syn_y]), self.n_classes, recipe,
+                        self.params.train_head, self.params.seed + offset, weights).head
 
     def fit(self, texts: list[str], y: np.ndarray, recipe, desc: str, offset: int = 0):
-        """The encoder tuned on ``texts`` and the recipe's head fitted on their tuned vectors."""
-        model = tune(self.folder, self.max_length, texts, y, self.params.finetune.text, self.params.seed + offset,
-                     str(self.device), self.noise, desc)
-        return model, self.head(encode(model, texts), y, recipe, offset)
+        """The encoder tuned on ``texts`` (and the synthetic ones) and the recipe's head fitted on their tuned vectors."""
+        model = tune(self.folder, self.max_length, texts + self.syn_texts, np.concatenate([y, self.syn_y]),
+                     self.params.finetune.text, self.params.seed + offset, str(self.device), self.noise, desc)
+        return model, self.head(encode(model, texts), y, recipe, offset, encode(model, self.syn_texts))
 
 
 def _decision(params, y: np.ndarray, before: np.ndarray, after: np.ndarray, n_classes: int, mode: str) -> dict:

@@ -131,6 +131,22 @@ def build_tiny_clip(target: Path) -> Path:
     return target
 
 
+def build_tiny_text_generator(target: Path) -> Path:
+    """A randomly initialised one-layer GPT-2 with all-MiniLM-L6-v2's WordPiece tokenizer: a real
+    transformers causal LM folder (no text-generation weights exist offline); it samples nonsense."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from pipeline_lib.text import resolve_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_encoder("all-MiniLM-L6-v2")))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=128, n_embd=32, n_layer=1,
+                                       n_head=2, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id))
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
 def start_mlflow_server(workdir: Path, timeout: float = 120.0):
     """A real `mlflow server` (1 worker, 127.0.0.1, sqlite backend, local artifact store) on a free
     port; returns (process, url). Stop it with tasks.prefect_server.stop_server(process)."""

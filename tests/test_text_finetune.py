@@ -113,3 +113,46 @@ def test_kept_tuned_encoder_is_evaluated_logged_and_served(toy_project, monkeypa
     info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
     assert info.metadata["encoder_tuned"] is True
     assert json.loads(paths.finetune_meta.read_text())["backbone_spec"]["tuned"] is True
+
+
+def test_template_texts_teach_a_class_without_labels_and_stay_out_of_val_and_test(tmp_path):
+    from pipeline_lib.dataset import load_synthetic
+    from pipeline_lib.stages import run_stages
+
+    params, paths = _project(tmp_path, _toy(), data={"zero_shot_classes": ["cancel"],
+                                                      "class_descriptions": {"cancel": "cancelling my subscription"}},
+                             synthetic={"generator": "template"})
+    run_stages(params, paths, last="train_head")
+    synthetic = load_synthetic(paths, kept_only=False)
+    assert len(synthetic) == 4 * 4 and set(synthetic["split"]) == {"synthetic"} and synthetic["kept"].all()
+    cancel = synthetic[synthetic["label"] == "cancel"]
+    assert "This text is about cancelling my subscription." in {(paths.root / p).read_text() for p in cancel["path"]}
+    assert set(cancel["prompt"]) == set(params.synthetic.templates) and set(synthetic["generator"]) == {"template"}
+    report = json.loads(paths.synthesize_report.read_text())
+    assert report["per_class"]["cancel"] == {"generated": 4, "kept": 4, "real": 0} and paths.synthetic_preview.exists()
+    from pipeline_lib.heads import load_head, predict_proba
+    from pipeline_lib.text import load_text_encoder
+
+    head, meta = load_head(paths.head, paths.head_meta)
+    X = load_text_encoder("all-MiniLM-L6-v2").encode(["please cancel my subscription", "my parcel is late"])
+    assert [meta["classes"][i] for i in predict_proba(head, X).argmax(1)] == ["cancel", "shipping"]
+
+
+def test_a_local_text_generator_writes_texts_with_their_provenance(tmp_path):
+    from pipeline_lib.dataset import load_synthetic
+    from pipeline_lib.stages import run_stages
+    from tests.helpers import build_tiny_text_generator
+
+    model = build_tiny_text_generator(tmp_path / "tiny-gpt2")
+    params, paths = _project(tmp_path, _toy(), synthetic={"generator": "text_model", "per_class": 3, "ratio": 0.2,
+                                                          "text_model": {"model": str(model), "max_new_tokens": 8}})
+    run_stages(params, paths, last="synthesize")
+    frame = load_synthetic(paths, kept_only=False)
+    assert len(frame) == 9 and set(frame["generator"]) == {"text_model"} and frame["model_hash"].nunique() == 1
+    assert frame.groupby("label")["kept"].sum().to_dict() == {"password": 1, "refund": 1, "shipping": 1}  # 0.2 x 5 real
+    assert set(frame.loc[~frame["kept"], "dropped_because"]) == {"ratio_cap"}
+    assert all((paths.root / p).read_text() for p in frame["path"]) and frame["prompt"].str.startswith("Write").all()
+    again = tmp_path / "again"
+    params2, paths2 = _project(again if again.mkdir() is None else again, _toy(), **{"synthetic": params.synthetic.model_dump()})
+    run_stages(params2, paths2, last="synthesize")
+    assert load_synthetic(paths2, kept_only=False)["image_id"].tolist() == frame["image_id"].tolist()  # seeded

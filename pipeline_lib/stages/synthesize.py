@@ -19,14 +19,15 @@ import hashlib
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import atomic
-from ..backbones import backbone_for
 from ..config import Params, Paths
 from ..dataset import MANIFEST_COLUMNS, PROVENANCE_COLUMNS, SYNTHETIC, is_text, load_manifest, load_synthetic
+from ..encoder import encoder_names, load_encoder
 from ..errors import PipelineError
 from ..feature_cache import FeatureCache
 from ..generators import Generated, dir_hash, sample_ddpm, sample_stable_diffusion, train_ddpm
@@ -176,7 +177,8 @@ def _probe(frame: pd.DataFrame, params: Params, paths: Paths, staging, train: pd
     from ..features import cached_embeddings
 
     device = pick_device(params.runtime.device)
-    backbone = backbone_for(params, paths.root).to(device)
+    text = is_text(train)
+    backbone = load_encoder(params, paths.root, encoder_names(params, text)[0], text).to(device)
     cache = FeatureCache(paths.cache_dir(params), backbone.key)
 
     def features(ids, files) -> np.ndarray:
@@ -185,7 +187,7 @@ def _probe(frame: pd.DataFrame, params: Params, paths: Paths, staging, train: pd
         return np.stack([vectors[i] for i in ids])
 
     X_train = features(train["image_id"].tolist(), [paths.resolve(p) for p in train["path"]])
-    X_syn = features(frame["image_id"].tolist(), [staging / "images" / f"{i}.png" for i in frame["image_id"]])
+    X_syn = features(frame["image_id"].tolist(), [staging / Path(p).relative_to("data/synthetic") for p in frame["path"]])
     # the probe: a linear head of the middle strength of train_head.C on the real training images
     recipe = HeadRecipe("linear", params.train_head.C[len(params.train_head.C) // 2])
     probe = fit_head(X_train, train["label_idx"].to_numpy(), n_classes, recipe, params.train_head, params.seed).head
@@ -207,21 +209,64 @@ def _write_empty(paths: Paths) -> None:
 
 
 def _text(params: Params, paths: Paths, train: pd.DataFrame, classes: list[str]) -> dict:
-    """A text data set: no generator draws texts yet (ddpm and stable_diffusion draw images); the
-    preview shows real training texts per class."""
+    """A text data set: templated texts (`template`) or a local language model's samples
+    (`text_model`) per class, filtered and capped as images are; the preview is a table of real
+    and synthetic texts per class."""
     from ..plots import plot_text_table
+    from ..text import text_id
+    from ..text_synthesis import sampled, templated
 
-    if params.synthetic.generator != "none":
-        raise PipelineError(f"synthetic.generator: {params.synthetic.generator} draws images, and this is a text data "
-                            "set: set synthetic.generator: none")
-    _write_empty(paths)
-    _no_ddpm(paths, "none")
-    k = min(params.synthetic.preview_per_class, 3)  # texts need the width of several images
-    rows = [(label, [read_text(paths.resolve(p)) for p in train.loc[train["label_idx"] == c, "path"][:k]])
-            for c, label in enumerate(classes)]
-    plot_text_table(rows, [f"real {i + 1}" for i in range(max((len(t) for _, t in rows), default=0))],
+    s = params.synthetic
+    if s.generator in ("ddpm", "stable_diffusion"):
+        raise PipelineError(f"synthetic.generator: {s.generator} draws images, and this is a text data set: use "
+                            "template or text_model (or none)")
+    if s.generator == "none":
+        _write_empty(paths)
+        frame = load_synthetic(paths, kept_only=False)
+        model_hash = ""
+    else:
+        started = time.perf_counter()
+        if s.generator == "template":
+            generated, model_hash = templated(classes, params.data.class_descriptions, s.templates), ""
+        else:
+            generated, folder = sampled(s.text_model, classes, params.data.class_descriptions, s.per_class,
+                                        params.seed, paths.root, use(params.runtime))
+            model_hash = dir_hash(folder)
+        with atomic.replace_dir(paths.synthetic_dir) as staging:
+            (staging / "texts").mkdir()
+            rows = []
+            for g in generated:
+                tid = text_id(g.text)
+                atomic.write_text(staging / "texts" / f"{tid}.txt", g.text)
+                rows.append({"image_id": tid, "path": f"data/synthetic/texts/{tid}.txt",
+                             "source": f"{s.generator}:{classes[g.label_idx]}#{g.seed}", "label": classes[g.label_idx],
+                             "label_idx": g.label_idx, "split": SYNTHETIC, "height": 0, "width": 0, "orig_mode": "text",
+                             "note": "", "generator": s.generator, "prompt": g.prompt, "seed": g.seed,
+                             "model_hash": model_hash, "empty": not g.text})
+            frame = pd.DataFrame(rows).drop_duplicates("image_id").reset_index(drop=True)
+            empty = frame.pop("empty")
+            frame = select(frame, params, paths, staging, train, len(classes))
+            frame.loc[empty.to_numpy(), ["kept", "dropped_because"]] = [False, "empty"]
+            atomic.write_parquet(staging / "manifest.parquet", frame[MANIFEST_COLUMNS + PROVENANCE_COLUMNS])
+        generate_s = round(time.perf_counter() - started, 1)
+    _no_ddpm(paths, s.generator)
+    k = min(s.preview_per_class, 3)  # texts need the width of several images
+    rows, n_syn = [], k if len(frame) else 0
+    for c, label in enumerate(classes):
+        real = [read_text(paths.resolve(p)) for p in train.loc[train["label_idx"] == c, "path"][:k]]
+        syn = frame[frame["label_idx"] == c].sort_values("kept", ascending=False, kind="stable").head(n_syn)
+        synthetic = [read_text(paths.synthetic_dir / "texts" / f"{i}.txt") for i in syn["image_id"]]
+        rows.append((label, real + [""] * (k - len(real)) + synthetic + [""] * (n_syn - len(synthetic))))
+    plot_text_table(rows, [f"real {i + 1}" for i in range(k)] + [f"synthetic {i + 1}" for i in range(n_syn)],
                     paths.synthetic_preview)
-    report = {"generator": "none", "generated": 0, "kept": 0, "modality": "text"}
+    report = {"generator": s.generator, "modality": "text", "generated": int(len(frame)),
+              "kept": int(frame["kept"].sum()) if len(frame) else 0}
+    if len(frame):
+        report.update(model_hash=model_hash, generate_seconds=generate_s,
+                      dropped=frame.loc[~frame["kept"], "dropped_because"].value_counts().to_dict(),
+                      per_class={label: {"generated": int((frame["label"] == label).sum()),
+                                         "kept": int(((frame["label"] == label) & frame["kept"]).sum()),
+                                         "real": int((train["label"] == label).sum())} for label in classes})
     atomic.write_json(paths.synthesize_report, report)
     return report
 
