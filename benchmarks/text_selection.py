@@ -58,7 +58,7 @@ def tfidf(texts, y, test_texts) -> np.ndarray:
     return lr_cv(vec.fit_transform(texts), y, vec.transform(test_texts))
 
 
-def setfit_run(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> tuple[np.ndarray, float]:
+def setfit_run(train: pd.DataFrame, test: pd.DataFrame, seed: int, work: Path) -> tuple[np.ndarray, float]:
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
@@ -66,7 +66,7 @@ def setfit_run(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> tuple[np.n
 
     started = time.perf_counter()
     model = SetFitModel.from_pretrained(str(resolve_encoder("all-MiniLM-L6-v2")), local_files_only=True)
-    trainer = Trainer(model=model, args=TrainingArguments(seed=seed, show_progress_bar=False),
+    trainer = Trainer(model=model, args=TrainingArguments(seed=seed, show_progress_bar=False, output_dir=str(work / "setfit")),
                       train_dataset=Dataset.from_pandas(train[["text", "label"]].reset_index(drop=True)))
     trainer.train()
     pred = np.asarray(model.predict(test["text"].tolist()))
@@ -116,7 +116,7 @@ def one(task: str, shots: int, seed: int, work: Path, use_setfit: bool, override
     out["zero-shot"] = macro_f1(yt, (Xt @ prompts.T).argmax(1))
     if use_setfit:
         frame = pd.DataFrame({"text": texts, "label": labelled["label_idx"].to_numpy()})
-        pred, seconds = setfit_run(frame, pd.DataFrame({"text": test_texts}), seed)
+        pred, seconds = setfit_run(frame, pd.DataFrame({"text": test_texts}), seed, work)
         out["setfit"], out["setfit_s"] = macro_f1(yt, pred), seconds
     return out
 
