@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--cells", nargs="*", default=[], metavar="TASK:K,K", help="several tasks in one run")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--setfit", action="store_true")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--variants", nargs="*", default=[], metavar="NAME:KEY=VALUE,KEY=VALUE",
@@ -144,7 +145,7 @@ def main() -> None:
     results: dict = defaultdict(lambda: defaultdict(list))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="text-bench-") as tmp:
-        for seed in range(args.seeds):  # seeds outermost: a run cut short still covers every cell
+        for seed in range(args.first_seed, args.first_seed + args.seeds):  # seeds outermost: a run cut short still covers every cell
             if time.perf_counter() - started > args.budget_s:
                 print(f"time budget spent after {seed} seed(s)", flush=True)
                 break

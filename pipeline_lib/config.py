@@ -412,7 +412,7 @@ class SelectionParams(_Section):
 
 
 class TextFinetuneParams(_Section):
-    pairs_per_example: int = Field(5, ge=1)
+    pairs_per_example: int = Field(20, ge=1)
     """contrastive pairs per labelled text: this many partners of its class and as many of other classes"""
     epochs: int = Field(1, ge=1)
     """passes over the pairs"""
