@@ -145,7 +145,7 @@ def main() -> None:
     results: dict = defaultdict(lambda: defaultdict(list))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="text-bench-") as tmp:
-        for seed in range(args.first_seed, args.first_seed + args.seeds):  # seeds outermost: a run cut short still covers every cell
+        for seed in range(args.first_seed, args.first_seed + args.seeds):  # outermost: a run cut short covers every cell
             if time.perf_counter() - started > args.budget_s:
                 print(f"time budget spent after {seed} seed(s)", flush=True)
                 break
