@@ -507,6 +507,35 @@ class EvaluateParams(_Section):
     """local CLIP model directory (transformers layout): adds a zero-shot baseline row"""
 
 
+class AdviseParams(_Section):
+    enabled: bool = True
+    """run the advise stage (learning curve, what to label next, suspicious labels, data health)"""
+    fractions: list[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
+    """fractions of each CV fold's labelled part the learning curve trains on"""
+    repeats: int = Field(3, ge=1)
+    """learning-curve repeats (other fold splits and subsamples)"""
+    label_next: int = Field(20, ge=1)
+    """how many unlabelled items to suggest for labelling (from data.unlabeled, else the pool beyond shots_per_class)"""
+    strategy: Literal["auto", "typical", "margin", "random"] = "auto"
+    """`typical` (representative items of uncovered clusters), `margin` (uncertain and diverse), `auto`: typical while
+    the median class has fewer than `typical_below` labels, margin after"""
+    typical_below: int = Field(10, ge=0)
+    """labels per class under which `auto` picks typical items (docs/benchmarks.md: the simulation)"""
+    suspects: int = Field(20, ge=0)
+    """labelled items listed as possibly mislabelled (most suspicious first)"""
+    duplicate_similarity: float = Field(0.98, gt=0.0, le=1.0)
+    """labelled pairs with a feature cosine similarity above this and different labels are listed"""
+    min_per_class: int = Field(5, ge=1)
+    """a class with fewer labels is listed as at risk"""
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if len(value) < 3 or any(not 0.0 < f <= 1.0 for f in value) or len(set(value)) != len(value):
+            raise ValueError("at least 3 distinct fractions in (0, 1] (the power law has 3 parameters)")
+        return sorted(value)
+
+
 class MlflowParams(_Section):
     experiment: str = "transfer-learning"
     """MLflow experiment name"""
@@ -539,6 +568,7 @@ class Params(_Section):
     semi_supervised: SemiSupervisedParams = SemiSupervisedParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
+    advise: AdviseParams = AdviseParams()
     mlflow: MlflowParams = MlflowParams()
     runtime: RuntimeParams = RuntimeParams()
 
@@ -833,6 +863,23 @@ class Paths:
     def stage_report(self, stage: str) -> Path:
         """The JSON summary a stage writes: reports/<stage>.json (evaluate's is metrics.json)."""
         return self.metrics if stage == "evaluate" else self.reports_dir / f"{stage}.json"
+
+    @property
+    def advice_md(self) -> Path:
+        return self.reports_dir / "advice.md"
+
+    @property
+    def advice_curve_png(self) -> Path:
+        return self.reports_dir / "advice_learning_curve.png"
+
+    @property
+    def label_next_csv(self) -> Path:
+        """What to label next: a CSV for a labelling tool"""
+        return self.reports_dir / "label_next.csv"
+
+    @property
+    def suspect_labels_csv(self) -> Path:
+        return self.reports_dir / "suspect_labels.csv"
 
     @property
     def mlflow_run(self) -> Path:

@@ -36,6 +36,18 @@ def load_augmented(paths: Paths) -> pd.DataFrame:
     return pd.read_parquet(paths.augmented_manifest)
 
 
+def unlabeled_pool(manifest: pd.DataFrame, params) -> pd.DataFrame:
+    """The unlabelled items featurize embeds (as split UNLABELED): semi_supervised.source's; else,
+    for advise, the data.unlabeled items or, without any, the pool beyond shots_per_class (its
+    labels hidden from training: what a simulation of labelling needs)."""
+    source = params.semi_supervised.source
+    if source == "none":
+        if not params.advise.enabled:
+            return manifest.iloc[:0]
+        source = "folder" if (manifest["split"] == UNLABELED).any() else "unused"
+    return manifest[manifest["split"] == ("unused" if source == "unused" else UNLABELED)].assign(split=UNLABELED)
+
+
 def load_synthetic(paths: Paths, kept_only: bool = True) -> pd.DataFrame:
     """The synthetic images' manifest (only those used for training, by default)."""
     if not paths.synthetic_manifest.exists():

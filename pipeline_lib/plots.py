@@ -60,6 +60,31 @@ def plot_reliability(curves: dict[str, np.ndarray], target: Path, title: str = "
     save_png(fig, target)
 
 
+def plot_learning_curve_fit(sizes: np.ndarray, scores: np.ndarray, grid: dict, marks: dict, metric: str,
+                            target: Path, title: str = "") -> None:
+    """The measured curve (mean ± std over repeats per size), the fitted power law with its
+    interval over ``grid`` ({"at", "predicted", "low", "high"}) and the extrapolated ``marks``."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fractions = sorted(set(np.round(sizes, 6)))
+    means = [(np.mean(sizes[np.round(sizes, 6) == f]), scores[np.round(sizes, 6) == f]) for f in fractions]
+    ax.errorbar([m for m, _ in means], [v.mean() for _, v in means], yerr=[v.std() for _, v in means], fmt="o",
+                color="C0", capsize=3, label="measured (CV, mean ± std over repeats)")
+    ax.plot(grid["at"], grid["predicted"], color="C1", label="fitted a − b·n^−c")
+    ax.fill_between(grid["at"], grid["low"], grid["high"], color="C1", alpha=0.2,
+                    label=f"{grid['level']:.0%} interval (residual bootstrap)")
+    for n, (value, lo, hi, name) in marks.items():
+        ax.errorbar([n], [value], yerr=[[value - lo], [hi - value]], fmt="s", color="C3", capsize=3)
+        ax.annotate(f"{name}: {value:.2f}", (n, value), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled items")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    save_png(fig, target)
+
+
 def plot_image_grid(rows: list[tuple[str, list[np.ndarray]]], col_titles: list[str], target: Path) -> None:
     """A grid of images: one labelled row per entry, columns titled."""
     n_rows, n_cols = max(len(rows), 1), len(col_titles)

@@ -42,6 +42,8 @@ def stage_line(stage: str, report: dict, paths: Paths) -> str:
                 f" over {r.get('candidates')} candidates on {r.get('n_train')} {noun}")
     elif stage == "finetune":
         line = r.get("reason") or ("kept" if r.get("kept") else "not kept")
+    elif stage == "advise":
+        line = (r.get("summary") or ["off (advise.enabled: false)"])[0]
     else:
         line = f"test accuracy {r['accuracy']:.1%}, macro-F1 {r['macro_f1']:.3f} ({r.get('candidate')})"
     return f"{stage}{took}: {line}"
@@ -93,6 +95,10 @@ def summary(paths: Paths) -> str:
         example = (pair.get("examples") or [""])[0]
         lines.append(f"  {pair['actual']} taken for {pair['predicted']}: {pair['count']}x"
                      + (f' — e.g. "{example[:90]}{"…" if len(example) > 90 else ""}"' if example else ""))
+    advice = json.loads(paths.stage_report("advise").read_text()) if paths.stage_report("advise").exists() else {}
+    if advice.get("enabled"):
+        lines.append(f"Advice ({paths.advice_md.relative_to(paths.root)}):")
+        lines += [f"  {sentence}" for sentence in advice["summary"]]
     lines += [
         f"Reports: {paths.reports_dir}/ (metrics.json, confusion_matrix.png, ingest.json)",
     ]

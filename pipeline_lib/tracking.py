@@ -28,6 +28,7 @@ from .config import Params, Paths
 from .errors import PipelineError, TransientError, is_unreachable
 from .stages import STAGES
 
+LOGGED_BY_EVALUATE = STAGES[:STAGES.index("evaluate") + 1]  # advise runs after and adds its own child run
 PIPELINE, STAGE = "pipeline", "stage"  # values of the run_kind tag: filter runs by kind in the UI
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3 opens such an experiment in its training view
 SPLITS_CONTEXT = {"train": "training", "val": "validation", "test": "test"}
@@ -128,6 +129,7 @@ def stage_artifacts(paths: Paths, stage: str) -> list[tuple[Path, str]]:
         "train_head": [paths.train_head_report, paths.selection_report, paths.selection_table],
         "finetune": [paths.finetune_report, paths.finetune_history],
         "evaluate": [paths.predictions],
+        "advise": [paths.advice_md, paths.advice_curve_png, paths.label_next_csv, paths.suspect_labels_csv],
     }[stage]
     found = [(f, "reports") for f in files if f.exists()]
     if stage == "synthesize" and synthesized:  # provenance of every generated image
@@ -372,9 +374,9 @@ def _log_pipeline_run(params: Params, paths: Paths, run_name: str | None, tags: 
     experiment_id = _experiment(params, paths)
     client = mlflow.MlflowClient()
     metrics, ingest = _read_json(paths.metrics), _read_json(paths.ingest_report)
-    reports = {stage: _read_json(paths.stage_report(stage)) for stage in STAGES}
+    reports = {stage: _read_json(paths.stage_report(stage)) for stage in LOGGED_BY_EVALUATE}
     previous_end = _previous_end(experiment_id)
-    ran = [s for s in STAGES if (_ms(reports[s].get("finished_at")) or 0) > previous_end]
+    ran = [s for s in LOGGED_BY_EVALUATE if (_ms(reports[s].get("finished_at")) or 0) > previous_end]
     starts = [_ms(reports[s].get("started_at")) for s in ran if reports[s].get("started_at")]
     commit, version = git_commit(paths.root), data_version(paths)
     sel = metrics.get("selection") or {}
@@ -402,7 +404,7 @@ def _log_pipeline_run(params: Params, paths: Paths, run_name: str | None, tags: 
         for config in (paths.dvc_lock, paths.root / "params.yaml"):
             if config.exists():
                 mlflow.log_artifact(str(config), artifact_path="config")
-        for stage in STAGES:
+        for stage in LOGGED_BY_EVALUATE:
             if reports[stage]:
                 _log_stage(client, experiment_id, parent_id, params, paths, stage, stage in ran)
         decision = None
@@ -440,3 +442,20 @@ def _register(params: Params, paths: Paths, metrics: dict, version: str, commit:
         mlflow.log_metric("promotion.champion_test_accuracy", decision.champion_accuracy)
     mlflow.log_dict(decision.as_dict(), "promotion.json")
     return decision.as_dict()
+
+
+def log_advice(params: Params, paths: Paths) -> str | None:
+    """The advise stage (it runs after evaluate, which logged the execution): a child run "advise"
+    of the execution's run (reports/mlflow_run.json) with its figures, params and files (the
+    report, the learning curve, the CSVs), and its first sentence as the parent's tag ``advice``.
+    Returns the parent run's id, or None when no execution was logged."""
+    import mlflow
+
+    logged, report = _read_json(paths.mlflow_run), _read_json(paths.stage_report("advise"))
+    if not logged.get("run_id") or not report.get("enabled"):
+        return None
+    mlflow.set_tracking_uri(paths.mlflow_uri)
+    client = mlflow.MlflowClient()
+    _log_stage(client, logged["experiment_id"], logged["run_id"], params, paths, "advise", True)
+    client.set_tag(logged["run_id"], "advice", report["summary"][0][:5000])
+    return logged["run_id"]

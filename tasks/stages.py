@@ -93,3 +93,12 @@ def log_to_mlflow_task(params: Params, paths: Paths, run_name: str | None = None
     create_link_artifact(link=logged["run_url"], link_text=f"MLflow run {run_id[:8]}", key="mlflow-run",
                          description="This execution in the MLflow UI (start `mlflow ui` for a local store)")
     return run_id
+
+
+@task(cache_policy=NONE, name="log_advice", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_if_transient)
+def log_advice_task(params: Params, paths: Paths) -> str | None:
+    """The advice joins the MLflow run evaluate logged (a child run "advise")."""
+    from pipeline_lib import tracking
+
+    return tracking.log_advice(params, paths)

@@ -17,7 +17,7 @@ from types import ModuleType
 
 _log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("ingest", "synthesize", "augment", "featurize", "train_head", "finetune", "evaluate")
+STAGES: tuple[str, ...] = ("ingest", "synthesize", "augment", "featurize", "train_head", "finetune", "evaluate", "advise")
 
 
 def stage_module(name: str) -> ModuleType:

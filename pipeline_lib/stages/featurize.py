@@ -18,7 +18,17 @@ import pandas as pd
 
 from .. import atomic
 from ..config import Params, Paths
-from ..dataset import AUGMENTED, SPLITS, SYNTHETIC, UNLABELED, is_text, load_augmented, load_manifest, load_synthetic
+from ..dataset import (
+    AUGMENTED,
+    SPLITS,
+    SYNTHETIC,
+    UNLABELED,
+    is_text,
+    load_augmented,
+    load_manifest,
+    load_synthetic,
+    unlabeled_pool,
+)
 from ..encoder import Encoder, encoder_names, load_encoder
 from ..feature_cache import FeatureCache
 from ..features import FLIP, array_suffix, cached_embeddings
@@ -27,16 +37,14 @@ from ..text import TEXT_EXTENSIONS, TextEncoder, read_text
 
 
 def all_images(paths: Paths, params: Params | None = None) -> pd.DataFrame:
-    """Every image featurize embeds: train/val/test, the augmented copies, the synthetic images and,
-    with semi_supervised.source set, the unlabelled images (split UNLABELED)."""
+    """Every image featurize embeds: train/val/test, the augmented copies, the synthetic images and
+    the unlabelled ones (split UNLABELED: dataset.unlabeled_pool)."""
     manifest, _ = load_manifest(paths)
     augmented = load_augmented(paths).assign(split=AUGMENTED)
     synthetic = load_synthetic(paths)[augmented.columns].assign(split=SYNTHETIC)
     parts = [manifest[manifest["split"].isin(SPLITS)], augmented, synthetic]
-    source = params.semi_supervised.source if params is not None else "none"
-    if source != "none":  # the pool beyond shots_per_class (labels hidden), or data.unlabeled
-        parts.append(manifest[manifest["split"] == ("unused" if source == "unused" else UNLABELED)]
-                     .assign(split=UNLABELED))
+    if params is not None:
+        parts.append(unlabeled_pool(manifest, params))
     return pd.concat(parts, ignore_index=True)
 
 

@@ -314,7 +314,7 @@ def _run(params: Params, paths: Paths, report: IngestReport) -> dict:
     else:
         candidates, classes = _manifest_candidates(paths.resolve(d.path), report, strict)
 
-    if params.semi_supervised.source == "folder":
+    if d.unlabeled and (params.semi_supervised.source == "folder" or params.advise.enabled):
         candidates = candidates + _unlabeled_candidates(paths.resolve(d.unlabeled), report, strict)
     texts = bool(candidates) and all(c.is_text for c in candidates)
     items = "texts" if texts else "images"

@@ -1,0 +1,213 @@
+"""Advice on the user's own data, from the cached features (seconds): what more labels would buy
+(a learning curve fitted with an inverse power law and extrapolated), which unlabelled items to
+label next (typical items first while labels are very few, uncertain and diverse ones after), which
+given labels look wrong (out-of-fold probabilities, confident-learning style; near-duplicates with
+different labels). The stage (pipeline_lib.stages.advise) reads the data and writes the report.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .heads import fit_head, predict_proba
+from .selection import stratified_folds
+from .stats import macro_f1_from_labels
+
+
+def score(y: np.ndarray, pred: np.ndarray, n_classes: int, metric: str) -> float:
+    return float((pred == y).mean()) if metric == "accuracy" else macro_f1_from_labels(y, pred, n_classes)
+
+
+def _subsample(rows: np.ndarray, y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """``fraction`` of each class's rows (at least one), drawn with ``rng``."""
+    keep = []
+    for c in np.unique(y[rows]):
+        members = rows[y[rows] == c]
+        keep.append(rng.choice(members, max(1, int(round(fraction * len(members)))), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+@dataclass
+class Curve:
+    sizes: np.ndarray  # labelled items trained on, one per (repeat, fraction)
+    scores: np.ndarray  # pooled out-of-fold score at that size
+    fractions: np.ndarray
+    oof: np.ndarray  # (n, C) out-of-fold probabilities at fraction 1, averaged over repeats (NaN: never held out)
+
+
+def learning_curve(X: np.ndarray, y: np.ndarray, n_classes: int, fit, fractions: list[float], repeats: int,
+                   folds: int, seed: int, metric: str) -> Curve:
+    """For each repeat: a stratified k-fold split of every labelled item; for each fraction, each
+    fold's training part subsampled per class to that fraction, ``fit(X, y, seed)`` -> head, scored
+    on the fold's held-out part (pooled over folds)."""
+    sizes, scores, fracs = [], [], []
+    oof_sum, oof_n = np.zeros((len(y), n_classes)), np.zeros(len(y))
+    for r in range(repeats):
+        split = stratified_folds(y, folds, 1, seed + 1000 * r)
+        rng = np.random.default_rng([seed, r])
+        for f in sorted(fractions):
+            pred, used = np.full(len(y), -1), []
+            for fold in split:
+                rows = _subsample(fold.train, y, f, rng)
+                proba = predict_proba(fit(X[rows], y[rows], seed + r), X[fold.held])
+                pred[fold.held] = proba.argmax(1)
+                used.append(len(rows))
+                if f == max(fractions):
+                    oof_sum[fold.held] += proba
+                    oof_n[fold.held] += 1
+            held = pred >= 0
+            sizes.append(float(np.mean(used)))
+            scores.append(score(y[held], pred[held], n_classes, metric))
+            fracs.append(f)
+    with np.errstate(invalid="ignore"):
+        oof = oof_sum / oof_n[:, None]
+    oof[oof_n == 0] = np.nan
+    return Curve(np.array(sizes), np.array(scores), np.array(fracs), oof)
+
+
+def power_law(n, a, b, c):
+    """Inverse power law: the score approaches ``a`` as n grows, ``b n^-c`` below it."""
+    return a - b * np.power(n, -c)
+
+
+def fit_power_law(sizes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(a, b, c) by least squares, a ≤ 1 (a score), b ≥ 0, 0.05 ≤ c ≤ 2."""
+    from scipy.optimize import curve_fit
+
+    sizes, scores = np.asarray(sizes, float), np.asarray(scores, float)
+    p0 = (min(1.0, scores.max() + 0.05), max(0.1, (scores.max() - scores.min()) * sizes.min() ** 0.5 + 0.1), 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            params, _ = curve_fit(power_law, sizes, scores, p0=p0, bounds=([0.0, 0.0, 0.05], [1.0, 100.0, 2.0]),
+                                  maxfev=20000)
+        except (RuntimeError, ValueError):  # flat or too few points: a constant curve
+            params = np.array([float(np.mean(scores)), 0.0, 0.5])
+    return params
+
+
+def extrapolate(sizes: np.ndarray, scores: np.ndarray, at: list[float], seed: int, resamples: int = 200,
+                level: float = 0.8) -> dict:
+    """The fitted curve at ``at`` (labelled-item counts) with a ``level`` interval from a residual
+    bootstrap (the fit's residuals resampled, the curve refitted)."""
+    params = fit_power_law(sizes, scores)
+    fitted = power_law(sizes, *params)
+    residuals = scores - fitted
+    rng = np.random.default_rng(seed)
+    at = np.asarray(at, float)
+    draws = np.array([power_law(at, *fit_power_law(sizes, fitted + rng.choice(residuals, len(residuals))))
+                      for _ in range(resamples)])
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return {"params": {"a": float(params[0]), "b": float(params[1]), "c": float(params[2])},
+            "at": at.tolist(), "predicted": power_law(at, *params).clip(0, 1).tolist(),
+            "low": lo.clip(0, 1).tolist(), "high": hi.clip(0, 1).tolist(), "level": level,
+            "rmse": float(np.sqrt(np.mean(residuals ** 2)))}
+
+
+# ---- what to label next ---------------------------------------------------------------------
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    return X / np.linalg.norm(X, axis=1, keepdims=True).clip(1e-12)
+
+
+def typical(X_labelled: np.ndarray, X_pool: np.ndarray, n: int, seed: int, neighbours: int = 20) -> np.ndarray:
+    """TypiClust (Hacohen et al., 2022): k-means of labelled + pool into (labelled + n) clusters;
+    from the largest clusters that hold no labelled item, the most typical pool item (the highest
+    inverse mean distance to its nearest neighbours in the cluster). Indices into the pool."""
+    from sklearn.cluster import KMeans
+
+    n = min(n, len(X_pool))
+    Z = _unit(np.concatenate([X_labelled, X_pool]))
+    k = min(len(Z), len(X_labelled) + n)
+    labels = KMeans(k, n_init=3, random_state=seed).fit_predict(Z)
+    covered = set(labels[:len(X_labelled)])
+    pool_labels = labels[len(X_labelled):]
+    order = sorted(set(pool_labels), key=lambda c: (c in covered, -int((pool_labels == c).sum()), c))
+    chosen = []
+    for c in order:
+        members = np.flatnonzero(pool_labels == c)
+        if len(members) == 1:
+            chosen.append(members[0])
+        else:
+            P = _unit(X_pool[members])
+            d = np.sqrt(np.clip(2 - 2 * P @ P.T, 0, None))
+            m = min(neighbours, len(members) - 1)
+            knn = np.sort(d, axis=1)[:, 1:m + 1].mean(1)
+            chosen.append(members[int(np.argmin(knn))])
+        if len(chosen) == n:
+            break
+    if len(chosen) < n:  # fewer uncovered clusters than n: fill with the pool's most typical items
+        rest = np.setdiff1d(np.arange(len(X_pool)), chosen)
+        chosen += list(rest[:n - len(chosen)])
+    return np.array(chosen, dtype=int)
+
+
+def uncertain_diverse(X_pool: np.ndarray, proba: np.ndarray, n: int, seed: int, oversample: int = 10) -> np.ndarray:
+    """Margin sampling with diversity: the ``oversample * n`` pool items with the smallest margin
+    between their two likeliest classes, clustered into n groups by k-means; the smallest-margin
+    item of each group. Indices into the pool, most uncertain first."""
+    from sklearn.cluster import KMeans
+
+    n = min(n, len(X_pool))
+    margin = margins(proba)
+    candidates = np.argsort(margin, kind="stable")[:min(len(X_pool), oversample * n)]
+    labels = KMeans(n, n_init=3, random_state=seed).fit_predict(_unit(X_pool[candidates]))
+    chosen = [candidates[labels == c][np.argmin(margin[candidates[labels == c]])] for c in range(n)
+              if (labels == c).any()]
+    return np.array(sorted(chosen, key=lambda i: margin[i]), dtype=int)
+
+
+def margins(proba: np.ndarray) -> np.ndarray:
+    top2 = np.sort(proba, axis=1)[:, -2:] if proba.shape[1] > 1 else np.c_[np.zeros(len(proba)), proba]
+    return top2[:, 1] - top2[:, 0]
+
+
+def suggest(strategy: str, X_labelled: np.ndarray, X_pool: np.ndarray, proba: np.ndarray, n: int,
+            seed: int) -> np.ndarray:
+    if strategy == "typical":
+        return typical(X_labelled, X_pool, n, seed)
+    if strategy == "margin":
+        return uncertain_diverse(X_pool, proba, n, seed)
+    return np.random.default_rng(seed).choice(len(X_pool), min(n, len(X_pool)), replace=False)
+
+
+# ---- labels that look wrong -----------------------------------------------------------------
+
+def suspect_labels(y: np.ndarray, oof: np.ndarray) -> dict[str, np.ndarray]:
+    """Confident-learning style (Northcutt et al., 2021, without its AGPL package): class j's
+    threshold t_j is the mean out-of-fold probability of class j over the items labelled j. An item
+    is flagged when another class reaches its threshold and its own label's probability is below
+    its class's; every item is ranked by the suggested class's probability minus the given one's
+    (most suspicious first). Items never held out (NaN rows) are not ranked."""
+    ok = ~np.isnan(oof[:, 0])
+    n_classes = oof.shape[1]
+    thresholds = np.array([oof[ok & (y == c), c].mean() if (ok & (y == c)).any() else 1.0 for c in range(n_classes)])
+    rows = np.flatnonzero(ok)
+    p = oof[rows]
+    given = p[np.arange(len(rows)), y[rows]]
+    other = p.copy()
+    other[np.arange(len(rows)), y[rows]] = -1
+    suggested = other.argmax(1)
+    p_suggested = other.max(1)
+    flagged = (p_suggested >= thresholds[suggested]) & (given < thresholds[y[rows]])
+    order = np.argsort(-(p_suggested - given), kind="stable")
+    return {"index": rows[order], "suggested": suggested[order], "p_given": given[order],
+            "p_suggested": p_suggested[order], "flagged": flagged[order], "thresholds": thresholds}
+
+
+def conflicting_duplicates(X: np.ndarray, y: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """Pairs of labelled items whose features' cosine similarity exceeds ``threshold`` while their
+    labels differ, most similar first."""
+    Z = _unit(X)
+    sim = Z @ Z.T
+    i, j = np.nonzero(np.triu(sim > threshold, k=1) & (y[:, None] != y[None, :]))
+    pairs = sorted(zip(i.tolist(), j.tolist(), sim[i, j].tolist()), key=lambda t: -t[2])
+    return [(a, b, float(s)) for a, b, s in pairs]
+
+
+def head_fitter(recipe, train_head_params, n_classes: int):
+    """fit(X, y, seed) -> the deployed recipe's head: what the curve and the OOF probabilities use."""
+    return lambda X, y, seed: fit_head(X, y, n_classes, recipe, train_head_params, seed).head
