@@ -119,22 +119,8 @@ def run(params, paths, train: pd.DataFrame, val: pd.DataFrame, n_classes: int, d
         after, scored, oof = predict_proba(head, encode(model, texts_of(paths, val))), y_val, None
         mode, folds = "holdout", 0
     else:
-        folds = stratified_folds(y, params.selection.finetune_folds, 1, params.seed + 7)
-        saved = checkpoint.load() or {"folds": {}}
-        before, after = np.full((len(y), n_classes), np.nan), np.full((len(y), n_classes), np.nan)
-        for fold in folds:
-            before[fold.held] = predict_proba(job.head(X_frozen[fold.train], y[fold.train], recipe, fold.fold),
-                                              X_frozen[fold.held])
-            if fold.fold not in saved["folds"]:
-                fold_model, fold_head = job.fit([texts[i] for i in fold.train], y[fold.train], recipe,
-                                                f"contrastive fold {fold.fold + 1}/{len(folds)}", fold.fold)
-                saved["folds"][fold.fold] = torch.from_numpy(
-                    predict_proba(fold_head, encode(fold_model, [texts[i] for i in fold.held])))
-                checkpoint.save(saved)
-            after[fold.held] = saved["folds"][fold.fold].numpy()
-        ok = ~np.isnan(before[:, 0])
-        before, after, scored, oof = before[ok], after[ok], y[ok], (y[ok], after[ok])
-        mode, folds = "cv", len(folds)
+        before, after, scored, folds = _cv_scores(params, job, texts, y, X_frozen, recipe, n_classes, checkpoint)
+        oof, mode = (scored, after), "cv"
     decision = _decision(params, scored, before, after, n_classes, mode)
     report = {"enabled": True, "modality": "text", "mode": mode, "folds": folds, **decision,
               "pairs_per_example": params.finetune.text.pairs_per_example,
@@ -156,6 +142,28 @@ def run(params, paths, train: pd.DataFrame, val: pd.DataFrame, n_classes: int, d
     report.update(refit_seconds=round(time.perf_counter() - started, 2))
     report["train_seconds"] = round(report["decide_seconds"] + report["refit_seconds"], 2)
     return report
+
+
+def _cv_scores(params, job: "_Job", texts: list[str], y: np.ndarray, X_frozen: np.ndarray, recipe, n_classes: int,
+               checkpoint) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Out-of-fold probabilities of the frozen-encoder head and of each fold's tuned encoder + head,
+    on the items held out once (a class of one text is never held out); each finished fold's
+    result is checkpointed and reused by a resumed run."""
+    folds = stratified_folds(y, params.selection.finetune_folds, 1, params.seed + 7)
+    saved = checkpoint.load() or {"folds": {}}
+    before, after = np.full((len(y), n_classes), np.nan), np.full((len(y), n_classes), np.nan)
+    for fold in folds:
+        before[fold.held] = predict_proba(job.head(X_frozen[fold.train], y[fold.train], recipe, fold.fold),
+                                          X_frozen[fold.held])
+        if fold.fold not in saved["folds"]:
+            fold_model, fold_head = job.fit([texts[i] for i in fold.train], y[fold.train], recipe,
+                                            f"contrastive fold {fold.fold + 1}/{len(folds)}", fold.fold)
+            saved["folds"][fold.fold] = torch.from_numpy(
+                predict_proba(fold_head, encode(fold_model, [texts[i] for i in fold.held])))
+            checkpoint.save(saved)
+        after[fold.held] = saved["folds"][fold.fold].numpy()
+    ok = ~np.isnan(before[:, 0])
+    return before[ok], after[ok], y[ok], len(folds)
 
 
 class _Job:

@@ -76,7 +76,7 @@ def test_first_repro_runs_every_stage_as_a_prefect_flow(reproduced, prefect_api)
     assert (root / "reports/confusion_matrix.png").stat().st_size > 10_000
     import httpx
 
-    # the MLflow run names the execution; its 7 stage flow runs (7 processes) carry its id
+    # the MLflow run names the execution; its 8 stage flow runs (8 processes) carry its id
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
@@ -89,6 +89,8 @@ def test_first_repro_runs_every_stage_as_a_prefect_flow(reproduced, prefect_api)
     done = {flows[r["flow_id"]]: r for r in runs if r["state_type"] == "COMPLETED"}
     assert set(done) == set(STAGES) and all(done[s]["name"] == f"{s} · {execution}" for s in STAGES)
     assert tags["prefect.flow_run_id"] == done["evaluate"]["id"]
+    assert tags["advice"].startswith("Doubling your labels (50 -> 100)")  # advise joined the run evaluate logged
+    assert (root / "reports/label_next.csv").exists() and "## 2. What to label next" in (root / "reports/advice.md").read_text()
     artifacts = httpx.post(f"{prefect_api}/artifacts/filter", json={"artifacts": {"flow_run_id": {
         "any_": [r["id"] for r in runs]}}}).json()
     by_key = {a["key"]: a for a in artifacts}
@@ -114,7 +116,7 @@ def test_head_param_change_reruns_only_what_depends_on_the_head(project):
     cached = _cache_files(root)
     set_params(root, train_head={"lr": 0.002})
     out = _repro(project)
-    assert _ran(out.stdout) == ["train_head", "finetune", "evaluate"]
+    assert _ran(out.stdout) == ["train_head", "finetune", "evaluate", "advise"]
     assert (root / "reports/featurize.json").read_text() == featurize_report
     assert _cache_files(root) == cached  # no new feature computed
 
@@ -181,7 +183,7 @@ def test_synthetic_param_change_reruns_synthesize_and_downstream_only_and_reuses
     root, _ = project
     set_params(root, synthetic={"per_class": 3})
     out = _repro(project)
-    assert _ran(out.stdout) == ["synthesize", "featurize", "train_head", "finetune", "evaluate"]
+    assert _ran(out.stdout) == ["synthesize", "featurize", "train_head", "finetune", "evaluate", "advise"]
     report = json.loads((root / "reports/synthesize.json").read_text())
     assert report["generated"] == 30 and report["ddpm_reused"]
     manifest = pd.read_parquet(root / "data/prepared/manifest.parquet")

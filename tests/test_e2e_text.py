@@ -18,7 +18,7 @@ def reproduced(tmp_path_factory, prefect_api):
     root = copy_project(tmp_path_factory.mktemp("e2e-text") / "project")
     reviews(6, 5).to_csv(root / "reviews.csv", index=False)
     set_params(root, data={"source": "manifest", "path": "reviews.csv", "shots_per_class": None},
-               finetune={"text": {"pairs_per_example": 1}})  # a few contrastive steps per fold: seconds
+               finetune={"text": {"pairs_per_example": 1}}, text={"max_length": 64})  # a few short steps per fold
     env = {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": ""}
     run_cmd(["git", "add", "-A"], root)
     run_cmd(["git", "commit", "-qm", "text data"], root)
@@ -54,6 +54,6 @@ def test_second_repro_runs_nothing_and_a_head_change_reuses_the_features(reprodu
     set_params(root, train_head={"C": [0.1, 1.0, 10.0]})
     out = run_cmd(["dvc", "repro"], root, env)
     # synthesize's confidence probe reads train_head.C too: it re-runs, writes the same (empty) outputs
-    assert _ran(out.stdout)[-3:] == ["train_head", "finetune", "evaluate"] and "featurize" not in _ran(out.stdout)
+    assert _ran(out.stdout)[-4:] == ["train_head", "finetune", "evaluate", "advise"] and "featurize" not in _ran(out.stdout)
     assert (root / "reports/featurize.json").read_text() == before
     assert pd.read_csv(root / "reports/predictions.csv").shape[0] == 20

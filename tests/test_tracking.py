@@ -29,7 +29,7 @@ def test_one_parent_run_per_execution_with_one_child_per_stage_at_its_real_times
     parents = client.search_runs([experiment.experiment_id], "tags.run_kind = 'pipeline'")
     assert {r.info.run_id for r in parents} == {first, second}
     children = _children(client, second)
-    assert set(children) == set(STAGES)
+    assert set(children) == set(STAGES) - {"advise"}  # advise runs after evaluate and adds its own (test_e2e_dvc)
     ran = {s for s, r in children.items() if r.data.tags["stage.status"] == "ran"}
     assert ran == {"train_head", "finetune", "evaluate"}
     for stage, run in children.items():
