@@ -519,7 +519,7 @@ class AdviseParams(_Section):
     strategy: Literal["auto", "typical", "margin", "random"] = "auto"
     """`typical` (representative items of uncovered clusters), `margin` (uncertain and diverse), `auto`: typical while
     the median class has fewer than `typical_below` labels, margin after"""
-    typical_below: int = Field(10, ge=0)
+    typical_below: int = Field(5, ge=0)
     """labels per class under which `auto` picks typical items (docs/benchmarks.md: the simulation)"""
     suspects: int = Field(20, ge=0)
     """labelled items listed as possibly mislabelled (most suspicious first)"""

@@ -85,12 +85,12 @@ def test_suggestions_are_unlabelled_items_only(sample_project, strategy):
     assert set(suggested["suggested_label"]) <= set(json.loads((paths.prepared_dir / "classes.json").read_text()))
 
 
-def test_auto_starts_with_typical_items_and_the_report_is_written(sample_project):
+def test_auto_picks_uncertain_items_from_5_labels_and_the_report_is_written(sample_project):
     from pipeline_lib.stages import run_stage
 
     params, paths = sample_project
     report = run_stage("advise", params, paths)
-    assert report["label_next"]["strategy"] == "typical"  # 5 labels per class < advise.typical_below
+    assert report["label_next"]["strategy"] == "margin"  # 5 labels per class: not below advise.typical_below
     assert report["forecast"]["x2"]["labels"] == 2 * report["n_labelled"] == 100
     assert report["forecast"]["now"]["predicted"] <= report["forecast"]["x2"]["predicted"] <= report["forecast"]["x4"]["predicted"]
     text = paths.advice_md.read_text()
