@@ -167,8 +167,8 @@ def _sentences(r: dict) -> list[str]:
     if ln.get("suggested"):
         out.append(f"Label next: {ln['suggested']} items ({ln['strategy']} strategy) in reports/label_next.csv.")
     s = r["suspects"]
-    out.append(f"{s['flagged']} labelled items look mislabelled (the {s['listed']} most suspicious in "
-               "reports/suspect_labels.csv)" + (f"; {len(r['conflicting_duplicates'])} near-duplicate pairs have "
+    out.append(f"{s['flagged']} labelled items have a label the out-of-fold model doubts (check the {s['listed']} "
+               "most suspicious in reports/suspect_labels.csv)" + (f"; {len(r['conflicting_duplicates'])} near-duplicate pairs have "
                                                 "different labels" if r["conflicting_duplicates"] else "") + ".")
     h = r["health"]
     if h["at_risk"]:
