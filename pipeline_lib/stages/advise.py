@@ -167,9 +167,10 @@ def _sentences(r: dict) -> list[str]:
     if ln.get("suggested"):
         out.append(f"Label next: {ln['suggested']} items ({ln['strategy']} strategy) in reports/label_next.csv.")
     s = r["suspects"]
+    pairs = len(r["conflicting_duplicates"])
     out.append(f"{s['flagged']} labelled items have a label the out-of-fold model doubts (check the {s['listed']} "
-               "most suspicious in reports/suspect_labels.csv)" + (f"; {len(r['conflicting_duplicates'])} near-duplicate pairs have "
-                                                "different labels" if r["conflicting_duplicates"] else "") + ".")
+               "most suspicious in reports/suspect_labels.csv)"
+               + (f"; {pairs} near-duplicate pairs have different labels" if pairs else "") + ".")
     h = r["health"]
     if h["at_risk"]:
         out.append(f"Classes at risk (fewer than the minimum labels): {', '.join(h['at_risk'])}.")

@@ -77,11 +77,8 @@ def run(params: Params, paths: Paths) -> dict:
         for g in generated:
             iid = image_id(g.pixels)
             atomic.write_png(staging / "images" / f"{iid}.png", g.pixels)
-            rows.append({"image_id": iid, "path": f"data/synthetic/images/{iid}.png",
-                         "source": f"{s.generator}:{classes[g.label_idx]}#{g.seed}", "label": classes[g.label_idx],
-                         "label_idx": g.label_idx, "split": SYNTHETIC, "height": g.pixels.shape[0],
-                         "width": g.pixels.shape[1], "orig_mode": "RGB", "note": "",
-                         "generator": s.generator, "prompt": g.prompt, "seed": g.seed, "model_hash": model_hash})
+            rows.append(_row(s.generator, classes, g, iid, f"data/synthetic/images/{iid}.png", model_hash,
+                             height=g.pixels.shape[0], width=g.pixels.shape[1], orig_mode="RGB"))
         frame = pd.DataFrame(rows).drop_duplicates("image_id").reset_index(drop=True)
         frame = select(frame, params, paths, staging, train, len(classes))
         atomic.write_parquet(staging / "manifest.parquet", frame[MANIFEST_COLUMNS + PROVENANCE_COLUMNS])
@@ -100,6 +97,13 @@ def run(params: Params, paths: Paths) -> dict:
               "device": str(device), **{f"ddpm_{k}": v for k, v in info.items()}}
     atomic.write_json(paths.synthesize_report, report)
     return report
+
+
+def _row(generator: str, classes: list[str], g, item_id: str, path: str, model_hash: str, **shape) -> dict:
+    """A synthetic manifest row with its provenance (``g``: a generated image or text)."""
+    return {"image_id": item_id, "path": path, "source": f"{generator}:{classes[g.label_idx]}#{g.seed}",
+            "label": classes[g.label_idx], "label_idx": g.label_idx, "split": SYNTHETIC, **shape, "note": "",
+            "generator": generator, "prompt": g.prompt, "seed": g.seed, "model_hash": model_hash}
 
 
 def _common_size(train: pd.DataFrame) -> tuple[int, int]:
@@ -238,11 +242,8 @@ def _text(params: Params, paths: Paths, train: pd.DataFrame, classes: list[str])
             for g in generated:
                 tid = text_id(g.text)
                 atomic.write_text(staging / "texts" / f"{tid}.txt", g.text)
-                rows.append({"image_id": tid, "path": f"data/synthetic/texts/{tid}.txt",
-                             "source": f"{s.generator}:{classes[g.label_idx]}#{g.seed}", "label": classes[g.label_idx],
-                             "label_idx": g.label_idx, "split": SYNTHETIC, "height": 0, "width": 0, "orig_mode": "text",
-                             "note": "", "generator": s.generator, "prompt": g.prompt, "seed": g.seed,
-                             "model_hash": model_hash, "empty": not g.text})
+                rows.append({**_row(s.generator, classes, g, tid, f"data/synthetic/texts/{tid}.txt", model_hash,
+                                    height=0, width=0, orig_mode="text"), "empty": not g.text})
             frame = pd.DataFrame(rows).drop_duplicates("image_id").reset_index(drop=True)
             empty = frame.pop("empty")
             frame = select(frame, params, paths, staging, train, len(classes))
