@@ -114,6 +114,7 @@ def test_report_renders_with_a_class_of_one_text(tmp_path):
     assert report["health"]["per_class"]["password"] == 1 and report["health"]["at_risk"] == ["password"]
     text = paths.advice_md.read_text()
     assert "| password | 1 |" in text and "Classes at risk" in text and "Nothing suggested" in text
+    assert pd.read_csv(paths.label_next_csv).empty  # a DVC output: written, with its header, even when empty
     assert "I forgot my password" not in pd.read_csv(paths.suspect_labels_csv)["item"].tolist()  # never held out
 
 

@@ -101,17 +101,23 @@ def _describer(paths: Paths, rows: pd.DataFrame, text: bool):
     return describe
 
 
+LABEL_NEXT_COLUMNS = ["rank", "item", "path", "suggested_label", "confidence", "margin", "reason"]
+
+
 def _label_next(params: Params, paths: Paths, head, name, X, y, ids, describe, classes) -> dict:
+    """reports/label_next.csv (a header only when there is nothing to suggest: it is a DVC output)."""
     a = params.advise
-    if not paths.features(UNLABELED).exists():
-        return {"strategy": None, "suggested": 0, "reason": "no unlabelled items (data.unlabeled, or a pool beyond "
-                                                            "data.shots_per_class)"}
-    U, _, pool_ids = load_features(paths, UNLABELED, name)
-    tested = set(load_features(paths, "test", name)[2])
-    keep = np.array([i not in tested and i not in set(ids) for i in pool_ids], dtype=bool)
+    U, pool_ids = np.zeros((0, X.shape[1]), np.float32), np.array([], dtype=str)
+    if paths.features(UNLABELED).exists():
+        U, _, pool_ids = load_features(paths, UNLABELED, name)
+    excluded = set(load_features(paths, "test", name)[2]) | set(ids)
+    keep = np.array([i not in excluded for i in pool_ids], dtype=bool)
     U, pool_ids = U[keep], pool_ids[keep]
     if not len(U):
-        return {"strategy": None, "suggested": 0, "reason": "every unlabelled item is also labelled or a test item"}
+        with atomic.atomic_path(paths.label_next_csv) as tmp:
+            pd.DataFrame(columns=LABEL_NEXT_COLUMNS).to_csv(tmp, index=False)
+        return {"strategy": None, "suggested": 0, "reason": "no unlabelled items (data.unlabeled, or items beyond "
+                                                            "data.shots_per_class) that are not labelled or test items"}
     per_class = float(np.median(np.bincount(y, minlength=len(classes))))
     strategy = a.strategy if a.strategy != "auto" else ("typical" if per_class < a.typical_below else "margin")
     proba = predict_proba(head, U)
@@ -127,8 +133,7 @@ def _label_next(params: Params, paths: Paths, head, name, X, y, ids, describe, c
                      "confidence": round(float(proba[i, top[0]]), 4), "margin": round(float(margin[i]), 4),
                      "reason": why.format(first=classes[top[0]], second=classes[top[-1]])})
     with atomic.atomic_path(paths.label_next_csv) as tmp:
-        pd.DataFrame(rows, columns=["rank", "item", "path", "suggested_label", "confidence", "margin", "reason"]
-                     ).to_csv(tmp, index=False)
+        pd.DataFrame(rows, columns=LABEL_NEXT_COLUMNS).to_csv(tmp, index=False)
     return {"strategy": strategy, "suggested": len(rows), "pool": int(len(U)), "median_labels_per_class": per_class}
 
 
