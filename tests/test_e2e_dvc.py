@@ -197,7 +197,7 @@ def test_pipeline_flow_runs_the_stale_part_and_records_it_for_dvc(project):
     root, env = project
     set_params(root, train_head={"kinds": ["mlp"]})
     out = run_cmd(["python", "-m", "flows.pipeline"], root, env)
-    assert "ran ['train_head', 'finetune', 'evaluate']" in out.stdout + out.stderr
+    assert "ran ['train_head', 'finetune', 'evaluate', 'advise']" in out.stdout + out.stderr
     after = _repro(project)
     assert _ran(after.stdout) == [] and "up to date" in after.stdout
 
