@@ -198,14 +198,18 @@ def suspect_labels(y: np.ndarray, oof: np.ndarray) -> dict[str, np.ndarray]:
             "p_suggested": p_suggested[order], "flagged": flagged[order], "thresholds": thresholds}
 
 
-def conflicting_duplicates(X: np.ndarray, y: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+def conflicting_duplicates(X: np.ndarray, y: np.ndarray, threshold: float, chunk: int = 1024) -> list[tuple[int, int, float]]:
     """Pairs of labelled items whose features' cosine similarity exceeds ``threshold`` while their
     labels differ, most similar first."""
     Z = _unit(X)
-    sim = Z @ Z.T
-    i, j = np.nonzero(np.triu(sim > threshold, k=1) & (y[:, None] != y[None, :]))
-    pairs = sorted(zip(i.tolist(), j.tolist(), sim[i, j].tolist()), key=lambda t: -t[2])
-    return [(a, b, float(s)) for a, b, s in pairs]
+    pairs = []
+    for start in range(0, len(Z), chunk):  # a block of rows at a time: memory chunk x n, not n x n
+        sim = Z[start:start + chunk] @ Z.T
+        rows = np.arange(start, min(start + chunk, len(Z)))
+        i, j = np.nonzero((sim > threshold) & (rows[:, None] < np.arange(len(Z))[None, :])
+                          & (y[rows][:, None] != y[None, :]))
+        pairs += [(int(rows[a]), int(b), float(sim[a, b])) for a, b in zip(i, j)]
+    return sorted(pairs, key=lambda t: -t[2])
 
 
 def head_fitter(recipe, train_head_params, n_classes: int):

@@ -66,8 +66,8 @@ def run(params: Params, paths: Paths) -> dict:
     suspect_rows = [{"rank": r + 1, **describe(ids[i]), "given_label": classes[y[i]],
                      "suggested_label": classes[s], "p_given": round(float(pg), 4), "p_suggested": round(float(ps), 4),
                      "flagged": bool(f)}
-                    for r, (i, s, pg, ps, f) in enumerate(zip(suspects["index"], suspects["suggested"], suspects["p_given"],
-                                                              suspects["p_suggested"], suspects["flagged"]))][:a.suspects]
+                    for r, (i, s, pg, ps, f) in enumerate(zip(*(suspects[k][:a.suspects] for k in (
+                        "index", "suggested", "p_given", "p_suggested", "flagged"))))]
     with atomic.atomic_path(paths.suspect_labels_csv) as tmp:
         pd.DataFrame(suspect_rows, columns=["rank", "item", "path", "given_label", "suggested_label", "p_given",
                                             "p_suggested", "flagged"]).to_csv(tmp, index=False)
