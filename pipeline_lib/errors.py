@@ -42,7 +42,7 @@ def is_unreachable(exc: BaseException) -> bool:
         text = f"{type(exc).__name__}: {exc}"
         if any(word in text for word in ("ConnectionError", "Connection refused", "Max retries exceeded",
                                          "RemoteDisconnected", "ConnectTimeout", "ReadTimeout",
-                                         "Connection aborted", "Connection reset")):
+                                         "Connection aborted", "Connection reset", "Connection broken")):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pipeline_lib.errors import PipelineError, TransientError, io_error, is_transient
+from pipeline_lib.errors import PipelineError, TransientError, io_error, is_transient, is_unreachable
 from tests.helpers import write_folder_dataset
 
 
@@ -71,6 +71,19 @@ def _run_ingest(root, raw, api_url, on_retry=None):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     return json.loads(out.strip().splitlines()[-1]), err
+
+
+@pytest.mark.parametrize("message", [
+    "API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/get failed with exception HTTPConnectionPool: Max retries "
+    "exceeded (Caused by NewConnectionError: Connection refused)",
+    # the server killed while it answered (seen in CI): the response breaks off
+    "API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/get failed with exception ('Connection broken: "
+    "IncompleteRead(0 bytes read, 655 more expected)', IncompleteRead(0 bytes read, 655 more expected))"])
+def test_a_tracking_server_that_stops_answering_is_recognised(message):
+    from mlflow.exceptions import MlflowException
+
+    assert is_unreachable(MlflowException(message))
+    assert not is_unreachable(MlflowException("RESOURCE_DOES_NOT_EXIST: Run 'abc' not found"))
 
 
 def test_a_full_disk_that_frees_up_is_retried_and_the_stage_completes(tmp_path, tmpfs, prefect_api):
