@@ -402,13 +402,15 @@ class SelectionParams(_Section):
     """CV repeats with other shuffles; the spread in the table is the std over repeats"""
     metric: Literal["accuracy", "macro_f1"] = "macro_f1"
     """`macro_f1` or `accuracy` of the pooled out-of-fold predictions (ties: lower log loss)"""
-    tie_se: float = Field(1.0, ge=0.0)
+    tie_se: float = Field(0.0, ge=0.0)
     """linear heads that differ from the best candidate only in C and score within this many standard errors of it (its
-    sampling error over the labelled items) count as tied, and the lowest log loss among them wins (0 = exact ties)"""
+    sampling error over the labelled items) count as tied, and the best CV score smoothed over neighbouring C values
+    wins among them (0 = exact ties only: the plain grid search)"""
     finetune_folds: int = Field(2, ge=2)
     """folds of the fine-tuning decision (each fold is a full fine-tuning run)"""
-    min_gain_se: float = Field(0.5, ge=0.0)
-    """fine-tuning is kept only if its CV gain over the probe exceeds this many standard errors"""
+    keep_level: float = Field(0.1, gt=0.0, lt=0.5)
+    """fine-tuning (or a tuned text encoder) is kept only if its bias-corrected CV gain over the probe is significant
+    at this one-sided level: the share of useless changes the rule may keep (0.1: 1.28 standard errors)"""
 
 
 class TextFinetuneParams(_Section):
@@ -543,8 +545,9 @@ class MlflowParams(_Section):
     """log the deployed classifier with each run (and register it)"""
     model_name: str = "transfer-classifier"
     """registered model name"""
-    promotion_margin: float = Field(0.0, ge=-1.0, le=1.0)
-    """accuracy margin a challenger needs over the champion"""
+    promotion_level: float = Field(0.05, gt=0.0, lt=0.5)
+    """the challenger becomes `champion` only if McNemar's exact one-sided test on the same test items says it makes
+    fewer errors at this level (a tie never)"""
 
     @field_validator("experiment", "model_name")
     @classmethod
@@ -612,7 +615,7 @@ class Params(_Section):
         if self.evaluate.bootstrap == 0:
             off.append("evaluate.ci_level")
         if not self.mlflow.log_model:
-            off += ["mlflow.model_name", "mlflow.promotion_margin"]
+            off += ["mlflow.model_name", "mlflow.promotion_level"]
         return off
 
     def active(self) -> dict[str, Any]:

@@ -1,14 +1,17 @@
-"""MLflow model registry: the new model becomes `challenger`; it is promoted to `champion` only if
-it beats the current champion on the same held-out test set by a margin. Aliases, not stages."""
+"""MLflow model registry: the new model becomes `challenger`; it is promoted to `champion` only when
+a paired test on the same test items (McNemar's exact test, one-sided) says it makes fewer errors
+than the current champion at ``mlflow.promotion_level``. A tie is never promoted; models that
+predict other classes (or the other modality) are never compared. Aliases, not stages."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from .config import Params, Paths
+from .stats import mcnemar_one_sided
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 
@@ -21,59 +24,72 @@ class Decision:
     challenger_accuracy: float
     champion_version: str | None = None
     champion_accuracy: float | None = None
+    test: dict = field(default_factory=dict)  # which test, on which items, its counts and p-value
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def decide(challenger_acc: float, champion_acc: float | None, margin: float,
-           comparable: bool = True) -> tuple[bool, str]:
-    """Promote when there is no champion (or one for the other modality), or the challenger is
-    ahead by at least ``margin``."""
-    if not comparable:
-        return True, "the champion classifies the other modality (images vs texts): replaced"
-    if champion_acc is None:
-        return True, "no champion yet"
-    gap = challenger_acc - champion_acc
-    if gap >= margin:
-        return True, f"challenger {challenger_acc:.4f} beats champion {champion_acc:.4f} by {gap:+.4f} >= margin {margin}"
-    return False, f"challenger {challenger_acc:.4f} vs champion {champion_acc:.4f}: {gap:+.4f} < margin {margin}"
+def decide(challenger_correct: np.ndarray | None, champion_correct: np.ndarray | None, level: float,
+           comparable: str | None = None) -> tuple[bool, str, dict]:
+    """Promote when there is no champion, when the champion answers another task (``comparable``
+    says why: other classes or modality), or when the challenger is right on significantly more of
+    the same test items than the champion (McNemar's exact test, one-sided, at ``level``)."""
+    if comparable:
+        return True, f"{comparable}: it cannot be compared, the new model replaces it", {}
+    if champion_correct is None:
+        return True, "no champion yet", {}
+    test = {"test": "McNemar exact, one-sided (challenger makes fewer errors)", "level": level,
+            **mcnemar_one_sided(champion_correct, challenger_correct)}
+    wins, losses, p = test["only_second_correct"], test["only_first_correct"], test["p_value"]
+    counts = (f"on the same {test['n']} test items the challenger alone is right on {wins}, the champion alone "
+              f"on {losses}")
+    if wins > losses and p < level:
+        return True, f"challenger better: {counts}, p = {p:.3g} < {level:g}", test
+    why = "a tie is never promoted" if wins == losses else f"p = {p:.3g}, needs < {level:g}"
+    return False, f"challenger not shown better: {counts}; {why}", test
 
 
-def score_model_on_test(model_uri: str, paths: Paths) -> float | None:
-    """Accuracy of a logged classifier on the current test split, from the prepared images or
-    texts; None when it classifies the other modality (images vs texts: no comparison possible)."""
+def test_predictions(model_uri: str, paths: Paths) -> tuple[np.ndarray | None, str | None]:
+    """A logged classifier's predicted labels on the current test split, in the manifest's order
+    (from the prepared images or texts); or None and why it cannot answer this task (it
+    classifies the other modality, or other classes)."""
     import mlflow
     import torch
 
     from .backbones import Preprocess, load_batch
-    from .dataset import is_text
+    from .dataset import is_text, load_manifest
 
     info = mlflow.models.get_model_info(model_uri)
-    manifest = pd.read_parquet(paths.manifest)
+    metadata = info.metadata or {}
+    manifest, ours = load_manifest(paths)
     test = manifest[manifest["split"] == "test"]
-    if (info.metadata or {}).get("modality", "image") != ("text" if is_text(manifest) else "image"):
-        return None
-    if is_text(manifest):
+    modality = "text" if is_text(manifest) else "image"
+    if metadata.get("modality", "image") != modality:
+        return None, f"the champion classifies {metadata.get('modality', 'image')}s, this model {modality}s"
+    classes = list(metadata.get("classes") or [])
+    if sorted(classes) != sorted(ours):
+        return None, (f"the champion predicts other classes ({', '.join(classes[:8])}) than this model "
+                      f"({', '.join(ours[:8])})")
+    if modality == "text":
         from .text import read_text
 
         out = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": [read_text(paths.resolve(p))
                                                                                  for p in test["path"]]}))
-        return float(np.mean(out["label"].to_numpy() == test["label"].to_numpy()))
-    classes = list(info.metadata["classes"])
-    resolution = int(info.metadata["resolution"])
+        return out["label"].to_numpy().astype(str), None
     model = mlflow.pytorch.load_model(model_uri)
-    preprocess = Preprocess(resolution)
+    preprocess = Preprocess(int(metadata["resolution"]))
     predicted: list[str] = []
     files = [paths.resolve(p) for p in test["path"]]
     with torch.no_grad():
         for i in range(0, len(files), 64):
             proba = model(load_batch(files[i:i + 64], preprocess))
             predicted += [classes[j] for j in proba.argmax(1).tolist()]
-    return float(np.mean(np.array(predicted) == test["label"].to_numpy()))
+    return np.array(predicted), None
 
 
-def register_and_promote(model_uri: str, params: Params, paths: Paths, challenger_acc: float) -> Decision:
+def register_and_promote(model_uri: str, params: Params, paths: Paths, challenger_acc: float,
+                         data_version: str | None = None) -> Decision:
     import mlflow
 
     name = params.mlflow.model_name
@@ -83,17 +99,28 @@ def register_and_promote(model_uri: str, params: Params, paths: Paths, challenge
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:
         champion = None
-    champion_acc = score_model_on_test(f"models:/{name}@{CHAMPION}", paths) if champion else None
-    promoted, reason = decide(challenger_acc, champion_acc, params.mlflow.promotion_margin,
-                              comparable=champion is None or champion_acc is not None)
+    test = pd.read_parquet(paths.manifest).query("split == 'test'")
+    truth = test["label"].to_numpy().astype(str)
+    challenger_pred, _ = test_predictions(model_uri, paths)
+    champion_pred, why_not = test_predictions(f"models:/{name}@{CHAMPION}", paths) if champion else (None, None)
+    challenger_correct = challenger_pred == truth
+    promoted, reason, record = decide(challenger_correct, None if champion_pred is None else champion_pred == truth,
+                                      params.mlflow.promotion_level, why_not)
+    if record:
+        trained_on = (champion.tags or {}).get("data_version")
+        record.update(items=f"the current test split ({len(truth)} items, data version {data_version or '?'})",
+                      champion_data_version=trained_on)
+        if trained_on and data_version and trained_on != data_version:
+            reason += f" (both scored on the current test split; the champion was logged at data version {trained_on})"
     # the aliases move only now, after the version is fully logged and registered
     client.set_registered_model_alias(name, CHALLENGER, version)
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
+    champion_acc = float(np.mean(champion_pred == truth)) if champion_pred is not None else None
     return Decision(promoted=promoted, reason=reason, challenger_version=str(version),
-                    challenger_accuracy=challenger_acc,
+                    challenger_accuracy=float(challenger_correct.mean()) if len(truth) else challenger_acc,
                     champion_version=str(champion.version) if champion else None,
-                    champion_accuracy=champion_acc)
+                    champion_accuracy=champion_acc, test=record)
 
 
 def describe_version(params: Params, decision: Decision, classes: list[str], metrics: dict, tags: dict,

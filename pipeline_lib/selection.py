@@ -80,20 +80,27 @@ def summarise(y: np.ndarray, oof: list[np.ndarray], n_classes: int) -> dict:
 
 
 def best(table: dict[str, dict], metric: str, tie_se: float = 0.0) -> str:
-    """The candidate with the best mean ``metric`` — with one exception for the regularisation
-    strength: among candidates of the best one's family (same head kind, TTA, backbone and
-    self-training; they differ only in C) those within ``tie_se`` standard errors of its score
-    count as tied (the standard error of a proportion over the scored items: with 64 labelled
-    texts a macro-F1 of 0.80 is known to about ±0.05, a difference of 0.01 means nothing), and
-    the lowest log loss among them wins (a proper score that uses every probability, not only the
-    argmax); then the first listed, the simpler one. Structural choices (TTA, backbone, kind)
-    stay with the metric."""
+    """The candidate with the best mean ``metric``, as a grid search picks it. Exact ties, and with
+    ``tie_se`` > 0 the candidates of the best one's family (same head kind, TTA, backbone and
+    self-training: they differ only in C) within ``tie_se`` standard errors of its score, are
+    broken by the family's CV curve smoothed over neighbouring C values (a C whose neighbours also
+    score well is less likely a lucky draw), then by the first listed. The tie-breaker favours no
+    end of the C grid: log loss did (strong L2 on normalised embeddings has a high log loss
+    whatever its ranking, so it always handed ties to the weakest regularisation)."""
     names = list(table)
     top = top_scorer(table, metric)
     margin = tie_margin(table[top], metric, tie_se)
-    tied = [c for c in names if _family(table[c]) == _family(table[top])
-            and table[c][metric] >= table[top][metric] - margin - 1e-12]
-    return min(tied, key=lambda c: (round(table[c]["log_loss"], 9), names.index(c)))
+    family = [c for c in names if _family(table[c]) == _family(table[top])]
+    tied = [c for c in family if table[c][metric] >= table[top][metric] - margin - 1e-12]
+    smooth = _smoothed(table, family, metric)
+    return max(tied, key=lambda c: (round(smooth[c], 9), -names.index(c)))
+
+
+def _smoothed(table: dict[str, dict], family: list[str], metric: str) -> dict[str, float]:
+    """Each candidate's ``metric`` averaged with its neighbours' in the family ordered by C."""
+    order = sorted(family, key=lambda c: ((table[c].get("recipe") or {}).get("C") or 0.0, family.index(c)))
+    values = np.array([table[c][metric] for c in order])
+    return {c: float(values[max(0, i - 1):i + 2].mean()) for i, c in enumerate(order)}
 
 
 def _family(row: dict) -> tuple:
@@ -102,9 +109,9 @@ def _family(row: dict) -> tuple:
 
 
 def top_scorer(table: dict[str, dict], metric: str) -> str:
-    """The best mean ``metric`` (exact ties: lower log loss, then the first listed)."""
+    """The best mean ``metric`` (exact ties: the first listed)."""
     names = list(table)
-    return max(names, key=lambda n: (round(table[n][metric], 9), -round(table[n]["log_loss"], 9), -names.index(n)))
+    return max(names, key=lambda n: (round(table[n][metric], 9), -names.index(n)))
 
 
 def tie_margin(row: dict, metric: str, tie_se: float) -> float:
@@ -143,3 +150,69 @@ def mean_oof(oof: list[np.ndarray]) -> np.ndarray:
     total = np.where(scored[..., None], stacked, 0.0).sum(0)
     count = scored.sum(0)[:, None]
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+# ---- decisions on few labels: bias-corrected estimates and a calibrated keep rule --------------
+
+def weighted_scores(y: np.ndarray, pred: np.ndarray, weights: np.ndarray, n_classes: int, metric: str) -> np.ndarray:
+    """``metric`` of predictions ``pred`` (n,) under each row of item weights ``weights`` (B, n):
+    a bootstrap resample is a weight vector of counts, its out-of-bag set one of 0/1."""
+    if metric == "accuracy":
+        return (weights @ (pred == y)) / np.maximum(weights.sum(1), 1e-12)
+    onehot_y, onehot_p = np.eye(n_classes)[y], np.eye(n_classes)[pred]
+    tp = weights @ (onehot_y * onehot_p)
+    denom = weights @ onehot_y + weights @ onehot_p  # 2TP + FP + FN per class
+    seen = denom > 0
+    f1 = np.where(seen, 2 * tp / np.maximum(denom, 1e-12), 0.0)
+    return f1.sum(1) / np.maximum(seen.sum(1), 1)
+
+
+def bias_corrected(y: np.ndarray, proba: np.ndarray, n_classes: int, metric: str, seed: int, chosen: int,
+                   baseline: int | None = None, resamples: int = 1000) -> dict:
+    """What the selection among candidates really gains, not what the winner's score says.
+
+    ``proba`` (K, n, C): every candidate's out-of-fold probabilities on the same n items; ``chosen``
+    the one the rule picked on all n (the maximum of K noisy scores: biased upward). BBC-CV
+    (Tsamardinos, Greasidou & Borboudakis 2018): resample the items, let the selection pick on the
+    in-bag items, score its pick on the out-of-bag ones; the mean over resamples estimates the
+    procedure's score without the optimism of the maximum, and needs no extra training. Ties go to
+    the lowest index (list the baseline first: a tie keeps it).
+
+    Returns ``score`` (naive: the chosen one's score on all items), ``score_corrected`` and
+    ``optimism``; with ``baseline``, ``gain`` (corrected: the pick's out-of-bag score minus the
+    baseline's on the same items), ``gain_naive``, ``se`` (paired bootstrap of the chosen
+    candidate's gain over the baseline) and ``n``."""
+    y = np.asarray(y)
+    preds = np.asarray(proba).argmax(-1)
+    n = len(y)
+    rng = np.random.default_rng([seed, 22])
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
+    out_of_bag = (counts == 0).astype(float)
+    inbag = np.stack([weighted_scores(y, p, counts, n_classes, metric) for p in preds])      # (K, B)
+    oob = np.stack([weighted_scores(y, p, out_of_bag, n_classes, metric) for p in preds])    # (K, B)
+    picked = inbag.argmax(0)
+    columns = np.arange(resamples)
+    whole = np.stack([weighted_scores(y, p, np.ones((1, n)), n_classes, metric)[0] for p in preds])
+    out = {"score": float(whole[chosen]), "score_corrected": float(oob[picked, columns].mean()),
+           "n": int(n), "candidates": int(len(preds))}
+    out["optimism"] = out["score"] - out["score_corrected"]
+    if baseline is not None:
+        out["gain_naive"] = float(whole[chosen] - whole[baseline])
+        out["gain"] = float((oob[picked, columns] - oob[baseline]).mean())
+        out["se"] = float(np.std(inbag[chosen] - inbag[baseline], ddof=1))
+        out["optimism"] = out["gain_naive"] - out["gain"]
+    return out
+
+
+def keep_threshold(level: float) -> float:
+    """How many standard errors a bias-corrected gain must exceed: the one-sided normal quantile
+    at ``level`` (the share of truly useless changes the rule may keep)."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1.0 - level)
+
+
+def keep(gain: float, se: float, level: float) -> bool:
+    """Keep a change (fine-tuning, a tuned encoder) when its bias-corrected gain is positive and
+    significant at the one-sided ``level``; a gain of exactly 0 (the change did nothing) never."""
+    return bool(gain > 0 and gain > keep_threshold(level) * se)

@@ -433,7 +433,7 @@ def _register(params: Params, paths: Paths, metrics: dict, version: str, commit:
 
     text = is_text(load_manifest(paths)[0])
     info, classes = (_log_text_model if text else _log_model)(params, paths, metrics)
-    decision = register_and_promote(info.model_uri, params, paths, float(metrics["accuracy"]))
+    decision = register_and_promote(info.model_uri, params, paths, float(metrics["accuracy"]), version)
     describe_version(params, decision, classes, metrics,
                      {"data_version": version, "git_commit": commit or "unknown", "run_id": run_id}, text)
     mlflow.set_tags({"promotion.promoted": str(decision.promoted).lower(), "promotion.reason": decision.reason,

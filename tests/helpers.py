@@ -242,3 +242,26 @@ def clone_project(src: Path, dst: Path) -> Path:
                         con.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
                                     f'WHERE instr("{column}", ?) > 0', (str(src), str(dst), str(src)))
     return dst
+
+
+def noisy_curve(rng, n: int, n_classes: int, accuracy: float, gain: float, epochs: int = 30, drift: float = 0.9):
+    """Out-of-fold predictions of a probe (row 0) and a fine-tuning curve (rows 1..epochs) whose
+    true accuracy is ``accuracy`` and ``accuracy + gain`` (reached linearly by epoch 10): each item's
+    correctness is a latent easiness plus noise that drifts from epoch to epoch (neighbouring epochs
+    agree on most items), so the truth is known. Returns (y, one-hot probabilities (epochs + 1, n, C))."""
+    from statistics import NormalDist
+
+    import numpy as np
+
+    y = rng.integers(0, n_classes, n)
+    ease, noise = rng.normal(0, 1, n), 0.35
+    state = rng.normal(0, noise, n)
+    rows = []
+    for epoch in range(epochs + 1):
+        if epoch:
+            state = drift * state + np.sqrt(1 - drift ** 2) * rng.normal(0, noise, n)
+        acc = accuracy + gain * min(1.0, epoch / 10)
+        threshold = NormalDist(0, float(np.sqrt(1 + noise ** 2))).inv_cdf(1 - acc)
+        pred = np.where(ease + state > threshold, y, (y + rng.integers(1, n_classes, n)) % n_classes)
+        rows.append(np.eye(n_classes)[pred] * 0.9 + 0.1 / n_classes)
+    return y, np.stack(rows)

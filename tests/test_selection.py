@@ -63,21 +63,6 @@ def test_a_candidate_worse_by_construction_is_never_chosen():
     assert table["true labels"]["accuracy"] > 0.9 > 0.6 > table["shuffled labels"]["accuracy"]
 
 
-def test_candidates_within_a_standard_error_are_tied_and_the_lower_log_loss_wins():
-    """64 scored items: a macro-F1 of 0.814 is known to about ±0.049, so 0.802 ties with it and the
-    candidate with the far better log loss wins; 0.70 is beyond the margin and never wins."""
-    table = {"C=0.3": {"macro_f1": 0.814, "log_loss": 1.88, "n_scored": 64},
-             "C=100": {"macro_f1": 0.802, "log_loss": 0.72, "n_scored": 64},
-             "C=1000": {"macro_f1": 0.70, "log_loss": 0.50, "n_scored": 64}}
-    assert best(table, "macro_f1") == "C=0.3"  # tie_se 0: only exact ties
-    assert best(table, "macro_f1", tie_se=1.0) == "C=100"
-    table["C=100"]["n_scored"] = table["C=0.3"]["n_scored"] = 100_000  # known to ±0.001: no tie
-    assert best(table, "macro_f1", tie_se=1.0) == "C=0.3"
-    table["C=100"].update(n_scored=64, tta=True)  # another family (flip TTA): the metric alone decides
-    table["C=0.3"].update(n_scored=64, tta=False)
-    assert best(table, "macro_f1", tie_se=1.0) == "C=0.3"
-
-
 def test_paired_bootstrap_gain_and_its_uncertainty():
     y = np.repeat([0, 1], 50)
     right = np.eye(2)[y]
@@ -169,18 +154,31 @@ def test_selection_never_reads_test_features(cv_project):
         train_head.run(params, paths)
 
 
-def test_finetune_decision_and_evaluate_in_cv_mode(cv_project):
+def test_finetune_at_learning_rate_zero_is_never_kept_and_the_head_is_deployed(cv_project):
+    """A null control: fine-tuning with lr 0 reproduces each fold's probe, so its gain is exactly 0."""
     params, paths = cv_project
-    report = finetune.run(params, paths)
+    null = params.model_copy(update={"finetune": params.finetune.model_copy(update={"lr": 0.0})})
+    report = finetune.run(null, paths)
     assert report["mode"] == "cv" and report["folds"] == 2 and len(report["curve"]) == report["epochs_run"] + 1
-    assert isinstance(report["kept"], bool) and report["reason"].startswith("fine-tuning ")
-    assert report["kept"] == paths.finetuned_model.exists()
-    if report["kept"]:
-        assert report["n_train"] == 14 and report["refit_epochs"] == report["best_epoch"] > 0
+    assert report["kept"] is False and report["gain"] == 0.0 and not paths.finetuned_model.exists()
+    assert report["reason"].startswith("fine-tuning not kept") and "level 0.1" in report["reason"]
+    metrics = evaluate.run(null, paths)
+    assert metrics["candidate"] == "head" + ("_tta" if metrics["selection"]["tta"] else "")
+    assert set(metrics["models"]) <= {"head", "head_tta"}
+
+
+def test_kept_finetune_is_refitted_on_every_label_and_evaluated(cv_project, monkeypatch):
+    params, paths = cv_project
+    monkeypatch.setattr(finetune, "keep", lambda *a: True)  # the decision itself: tests/test_decisions.py
+    report = finetune.run(params, paths)
+    assert report["kept"] and paths.finetuned_model.exists() and report["reason"].startswith("fine-tuning kept")
+    assert report["n_train"] == 14 and report["refit_epochs"] == report["best_epoch"] > 0
+    assert report["gain_optimism"] == pytest.approx(report["gain_naive"] - report["gain"])
+    assert report["candidates"] == report["epochs_run"] + 1 + (len(params.finetune.wise_alphas) - 1
+                                                               if report["best_epoch"] else 0)
     metrics = evaluate.run(params, paths)
     assert metrics["selection"]["mode"] == "cv" and "finetune" in metrics["selection"]
-    expected = ("finetune" if report["kept"] else "head") + ("_tta" if metrics["selection"]["tta"] else "")
-    assert metrics["candidate"] == expected
+    assert metrics["candidate"] == "finetune" + ("_tta" if metrics["selection"]["tta"] else "")
     assert metrics["calibration"]["temperature_fitted_on"] == "out-of-fold predictions"
     assert all("val_accuracy" not in m for m in metrics["models"].values())
 
@@ -244,20 +242,23 @@ def test_cv_finetune_stopped_after_an_epoch_resumes_to_the_same_result(cv_projec
     import torch
 
     params, paths = cv_project
+    monkeypatch.setattr(finetune, "keep", lambda *a: True)  # the refit is resumed too
     full = finetune.run(params, paths)
-    weights = torch.load(paths.finetuned_model, weights_only=True) if full["kept"] else None
+    assert full["kept"]
+    weights = torch.load(paths.finetuned_model, weights_only=True)
     interrupt_after_epochs(monkeypatch, 1)
     with pytest.raises(Interrupted):
         finetune.run(params, paths)
     monkeypatch.undo()
+    monkeypatch.setattr(finetune, "keep", lambda *a: True)
     ckpt = paths.finetune_checkpoint(finetune.config_hash(params, paths))
     assert ckpt.exists()
     resumed = finetune.run(params, paths)
     assert resumed["resumed_from_epoch"] == 1 and resumed["kept"] == full["kept"]
     assert [c["log_loss"] for c in resumed["curve"]] == pytest.approx([c["log_loss"] for c in full["curve"]], abs=1e-4)
-    if full["kept"]:
-        again = torch.load(paths.finetuned_model, weights_only=True)
-        assert all(torch.allclose(again[k].float(), v.float(), atol=1e-4) for k, v in weights.items())
+    assert resumed["gain"] == pytest.approx(full["gain"], abs=1e-6)
+    again = torch.load(paths.finetuned_model, weights_only=True)
+    assert all(torch.allclose(again[k].float(), v.float(), atol=1e-4) for k, v in weights.items())
     assert not ckpt.exists()
 
 

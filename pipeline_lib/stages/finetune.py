@@ -38,7 +38,7 @@ from ..finetuning import Checkpoint, Progress, Trainer, evaluate, interpolate, p
 from ..heads import Head, HeadRecipe
 from ..networks import FinetuneModel, Images, build_model, predict_proba
 from ..runtime import use
-from ..selection import paired_bootstrap, scores, stratified_folds
+from ..selection import bias_corrected, keep, keep_threshold, scores, stratified_folds
 from ..training_set import TrainingSet, fit_recipe, pseudo_labels
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr_head"]
@@ -254,10 +254,11 @@ class _Pooled:
 
 def _cross_validated(params, paths, real_train, synthetic, n_classes, device, checkpoint) -> tuple[dict, list]:
     """k-fold fine-tuning in lockstep: after each epoch the pooled out-of-fold probabilities of all
-    folds are scored; the best epoch (epoch 0 = each fold's probe) and its gain over the probe,
-    with a paired bootstrap standard error, decide. Fine-tuning is kept only when the gain exceeds
-    selection.min_gain_se standard errors; then it is refitted on every labelled image for the
-    best epoch's number of epochs (same schedule), otherwise the head alone is deployed."""
+    folds are scored; the best epoch (epoch 0 = each fold's probe) and WiSE-FT alpha are chosen,
+    and their gain over the probe, with the optimism of that choice removed (BBC-CV) and a paired
+    bootstrap standard error, decides: fine-tuning is kept only when the gain is significant at the
+    one-sided selection.keep_level; then it is refitted on every labelled image for the best
+    epoch's number of epochs (same schedule), otherwise the head alone is deployed."""
     y_all = real_train["label_idx"].to_numpy().astype(np.int64)
     if not np.array_equal(y_all, load_features(paths, "train")[1]):  # the same rows, whichever backbone
         raise PipelineError("data/features/train.npz does not match the manifest: run `dvc repro featurize`.")
@@ -309,12 +310,13 @@ def _decide(params, paths, real_train, synthetic, y_all, n_classes, device, chec
         sc = scores(y_all[ok], probe[ok], n_classes)
         progress.curve.append({"epoch": 0, **sc})
         progress.best = (sc[metric], sc["log_loss"])
-        progress.extra = {"probe": torch.from_numpy(probe), "scored": torch.from_numpy(ok)}
+        progress.extra = {"probe": torch.from_numpy(probe), "scored": torch.from_numpy(ok), "curve_proba": []}
     ok = progress.extra["scored"].numpy()
     y_ok = y_all[ok]
 
     def validate(epoch, rows):
         proba = pooled.proba()
+        progress.extra["curve_proba"].append(torch.from_numpy(proba[ok].astype(np.float32)))
         sc = scores(y_ok, proba[ok], n_classes)
         progress.curve.append({"epoch": epoch, **sc})
         row = {"epoch": epoch, "train_loss": float(np.mean([r["train_loss"] for r in rows])),
@@ -340,22 +342,42 @@ def _decide(params, paths, real_train, synthetic, y_all, n_classes, device, chec
         best_proba = np.full_like(best_proba, np.nan)
         best_proba[ok] = results[alpha][2]
     cv_seconds = time.perf_counter() - started
-    gain = paired_bootstrap(y_ok, progress.extra["probe"].numpy()[ok], best_proba[ok], n_classes, metric, params.seed)
-    keep = best_epoch > 0 and gain["gain"] > s.min_gain_se * gain["se"] and gain["gain"] > 0
+    gain = _corrected_gain(params, y_ok, progress, results if best_epoch > 0 else {}, alpha, n_classes)
+    kept = best_epoch > 0 and keep(gain["gain"], gain["se"], s.keep_level)
     before, after = progress.curve[0], scores(y_ok, best_proba[ok], n_classes)
-    reason = (f"fine-tuning {'kept' if keep else 'not kept'}: CV {metric} {before[metric]:.3f} (probe) -> "
+    reason = (f"fine-tuning {'kept' if kept else 'not kept'}: CV {metric} {before[metric]:.3f} (probe) -> "
               f"{after[metric]:.3f} at epoch {best_epoch}" + (f", WiSE-FT alpha {alpha:g}" if best_epoch else "")
-              + f", gain {gain['gain']:+.3f} ± {gain['se']:.3f} (SE); needs > {s.min_gain_se:g} SE")
-    report = {"enabled": True, "mode": "cv", "kept": bool(keep), "reason": reason, "folds": len(folds),
+              + f"; gain {gain['gain']:+.3f} ± {gain['se']:.3f} (SE) after removing the optimism of choosing the "
+              f"epoch and alpha ({gain['optimism']:+.3f}); needs > {keep_threshold(s.keep_level):.2f} SE "
+              f"(one-sided, level {s.keep_level:g})")
+    report = {"enabled": True, "mode": "cv", "kept": bool(kept), "reason": reason, "folds": len(folds),
               "monitor": metric, "best_epoch": best_epoch, "epochs_run": progress.epoch, "wise_alpha": alpha,
               "wise_scores": wise, f"cv_{metric}_probe": before[metric], f"cv_{metric}": after[metric],
               "cv_accuracy_probe": before["accuracy"], "cv_accuracy": after["accuracy"],
-              "gain": gain["gain"], "gain_se": gain["se"], "cv_seconds": round(cv_seconds, 2),
+              "gain": gain["gain"], "gain_se": gain["se"], "gain_naive": gain["gain_naive"],
+              "gain_optimism": gain["optimism"], "keep_level": s.keep_level, "candidates": gain["candidates"],
+              "probe_nested": False,  # each fold's probe is the head recipe chosen on all labels, refitted on the fold
+              "cv_seconds": round(cv_seconds, 2),
               "train_seconds": round(cv_seconds, 2), "resumed_from_epoch": resumed_from,
-              "n_train_synthetic": len(synthetic), "adapt": p.adapt, "kept_linear_probe": not keep,
+              "n_train_synthetic": len(synthetic), "adapt": p.adapt, "kept_linear_probe": not kept,
               "curve": progress.curve, **info}
     if "target_images" in info and progress.history:
         report["domain_accuracy_last_epoch"] = progress.history[-1].get("domain_accuracy")
     return {"report": report, "best_proba": torch.from_numpy(best_proba), "scored": progress.extra["scored"]}, \
         progress.history
 
+
+
+def _corrected_gain(params: Params, y: np.ndarray, progress: Progress, alphas: dict, alpha: float,
+                    n_classes: int) -> dict:
+    """The gain of the chosen (epoch, WiSE-FT alpha) over the probe with the optimism of the choice
+    removed (BBC-CV over every candidate the choice saw: the probe, each epoch, each alpha at the
+    best epoch; pipeline_lib.selection.bias_corrected)."""
+    curve = [progress.extra["probe"].numpy()[progress.extra["scored"].numpy()]]
+    curve += [t.numpy().astype(np.float64) for t in progress.extra["curve_proba"]]
+    chosen = progress.best_epoch
+    for a, result in alphas.items():
+        if a != 1.0:
+            curve.append(result[2])
+            chosen = len(curve) - 1 if a == alpha else chosen
+    return bias_corrected(y, np.stack(curve), n_classes, params.selection.metric, params.seed, chosen, baseline=0)

@@ -22,7 +22,7 @@ from ..dataset import is_text, load_manifest
 from ..errors import PipelineError
 from ..features import featurized_backbones
 from ..heads import HeadRecipe, predict_proba, recipes, save_head
-from ..selection import Fold, best, mean_oof, oof_matrix, summarise, tie_margin, top_scorer
+from ..selection import Fold, best, bias_corrected, mean_oof, oof_matrix, summarise, tie_margin, top_scorer
 from ..training_set import TTA, TrainingSet, fit_recipe
 
 
@@ -55,7 +55,7 @@ def _reason(table: dict[str, dict], winner: str, metric: str, mode: str, tie_se:
     if top != winner:
         return (f"{mode} {metric} {row[metric]:.3f} ± {row[metric + '_std']:.3f}, within {tie_se:g} SE "
                 f"(±{tie_margin(table[top], metric, tie_se):.3f}) of the best, {top} {table[top][metric]:.3f}, "
-                f"and the lowest log loss of those: {row['log_loss']:.3f} vs {table[top]['log_loss']:.3f}")
+                "and the best of those with its neighbouring C values")
     runner_up = sorted((n for n in table if n != winner), key=lambda n: table[n][metric], reverse=True)[:1]
     return (f"best {mode} {metric} {row[metric]:.3f} ± {row[metric + '_std']:.3f}"
             + (f" (next: {runner_up[0]} {table[runner_up[0]][metric]:.3f})" if runner_up else ""))
@@ -83,6 +83,10 @@ def run(params: Params, paths: Paths) -> dict:
         oof.update(part_oof)
     metric = params.selection.metric
     winner = best(table, metric, params.selection.tie_se)
+    scored = ~np.isnan(oof[winner][:, 0])
+    names = list(table)
+    corrected = bias_corrected(sets[table[winner]["backbone"]].y[scored], np.stack([oof[n][scored] for n in names]),
+                               len(classes), metric, params.seed, names.index(winner))
     cv_seconds = time.perf_counter() - started
 
     data = sets[table[winner]["backbone"]]
@@ -99,7 +103,6 @@ def run(params: Params, paths: Paths) -> dict:
             "backbone_spec": backbone_spec(params, data.backbone, text), "recipe": recipe.as_dict(),
             "tta": table[winner]["tta"]}
     save_head(head, paths.head, paths.head_meta, meta)
-    scored = ~np.isnan(oof[winner][:, 0])
     atomic.write_npz(paths.head_oof, y=data.y[scored], proba=oof[winner][scored].astype(np.float32))
     selection = {
         "mode": data.mode, "metric": metric, "winner": winner, "backbone": data.backbone, "recipe": recipe.as_dict(),
@@ -107,12 +110,15 @@ def run(params: Params, paths: Paths) -> dict:
         "folds": len({f.fold for f in folds}), "repeats": len({f.repeat for f in folds}),
         "n_labelled": int(len(data.y)), "refit_on": int(len(refit)),
         "reason": _reason(table, winner, metric, data.mode, params.selection.tie_se),
+        # the winner's score is the best of len(table) noisy scores: corrected is what choosing this way scores
+        f"{metric}_corrected": corrected["score_corrected"], "optimism": corrected["optimism"],
         "pseudo_labels": pseudo, "table": table,
     }
     atomic.write_json(paths.selection_report, selection)
     report = {
         "selection_mode": data.mode, "winner": winner, "backbone": data.backbone, f"cv_{metric}": table[winner][metric],
         f"cv_{metric}_std": table[winner][metric + "_std"], "cv_accuracy": table[winner]["accuracy"],
+        f"cv_{metric}_corrected": corrected["score_corrected"], "cv_optimism": corrected["optimism"],
         "candidates": len(table), "cv_seconds": round(cv_seconds, 3), "train_seconds": round(seconds, 3),
         **{k: v for k, v in pseudo.items() if v is not None},
         "train_accuracy": float((predict_proba(head, X).argmax(1) == y).mean()),
