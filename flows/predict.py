@@ -13,7 +13,7 @@ import argparse
 from prefect import flow
 
 from pipeline_lib.config import Paths, load_params
-from pipeline_lib.predict import model_uri
+from pipeline_lib.predict import check_request, model_uri
 from tasks.predict import load_model_task, predict_task
 
 
@@ -21,6 +21,7 @@ from tasks.predict import load_model_task, predict_task
 def predict(source: str, out: str = "predictions.csv", model: str | None = None, top_k: int = 3,
             batch_size: int = 64, root: str | None = None) -> dict:
     paths = Paths.for_root(root)
+    check_request(source, batch_size, top_k)  # before the model loads (seconds)
     uri = model_uri(model, load_params(paths.root).mlflow.model_name)
     loaded = load_model_task(uri, paths.mlflow_uri)
     return predict_task(loaded, source, out, batch_size, top_k)

@@ -16,8 +16,8 @@ import time
 from prefect import flow, get_run_logger
 
 from flows.pipeline import pipeline
-from pipeline_lib import atomic
-from pipeline_lib.config import Paths
+from pipeline_lib import atomic, preflight
+from pipeline_lib.config import Paths, load_params
 from pipeline_lib.locks import exclusive
 from tasks.dvc import stale_stages
 
@@ -28,6 +28,7 @@ def retrain(root: str | None = None, force: bool = False, wait_seconds: float = 
     logger = get_run_logger()
     started = time.perf_counter()
     with exclusive(paths.retrain_lock, "retrain run", wait_seconds):
+        preflight.check(load_params(paths.root), paths)  # before `dvc status` hashes the data
         stale = stale_stages(paths.root)
         if not stale and not force:
             result = {"status": "skipped", "reason": "dvc status: data, params and code unchanged since the last run"}

@@ -141,8 +141,22 @@ def typical(X_labelled: np.ndarray, X_pool: np.ndarray, n: int, seed: int, neigh
             break
     if len(chosen) < n:  # fewer uncovered clusters than n: fill with the pool's most typical items
         rest = np.setdiff1d(np.arange(len(X_pool)), chosen)
-        chosen += list(rest[:n - len(chosen)])
+        chosen += list(rest[np.argsort(typicality(X_pool)[rest], kind="stable")[::-1][:n - len(chosen)]])
     return np.array(chosen, dtype=int)
+
+
+def typicality(X: np.ndarray, neighbours: int = 20, chunk: int = 512) -> np.ndarray:
+    """Each item's inverse mean distance to its nearest neighbours among all (TypiClust's measure),
+    a block of rows at a time (no n x n matrix)."""
+    Z = _unit(X)
+    m = min(neighbours, len(Z) - 1)
+    if m < 1:
+        return np.ones(len(Z))
+    out = np.empty(len(Z))
+    for start in range(0, len(Z), chunk):
+        d = np.sqrt(np.clip(2 - 2 * Z[start:start + chunk] @ Z.T, 0, None))
+        out[start:start + chunk] = 1.0 / (np.sort(d, axis=1)[:, 1:m + 1].mean(1) + 1e-12)
+    return out
 
 
 def uncertain_diverse(X_pool: np.ndarray, proba: np.ndarray, n: int, seed: int, oversample: int = 10) -> np.ndarray:
@@ -196,6 +210,33 @@ def suspect_labels(y: np.ndarray, oof: np.ndarray) -> dict[str, np.ndarray]:
     order = np.argsort(-(p_suggested - given), kind="stable")
     return {"index": rows[order], "suggested": suggested[order], "p_given": given[order],
             "p_suggested": p_suggested[order], "flagged": flagged[order], "thresholds": thresholds}
+
+
+def estimated_wrong_labels(y: np.ndarray, oof: np.ndarray, seed: int, draws: int = 200) -> dict:
+    """How many of the flagged labels are likely wrong, not just hard. A null control: labels drawn
+    from the out-of-fold probabilities themselves are, by construction, what the model expects of
+    clean labels; the flagging rule run on them counts what a clean data set of this difficulty
+    gets flagged. The estimate is the observed count minus that (at least 0), with a 90 % interval
+    from the null's spread. Probabilities that are too confident make the null too small, so the
+    estimate is an upper bound more than a point when the model is overconfident."""
+    observed = int(suspect_labels(y, oof)["flagged"].sum())
+    ok = ~np.isnan(oof[:, 0])
+    if not ok.any():
+        return {"flagged": observed, "expected_if_clean": None, "estimate": None, "interval": None}
+    p = oof[ok] / oof[ok].sum(1, keepdims=True)
+    rng = np.random.default_rng([seed, 24])
+    cumulative = p.cumsum(1)
+    null = []
+    for _ in range(draws):
+        drawn = np.minimum((rng.random(len(p))[:, None] > cumulative).sum(1), p.shape[1] - 1)
+        full = np.asarray(y).copy()
+        full[ok] = drawn
+        null.append(int(suspect_labels(full, oof)["flagged"].sum()))
+    null = np.array(null)
+    low, high = np.percentile(null, [95, 5])
+    return {"flagged": observed, "expected_if_clean": round(float(null.mean()), 1),
+            "estimate": round(max(0.0, observed - float(null.mean())), 1),
+            "interval": [round(max(0.0, observed - float(low)), 1), round(max(0.0, observed - float(high)), 1)]}
 
 
 def conflicting_duplicates(X: np.ndarray, y: np.ndarray, threshold: float, chunk: int = 1024) -> list[tuple[int, int, float]]:

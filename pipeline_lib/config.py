@@ -418,8 +418,8 @@ class TextFinetuneParams(_Section):
     """contrastive pairs per labelled text: this many partners of its class and as many of other classes"""
     epochs: int = Field(1, ge=1)
     """passes over the pairs"""
-    lr: float = Field(2e-5, gt=0.0)
-    """encoder learning rate (AdamW, 10 % linear warm-up, linear decay; SetFit's default)"""
+    lr: float = Field(2e-5, ge=0.0)
+    """encoder learning rate (AdamW, 10 % linear warm-up, linear decay; SetFit's default; 0 = a null control)"""
     batch_size: int = Field(16, ge=1)
     """pairs per step"""
     augment: bool = False
@@ -435,8 +435,8 @@ class FinetuneParams(_Section):
     """maximum epochs"""
     batch_size: int = Field(32, ge=1)
     """images per training step"""
-    lr: float = Field(1e-3, gt=0.0)
-    """head learning rate (AdamW)"""
+    lr: float = Field(1e-3, ge=0.0)
+    """head learning rate (AdamW; 0 = a null control: the run reproduces the probe and is never kept)"""
     backbone_lr_mult: float = Field(0.3, ge=0.0)
     """backbone lr = lr × this (discriminative learning rates)"""
     backbone_lr_decay: float = Field(1.0, gt=0.0, le=2.0)

@@ -73,7 +73,8 @@ def plot_learning_curve_fit(sizes: np.ndarray, scores: np.ndarray, grid: dict, m
     ax.fill_between(grid["at"], grid["low"], grid["high"], color="C1", alpha=0.2,
                     label=f"{grid['level']:.0%} interval (residual bootstrap)")
     for n, (value, lo, hi, name) in marks.items():
-        ax.errorbar([n], [value], yerr=[[value - lo], [hi - value]], fmt="s", color="C3", capsize=3)
+        # an interval is never negative: with every score at 1.0 the bound can fall a hair below the value
+        ax.errorbar([n], [value], yerr=[[max(value - lo, 0.0)], [max(hi - value, 0.0)]], fmt="s", color="C3", capsize=3)
         ax.annotate(f"{name}: {value:.2f}", (n, value), textcoords="offset points", xytext=(4, -12), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("labelled items")
@@ -82,6 +83,16 @@ def plot_learning_curve_fit(sizes: np.ndarray, scores: np.ndarray, grid: dict, m
     ax.legend(loc="lower right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
+    save_png(fig, target)
+
+
+def plot_message(message: str, target: Path) -> None:
+    """A figure that only says why there is no plot (a declared output is still written)."""
+    import textwrap
+
+    fig, ax = plt.subplots(figsize=(6.5, 2.0))
+    ax.axis("off")
+    ax.text(0.5, 0.5, textwrap.fill(message, 80), ha="center", va="center", fontsize=9, wrap=True)
     save_png(fig, target)
 
 

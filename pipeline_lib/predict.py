@@ -44,6 +44,15 @@ class LoadedModel:
     modality: str = "image"
 
 
+def check_request(source: str | Path, batch_size: int, top_k: int) -> None:
+    """What can be checked before the model loads (seconds): the input exists, the sizes are sane."""
+    if not Path(source).exists():
+        raise PipelineError(f"predict: {source} does not exist: give a folder of images, a CSV with a `path` (images) "
+                            "or `text` column, or a text file with one example per line")
+    if batch_size < 1 or top_k < 1:
+        raise PipelineError(f"predict: --batch-size ({batch_size}) and --top-k ({top_k}) must be at least 1")
+
+
 def list_inputs(source: Path) -> list[Path]:
     """Every input file: the non-hidden files under a folder (other extensions are kept, to be
     reported as skipped), or the paths of a CSV's ``path`` column (relative to the CSV)."""

@@ -33,6 +33,17 @@ def effective_folds(y: np.ndarray, folds: int) -> int:
     return int(max(2, min(folds, counts.min()))) if len(counts) else 2
 
 
+def undecidable(y: np.ndarray) -> str | None:
+    """Why nothing can be chosen by cross-validation on labels ``y``, or None when it can: an item
+    is held out only when its class keeps another labelled item to train on, so with a single
+    labelled item in every class no fold scores anything."""
+    counts = np.bincount(np.asarray(y, dtype=int)) if len(y) else np.zeros(0, int)
+    if (counts >= 2).any():
+        return None
+    return (f"too few labels to decide: {int(len(y))} labelled item(s), no class with 2, so no item can be held out "
+            "and scored; nothing is chosen or kept on evidence (label at least 2 items per class, better 5)")
+
+
 def stratified_folds(y: np.ndarray, folds: int, repeats: int, seed: int) -> list[Fold]:
     """Repeated stratified k-fold: in each repeat every image is held out exactly once, each class
     spread evenly over the folds. A class with a single image cannot be scored without losing it

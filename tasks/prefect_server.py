@@ -99,6 +99,17 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
+    if argv[0] == "dvc":  # before DVC hashes the data: a missing data.path, a named pipe
+        from pipeline_lib import preflight
+        from pipeline_lib.config import Paths, load_params
+        from pipeline_lib.errors import PipelineError
+
+        try:
+            paths = Paths.for_root()
+            preflight.check(load_params(paths.root), paths)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
     os.environ[EXECUTION_ENV] = execution_id()  # the stages `dvc repro` runs share it
     if os.environ.get("PREFECT_API_URL"):
         return subprocess.call(argv)

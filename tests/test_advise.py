@@ -126,3 +126,39 @@ def test_disabled_removes_the_outputs(sample_project):
     off = parse_params({**params.model_dump(), "advise": {"enabled": False}})
     assert run_stage("advise", off, paths) == {"enabled": False}
     assert not paths.advice_md.exists() and not paths.label_next_csv.exists()
+
+
+def test_an_interval_a_hair_below_its_value_still_plots(tmp_path):
+    """Every CV score 1.0: the fitted bound can fall a floating-point hair below the prediction."""
+    from pipeline_lib.plots import plot_learning_curve_fit
+
+    sizes = np.tile([5.0, 10.0, 20.0], 2)
+    grid = {"at": [5.0, 40.0], "predicted": [1.0, 1.0], "low": [1.0, 1.0], "high": [1.0, 1.0], "level": 0.9}
+    marks = {20: (1.0, 1.0 + 1e-15, 1.0 - 1e-15, "now")}
+    plot_learning_curve_fit(sizes, np.ones(6), grid, marks, "macro_f1", tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_typical_fill_in_takes_the_most_typical_items_not_the_first():
+    rng = np.random.default_rng(0)
+    dense = rng.normal(0, 0.05, (30, 4)) + np.array([1.0, 0, 0, 0])   # a tight cluster
+    outliers = rng.normal(0, 1.0, (10, 4))                             # listed first in the pool
+    pool = np.concatenate([outliers, dense])
+    typicality = advise.typicality(pool)
+    assert typicality[10:].min() > typicality[:10].max()  # what typical() fills in with, most typical first
+
+
+def test_clean_labels_give_an_estimate_of_about_zero_wrong_and_flipped_ones_are_counted():
+    rng = np.random.default_rng(1)
+    n, k = 400, 4
+    logits = rng.normal(0, 1.5, (n, k))
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(k, p=p) for p in proba])  # labels exactly as the model expects: clean
+    clean = advise.estimated_wrong_labels(y, proba, seed=0)
+    assert clean["flagged"] > 10 and clean["estimate"] <= 0.25 * clean["flagged"]
+    assert clean["interval"][0] == 0
+    flipped = y.copy()
+    confident = np.flatnonzero(proba.max(1) > 0.8)[:40]
+    flipped[confident] = (proba[confident].argmax(1) + 1) % k  # 40 confident items given a wrong label
+    noisy = advise.estimated_wrong_labels(flipped, proba, seed=0)
+    assert noisy["estimate"] > clean["estimate"] + 20 and noisy["interval"][1] >= 25

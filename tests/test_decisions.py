@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from pipeline_lib.finetuning import interpolate, pick_alpha
-from pipeline_lib.selection import (bias_corrected, best, keep, keep_threshold, paired_bootstrap, scores,
-                                    weighted_scores)
+from pipeline_lib.selection import best, bias_corrected, keep, keep_threshold, paired_bootstrap, scores, weighted_scores
 from tests.helpers import noisy_curve
 
 

@@ -204,11 +204,13 @@ def test_links_out_of_the_data_folder_are_refused_and_never_opened(tmp_path, raw
     (raw / "dresses").symlink_to(outside / "trouser")  # a whole class folder linked from outside
     os.mkfifo(raw / "bag" / "pipe.png")  # opening it would block forever
     (raw / "bag" / "dangling.png").symlink_to(raw / "nowhere.png")
+    (raw / "bag" / "loop.png").symlink_to(raw / "bag" / "loop.png")  # resolving it raises "Symlink loop"
     report = _run(tmp_path)
     reasons = _rejected(report)
     assert "outside the data folder" in reasons["passwd.png"] and "outside the data folder" in reasons["outside.png"]
     assert "links to folders are not followed" in reasons["linked_dir"]
     assert "not a regular file" in reasons["pipe.png"] and "not a regular file" in reasons["dangling.png"]
+    assert "symbolic link loop" in reasons["loop.png"] and report["per_class"]["bag"]["train"] > 0  # the rest read
     assert "class folder is a link" in reasons["dresses"] and "dresses" not in report["classes"]
     manifest = pd.read_parquet(tmp_path / "data/prepared/manifest.parquet")
     assert not manifest["source"].str.contains("elsewhere|passwd|linked_dir").any()
@@ -295,3 +297,25 @@ def test_manifest_missing_labels_windows_paths_and_no_rows(tmp_path):
     with pytest.raises(PipelineError, match="has a header but no rows"):
         ingest.run(params, Paths.for_root(tmp_path))
     assert "no rows" in json.loads((tmp_path / "reports/ingest.json").read_text())["error"]
+
+
+def test_preflight_names_a_missing_data_path_and_a_named_pipe_before_dvc_hashes_them(tmp_path, raw):
+    """DVC hashes data.path before ingest runs: a typo gave a bare [Errno 2], a pipe hung it."""
+    import subprocess
+    import sys
+
+    from pipeline_lib import preflight
+
+    paths = Paths.for_root(tmp_path)
+    preflight.check(_params(tmp_path), paths)  # a clean folder passes
+    with pytest.raises(PipelineError, match=r"data folder .*/raw_typo \(data.path\) does not exist"):
+        preflight.check(_params(tmp_path, path=str(tmp_path / "raw_typo")), paths)
+    os.mkfifo(raw / "bag" / "pipe.png")
+    with pytest.raises(PipelineError, match=r"bag/pipe.png is a named pipe: DVC would wait on it forever"):
+        preflight.check(_params(tmp_path), paths)
+    # the wrapper `make run` uses stops with the line before DVC starts (exit 2, no traceback)
+    (tmp_path / "params.yaml").write_text(f"data:\n  source: folder\n  path: {tmp_path / 'raw'}\n")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    out = subprocess.run([sys.executable, "-m", "tasks.prefect_server", "dvc", "repro"], capture_output=True, text=True,
+                         env={**os.environ, "PIPELINE_ROOT": str(tmp_path)}, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 2 and "pipe.png is a named pipe" in out.stderr and "Traceback" not in out.stderr

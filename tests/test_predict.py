@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pipeline_lib.errors import PipelineError, TransientError
-from pipeline_lib.predict import LoadedModel, list_inputs, load_registered, model_uri, write_predictions
+from pipeline_lib.predict import LoadedModel, check_request, list_inputs, load_registered, model_uri, write_predictions
 from tests.helpers import solid
 
 
@@ -35,6 +35,17 @@ def test_unreadable_csvs_are_one_clear_line(tmp_path):
     header.write_text("path\n")
     with pytest.raises(PipelineError, match="has a header but no rows"):
         list_inputs(header)
+
+
+def test_a_missing_input_is_named_before_the_model_loads(tmp_path, monkeypatch):
+    from flows.predict import predict
+    from pipeline_lib import predict as predict_lib
+
+    monkeypatch.setattr(predict_lib, "load_registered", lambda *a: pytest.fail("the model was loaded first"))
+    with pytest.raises(PipelineError, match=r"predict: .*new_images does not exist"):
+        predict.fn(str(tmp_path / "new_images"), root=str(tmp_path))
+    with pytest.raises(PipelineError, match="must be at least 1"):
+        check_request(tmp_path, 0, 3)
 
 
 def test_a_missing_store_or_model_fails_at_once_and_creates_nothing(tmp_path):

@@ -283,3 +283,28 @@ def test_fine_tuning_adds_the_probes_confident_pseudo_labels_never_labelled_imag
     assert info["finetune_pseudo_label_accuracy"] == pytest.approx((truth == rows["label_idx"].to_numpy()).mean())
     off = parse_params({**raw, "semi_supervised": {**raw["semi_supervised"], "finetune": False}})
     assert finetune._pseudo_labelled(off, paths, head, real, None, 3)[0].empty
+
+
+def test_one_label_per_class_decides_nothing_and_says_so(tmp_path):
+    """2 images per class: 1 test, 1 labelled. No fold can score anything, so nothing is chosen on
+    evidence: the default recipe, no fine-tuning, no forecast; no NaN scores and no warnings."""
+    import warnings
+
+    from pipeline_lib.stages import run_stage
+
+    write_folder_dataset(tmp_path / "raw", per_class=2)
+    params = parse_params({"data": {"source": "folder", "path": str(tmp_path / "raw"), "shots_per_class": None,
+                                    "min_per_class": 1}, "backbone": {"resolution": 32}, "finetune": {"epochs": 1},
+                           "mlflow": {"log_model": False}, "evaluate": {"bootstrap": 0}})
+    paths = Paths.for_root(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no mean of an empty slice, no NaN
+        run_stages(params, paths, last="evaluate")
+        advice = run_stage("advise", params, paths)
+    sel = json.loads(paths.selection_report.read_text())
+    assert sel["mode"] == "none" and sel["table"] == {} and sel["winner"] == "linear C=1"
+    assert sel["reason"].startswith("too few labels to decide") and "untested" in sel["reason"]
+    ft = json.loads(paths.finetune_report.read_text())
+    assert ft["kept"] is False and ft["reason"].startswith("fine-tuning not tried: too few labels")
+    assert advice["forecast"] is None and "expected_now" not in advice and paths.advice_curve_png.exists()
+    assert advice["summary"][0].startswith("Too few labels to decide")

@@ -83,9 +83,24 @@ def test_folds_are_checkpointed_and_a_rerun_tunes_only_what_is_missing(toy_proje
     assert calls[:2] == [8, 7] or calls[:2] == [7, 8]  # each fold tunes on its own half of the 15 texts
     assert first["mode"] == "cv" and first["folds"] == 2 and "frozen encoder" in first["reason"]
     calls.clear()
+    monkeypatch.setattr(text_finetune, "keep", lambda *a: True)  # the rule itself: tests/test_decisions.py
     second = text_finetune.run(params, paths, train, val, 3, "cpu", checkpoint)
-    assert calls == ([15] if first["kept"] else [])  # the folds come from the checkpoint; only a refit tunes
-    assert {k: second[k] for k in ("gain", "kept")} == {k: first[k] for k in ("gain", "kept")}
+    assert calls == [15]  # the folds come from the checkpoint; only the refit on all 15 texts tunes
+    assert second["gain"] == first["gain"] and second["kept"]
+
+
+def test_tuning_at_learning_rate_zero_is_a_null_control_never_kept(toy_project):
+    """lr 0 leaves the encoder as it was: the tuned vectors are the frozen ones, the gain is 0."""
+    from pipeline_lib.dataset import load_manifest
+    from pipeline_lib.finetuning import Checkpoint
+
+    params, paths = toy_project
+    text = params.finetune.text.model_copy(update={"lr": 0.0})
+    null = params.model_copy(update={"finetune": params.finetune.model_copy(update={"text": text})})
+    manifest = load_manifest(paths)[0]
+    report = text_finetune.run(null, paths, manifest[manifest["split"] == "train"], manifest[manifest["split"] == "val"],
+                               3, "cpu", Checkpoint(paths.root / "null.pt", "cpu"))
+    assert report["gain"] == 0.0 and report["kept"] is False and "level 0.1" in report["reason"]
 
 
 def test_kept_tuned_encoder_is_evaluated_logged_and_served(toy_project, monkeypatch):
@@ -95,8 +110,7 @@ def test_kept_tuned_encoder_is_evaluated_logged_and_served(toy_project, monkeypa
     from pipeline_lib.stages import run_stage
 
     params, paths = toy_project
-    decide = text_finetune._decision
-    monkeypatch.setattr(text_finetune, "_decision", lambda *a: {**decide(*a), "kept": True})  # whatever CV says
+    monkeypatch.setattr(text_finetune, "keep", lambda *a: True)  # the kept path; the rule: tests/test_decisions.py
     report = run_stage("finetune", params, paths)
     assert report["kept"] and (paths.finetuned_encoder / "modules.json").is_file() and paths.finetune_oof.exists()
     metrics = run_stage("evaluate", params, paths)

@@ -24,7 +24,8 @@ from ..config import Params, Paths
 from ..dataset import UNLABELED, is_text, load_manifest
 from ..features import load_features
 from ..heads import HeadRecipe, load_head, predict_proba
-from ..plots import plot_learning_curve_fit
+from ..plots import plot_learning_curve_fit, plot_message
+from ..selection import undecidable
 from ..text import read_text
 
 
@@ -47,22 +48,30 @@ def run(params: Params, paths: Paths) -> dict:
     rows = manifest.set_index("image_id")
     describe = _describer(paths, rows, is_text(manifest))
 
-    fit = advise.head_fitter(recipe, params.train_head, n_classes)
-    curve = advise.learning_curve(X, y, n_classes, fit, a.fractions, a.repeats, params.selection.folds, params.seed,
-                                  metric)
-    n = len(y)
-    marks_at = [n, 2 * n, 4 * n]
-    grid = np.unique(np.r_[np.geomspace(curve.sizes.min(), 4 * n, 40), marks_at])
-    fitted = advise.extrapolate(curve.sizes, curve.scores, grid.tolist(), params.seed)
-    at = {k: fitted["at"].index(float(v)) for k, v in zip(("now", "x2", "x4"), marks_at)}
-    forecast = {k: {"labels": marks_at[j], "predicted": fitted["predicted"][i], "low": fitted["low"][i],
-                    "high": fitted["high"][i]} for j, (k, i) in enumerate(at.items())}
-    plot_learning_curve_fit(curve.sizes, curve.scores, fitted, {
-        f["labels"]: (f["predicted"], f["low"], f["high"], k) for k, f in forecast.items()}, metric,
-        paths.advice_curve_png, title=f"learning curve of {recipe.name} on your {n} labelled items")
+    deployed = _deployed(paths)
+    too_few = undecidable(y)
+    if too_few:  # no fold scores anything: no curve, no out-of-fold probabilities
+        curve, fitted, forecast = None, None, None
+        plot_message(f"No learning curve: {too_few}.", paths.advice_curve_png)
+    else:
+        fit = advise.head_fitter(recipe, params.train_head, n_classes)
+        curve = advise.learning_curve(X, y, n_classes, fit, a.fractions, a.repeats, params.selection.folds,
+                                      params.seed, metric)
+        n = len(y)
+        marks_at = [n, 2 * n, 4 * n]
+        grid = np.unique(np.r_[np.geomspace(curve.sizes.min(), 4 * n, 40), marks_at])
+        fitted = advise.extrapolate(curve.sizes, curve.scores, grid.tolist(), params.seed)
+        at = {k: fitted["at"].index(float(v)) for k, v in zip(("now", "x2", "x4"), marks_at)}
+        forecast = {k: {"labels": marks_at[j], "predicted": fitted["predicted"][i], "low": fitted["low"][i],
+                        "high": fitted["high"][i]} for j, (k, i) in enumerate(at.items())}
+        plot_learning_curve_fit(curve.sizes, curve.scores, fitted, {
+            f["labels"]: (f["predicted"], f["low"], f["high"], k) for k, f in forecast.items()}, metric,
+            paths.advice_curve_png, title=f"learning curve of the head {recipe.name} on your {n} labelled items"
+            + ("\n(fine-tuning is deployed: it scored above this head in CV)" if deployed == "finetune" else ""))
 
     label_next = _label_next(params, paths, head, name, X, y, ids, describe, classes)
-    suspects = advise.suspect_labels(y, curve.oof)
+    oof = curve.oof if curve is not None else np.full((len(y), n_classes), np.nan)
+    suspects = advise.suspect_labels(y, oof)
     suspect_rows = [{"rank": r + 1, **describe(ids[i]), "given_label": classes[y[i]],
                      "suggested_label": classes[s], "p_given": round(float(pg), 4), "p_suggested": round(float(ps), 4),
                      "flagged": bool(f)}
@@ -75,15 +84,18 @@ def run(params: Params, paths: Paths) -> dict:
                   classes[y[j]]], "similarity": round(s, 4)}
                  for i, j, s in advise.conflicting_duplicates(X, y, a.duplicate_similarity)[:a.suspects]]
 
-    report = {"enabled": True, "metric": metric, "n_labelled": int(n), "recipe": recipe.name,
-              "curve": {"sizes": curve.sizes.round(2).tolist(), "scores": curve.scores.round(4).tolist(),
-                        "fractions": curve.fractions.tolist(), "repeats": a.repeats},
-              "fit": {**fitted["params"], "rmse": fitted["rmse"], "level": fitted["level"]}, "forecast": forecast,
-              "strategy_at_your_size": _strategy(paths),
-              "label_next": label_next, "suspects": {"flagged": int(suspects["flagged"].sum()),
+    report = {"enabled": True, "metric": metric, "n_labelled": int(len(y)), "recipe": recipe.name,
+              "deployed": deployed, "too_few_labels": too_few,
+              "curve": None if curve is None else {
+                  "of": f"the head {recipe.name} on the frozen encoder", "sizes": curve.sizes.round(2).tolist(),
+                  "scores": curve.scores.round(4).tolist(), "fractions": curve.fractions.tolist(),
+                  "repeats": a.repeats},
+              "fit": None if fitted is None else {**fitted["params"], "rmse": fitted["rmse"], "level": fitted["level"]},
+              "forecast": forecast, "strategy_at_your_size": _strategy(paths),
+              "label_next": label_next, "suspects": {**advise.estimated_wrong_labels(y, oof, params.seed),
                                                      "listed": len(suspect_rows)},
               "conflicting_duplicates": conflicts, "health": _health(params, paths, y, classes)}
-    report.update({f"expected_{k}": v["predicted"] for k, v in forecast.items()})  # flat: MLflow metrics
+    report.update({f"expected_{k}": v["predicted"] for k, v in (forecast or {}).items()})  # flat: MLflow metrics
     report["summary"] = _sentences(report)
     report["advise_seconds"] = round(time.perf_counter() - started, 2)
     atomic.write_json(paths.stage_report("advise"), report)
@@ -137,11 +149,19 @@ def _label_next(params: Params, paths: Paths, head, name, X, y, ids, describe, c
     return {"strategy": strategy, "suggested": len(rows), "pool": int(len(U)), "median_labels_per_class": per_class}
 
 
+def _deployed(paths: Paths) -> str:
+    """Which model evaluate deployed: "finetune" or "head"."""
+    metrics = json.loads(paths.metrics.read_text()) if paths.metrics.exists() else {}
+    return "finetune" if str(metrics.get("candidate", "head")).startswith("finetune") else "head"
+
+
 def _strategy(paths: Paths) -> str:
     """Which strategy wins at this size, from finetune's CV decision."""
     ft = json.loads(paths.finetune_report.read_text()) if paths.finetune_report.exists() else {}
     if not ft.get("enabled"):
         return "fine-tuning is off (finetune.enabled: false): the head on the frozen encoder is deployed"
+    if ft.get("mode") == "none":
+        return "nothing could be decided between fine-tuning and the head with so few labels: the head is deployed"
     gain = ft.get("gain")
     verdict = "fine-tuning wins" if ft.get("kept") else "the head on the frozen encoder wins"
     return f"{verdict} at your size" + (f" (CV gain of fine-tuning {gain:+.3f} ± {ft.get('gain_se', 0):.3f})"
@@ -164,17 +184,28 @@ def _health(params: Params, paths: Paths, y: np.ndarray, classes: list[str]) -> 
 
 def _sentences(r: dict) -> list[str]:
     f, metric = r["forecast"], r["metric"].replace("macro_f1", "macro-F1")
-    out = [f"Doubling your labels ({f['now']['labels']} -> {f['x2']['labels']}) is expected to raise {metric} from "
-           f"{f['now']['predicted']:.2f} to about {f['x2']['predicted']:.2f} ({f['x2']['low']:.2f}-{f['x2']['high']:.2f}); "
-           f"4x: {f['x4']['predicted']:.2f} ({f['x4']['low']:.2f}-{f['x4']['high']:.2f}).",
-           r["strategy_at_your_size"][0].upper() + r["strategy_at_your_size"][1:] + "."]
+    if f is None:
+        out = [r["too_few_labels"][0].upper() + r["too_few_labels"][1:] + "."]
+    else:
+        of = " for the head on the frozen encoder (fine-tuning, deployed, scored higher)" \
+            if r["deployed"] == "finetune" else ""
+        out = [f"Doubling your labels ({f['now']['labels']} -> {f['x2']['labels']}) is expected to raise {metric}{of} "
+               f"from {f['now']['predicted']:.2f} to about {f['x2']['predicted']:.2f} "
+               f"({f['x2']['low']:.2f}-{f['x2']['high']:.2f}); 4x: {f['x4']['predicted']:.2f} "
+               f"({f['x4']['low']:.2f}-{f['x4']['high']:.2f})."]
+    out.append(r["strategy_at_your_size"][0].upper() + r["strategy_at_your_size"][1:] + ".")
     ln = r["label_next"]
-    if ln.get("suggested"):
+    if ln.get("suggested") and not r["too_few_labels"]:
         out.append(f"Label next: {ln['suggested']} items ({ln['strategy']} strategy) in reports/label_next.csv.")
     s = r["suspects"]
     pairs = len(r["conflicting_duplicates"])
-    out.append(f"{s['flagged']} labelled items have a label the out-of-fold model doubts (check the {s['listed']} "
-               "most suspicious in reports/suspect_labels.csv)"
+    if r["too_few_labels"]:
+        return out + ([f"Label next: {ln['suggested']} items ({ln['strategy']} strategy) in reports/label_next.csv."]
+                      if ln.get("suggested") else [])
+    wrong = (f"; about {s['estimate']:.0f} wrong ({s['interval'][0]:.0f}-{s['interval'][1]:.0f}): a clean data set "
+             f"this hard gets {s['expected_if_clean']:.0f} flagged" if s.get("estimate") is not None else "")
+    out.append(f"{s['flagged']} labelled items have a label the out-of-fold model doubts{wrong} (check the "
+               f"{s['listed']} most suspicious in reports/suspect_labels.csv)"
                + (f"; {pairs} near-duplicate pairs have different labels" if pairs else "") + ".")
     h = r["health"]
     if h["at_risk"]:
@@ -185,19 +216,33 @@ def _sentences(r: dict) -> list[str]:
 def _markdown(r: dict, suspects: list[dict], paths: Paths) -> str:
     h, f, metric = r["health"], r["forecast"], r["metric"]
     lines = ["# Advice on your data", "", *[f"- {s}" for s in r["summary"]], "",
-             "## 1. What more labels would buy", "",
-             f"Cross-validated {metric} of the deployed recipe ({r['recipe']}) at growing fractions of your "
-             f"{r['n_labelled']} labels ({r['curve']['repeats']} repeats), fitted with a − b·n^−c "
-             f"(a = {r['fit']['a']:.3f}, c = {r['fit']['c']:.2f}, RMSE {r['fit']['rmse']:.3f}):", "",
-             "| labels | expected | interval |", "|---|---|---|",
-             *[f"| {v['labels']} ({k}) | {v['predicted']:.3f} | {v['low']:.3f}–{v['high']:.3f} |" for k, v in f.items()],
-             "", f"![learning curve]({paths.advice_curve_png.name})", "", f"{r['strategy_at_your_size']}.", "",
-             "## 2. What to label next", ""]
+             "## 1. What more labels would buy", ""]
+    if f is None:
+        lines += [f"No forecast: {r['too_few_labels']}.", ""]
+    else:
+        deployed = (" Fine-tuning is deployed and scored higher in CV; its own curve would take a fine-tuning run "
+                    "per point, so this curve is the head's." if r["deployed"] == "finetune" else "")
+        lines += [f"Cross-validated {metric} of the head recipe ({r['recipe']}) on the frozen encoder at growing "
+                  f"fractions of your {r['n_labelled']} labels ({r['curve']['repeats']} repeats), fitted with "
+                  f"a − b·n^−c (a = {r['fit']['a']:.3f}, c = {r['fit']['c']:.2f}, RMSE {r['fit']['rmse']:.3f})."
+                  f"{deployed}", "",
+                  "| labels | expected | interval |", "|---|---|---|",
+                  *[f"| {v['labels']} ({k}) | {v['predicted']:.3f} | {v['low']:.3f}–{v['high']:.3f} |"
+                    for k, v in f.items()], "", f"![learning curve]({paths.advice_curve_png.name})", ""]
+    lines += [r["strategy_at_your_size"][0].upper() + r["strategy_at_your_size"][1:] + ".", "",
+              "## 2. What to label next", ""]
     ln = r["label_next"]
     lines.append(f"{ln['suggested']} of {ln['pool']} unlabelled items, strategy `{ln['strategy']}`: "
                  f"`{paths.label_next_csv.name}` (item, suggested label, confidence, reason)."
                  if ln.get("suggested") else f"Nothing suggested: {ln['reason']}.")
     lines += ["", "## 3. Labels that look wrong", ""]
+    sus = r["suspects"]
+    if sus.get("estimate") is not None:
+        lines += [f"{sus['flagged']} labels are flagged (another class reaches its threshold while the given one "
+                  f"does not). Labels drawn from the model's own out-of-fold probabilities, which are clean by "
+                  f"construction, get {sus['expected_if_clean']:.0f} flagged on average, so about "
+                  f"{sus['estimate']:.0f} (90 %: {sus['interval'][0]:.0f}–{sus['interval'][1]:.0f}) are likely wrong; "
+                  "the rest are hard items. The list is ranked, most suspicious first.", ""]
     if suspects:
         lines += ["| rank | item | given | suggested | p(given) | p(suggested) |", "|---|---|---|---|---|---|"]
         lines += [f"| {s['rank']} | {_cell(s['item'])} | {s['given_label']} | {s['suggested_label']} | {s['p_given']:.2f}"

@@ -38,7 +38,7 @@ from ..finetuning import Checkpoint, Progress, Trainer, evaluate, interpolate, p
 from ..heads import Head, HeadRecipe
 from ..networks import FinetuneModel, Images, build_model, predict_proba
 from ..runtime import use
-from ..selection import bias_corrected, keep, keep_threshold, scores, stratified_folds
+from ..selection import bias_corrected, keep, keep_threshold, scores, stratified_folds, undecidable
 from ..training_set import TrainingSet, fit_recipe, pseudo_labels
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr_head"]
@@ -61,6 +61,11 @@ def run(params: Params, paths: Paths) -> dict:
     if not params.finetune.enabled:
         return _disabled(paths, {"enabled": False})
     manifest, classes = load_manifest(paths)
+    labelled = manifest[manifest["split"].isin(["train", "val"])]
+    too_few = undecidable(labelled["label_idx"].to_numpy()) if not (manifest["split"] == "val").any() else None
+    if too_few:
+        return _disabled(paths, {"enabled": True, "kept": False, "mode": "none", "kept_linear_probe": True,
+                                 "reason": f"fine-tuning not tried: {too_few}"})
     device = use(params.runtime)
     if is_text(manifest):
         return _text(params, paths, manifest, len(classes), device)

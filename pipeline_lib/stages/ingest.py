@@ -134,8 +134,14 @@ def _image_files(folder: Path, base: Path, report: IngestReport, strict: bool,
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here / d).is_symlink())
         for name in sorted(n for n in names if not n.startswith(".")):
             f = here / name
-            if f.is_symlink() and not f.resolve().is_relative_to(base):
-                report.reject(str(f), f"a link to {f.resolve()}, outside the data folder {base}",
+            try:
+                target = f.resolve(strict=False) if f.is_symlink() else f
+            except (RuntimeError, OSError):  # a link that leads back to itself (OSError from Python 3.13)
+                report.reject(str(f), "a symbolic link loop (the link leads back to itself)",
+                              "remove the link or point it at an image", strict)
+                continue
+            if f.is_symlink() and not target.is_relative_to(base):
+                report.reject(str(f), f"a link to {target}, outside the data folder {base}",
                               "copy the image into the data folder instead of linking it", strict)
             elif not f.is_file():
                 report.reject(str(f), "not a regular file (a named pipe, socket or device, or a broken link)",

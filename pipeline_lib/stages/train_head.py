@@ -22,7 +22,7 @@ from ..dataset import is_text, load_manifest
 from ..errors import PipelineError
 from ..features import featurized_backbones
 from ..heads import HeadRecipe, predict_proba, recipes, save_head
-from ..selection import Fold, best, bias_corrected, mean_oof, oof_matrix, summarise, tie_margin, top_scorer
+from ..selection import Fold, best, bias_corrected, mean_oof, oof_matrix, summarise, tie_margin, top_scorer, undecidable
 from ..training_set import TTA, TrainingSet, fit_recipe
 
 
@@ -74,6 +74,13 @@ def run(params: Params, paths: Paths) -> dict:
             "The CLIP zero-shot baseline (evaluate.zero_shot_model) scores such classes without training.")
     if len(data.y) == 0:
         raise PipelineError("train_head: no labelled image (check data.* params and the ingest report)")
+    metric = params.selection.metric
+    too_few = undecidable(data.y) if data.mode == "cv" else None
+    if too_few:  # decide nothing on empty folds: the default recipe, said to be untested
+        recipe = default_recipe(params)
+        return _fit_and_write(params, paths, data, classes, recipe, False, {}, {
+            "mode": "none", "metric": metric, "winner": recipe.name, "backbone": data.backbone, "folds": 0,
+            "repeats": 0, "reason": f"{too_few}; the default recipe {recipe.name} is used, untested", "table": {}}, 0.0)
     started = time.perf_counter()
     folds = data.folds(params)  # the same folds for every backbone: paired comparisons
     table, oof = {}, {}
@@ -81,53 +88,68 @@ def run(params: Params, paths: Paths) -> dict:
         part, part_oof = cross_validate(candidate, folds, params, len(classes), f"{name} · " if len(names) > 1 else "")
         table.update(part)
         oof.update(part_oof)
-    metric = params.selection.metric
     winner = best(table, metric, params.selection.tie_se)
     scored = ~np.isnan(oof[winner][:, 0])
-    names = list(table)
-    corrected = bias_corrected(sets[table[winner]["backbone"]].y[scored], np.stack([oof[n][scored] for n in names]),
-                               len(classes), metric, params.seed, names.index(winner))
-    cv_seconds = time.perf_counter() - started
-
     data = sets[table[winner]["backbone"]]
-    recipe = HeadRecipe(**table[winner]["recipe"])
+    listed = list(table)
+    # the winner's score is the best of len(table) noisy scores: corrected is what choosing this way scores
+    corrected = bias_corrected(data.y[scored], np.stack([oof[n][scored] for n in listed]), len(classes), metric,
+                               params.seed, listed.index(winner))
+    selection = {"mode": data.mode, "metric": metric, "winner": winner, "backbone": data.backbone,
+                 "folds": len({f.fold for f in folds}), "repeats": len({f.repeat for f in folds}),
+                 "reason": _reason(table, winner, metric, data.mode, params.selection.tie_se),
+                 f"{metric}_corrected": corrected["score_corrected"], "optimism": corrected["optimism"],
+                 "table": table}
+    atomic.write_npz(paths.head_oof, y=data.y[scored], proba=oof[winner][scored].astype(np.float32))
+    report = _fit_and_write(params, paths, data, classes, HeadRecipe(**table[winner]["recipe"]), table[winner]["tta"],
+                            {f"cv_{metric}": table[winner][metric], f"cv_{metric}_std": table[winner][metric + "_std"],
+                             "cv_accuracy": table[winner]["accuracy"], f"cv_{metric}_corrected":
+                             corrected["score_corrected"], "cv_optimism": corrected["optimism"],
+                             "candidates": len(table)}, selection, time.perf_counter() - started)
+    with atomic.atomic_path(paths.selection_table) as tmp:
+        pd.DataFrame([{"candidate": n, **{k: r[k] for k in ("accuracy", "accuracy_std", "macro_f1", "macro_f1_std",
+                                                          "log_loss")}} for n, r in table.items()]
+                     ).to_csv(tmp, index=False)
+    return report
+
+
+def default_recipe(params: Params) -> HeadRecipe:
+    """What is fitted when nothing can be chosen: the first listed kind, a linear head at the listed C
+    nearest scikit-learn's default 1."""
+    options = recipes(params.train_head)
+    linear = [r for r in options if r.kind == "linear"]
+    return min(linear, key=lambda r: abs(np.log10(r.C))) if linear else options[0]
+
+
+def _fit_and_write(params: Params, paths: Paths, data: TrainingSet, classes: list[str], recipe: HeadRecipe, tta: bool,
+                   scores: dict, selection: dict, cv_seconds: float) -> dict:
+    """Refit the chosen recipe on every labelled item (or train in holdout mode), save the head and
+    write the selection report and the stage report."""
     refit = np.arange(len(data.y)) if data.mode == "cv" else np.arange(data.n_train)
     X, y, _ = data.training(refit)
     val = (data.X[data.n_train:], data.y[data.n_train:]) if data.mode == "holdout" else None
     started = time.perf_counter()
     head, pseudo = fit_recipe(data, refit, recipe, params, len(classes), params.seed, val)
     seconds = time.perf_counter() - started
-
     text = is_text(load_manifest(paths)[0])
     meta = {"classes": classes, "backbone": params.backbone.model_dump(), "seed": params.seed,
-            "backbone_spec": backbone_spec(params, data.backbone, text), "recipe": recipe.as_dict(),
-            "tta": table[winner]["tta"]}
+            "backbone_spec": backbone_spec(params, data.backbone, text), "recipe": recipe.as_dict(), "tta": tta}
     save_head(head, paths.head, paths.head_meta, meta)
-    atomic.write_npz(paths.head_oof, y=data.y[scored], proba=oof[winner][scored].astype(np.float32))
-    selection = {
-        "mode": data.mode, "metric": metric, "winner": winner, "backbone": data.backbone, "recipe": recipe.as_dict(),
-        "tta": table[winner]["tta"],
-        "folds": len({f.fold for f in folds}), "repeats": len({f.repeat for f in folds}),
-        "n_labelled": int(len(data.y)), "refit_on": int(len(refit)),
-        "reason": _reason(table, winner, metric, data.mode, params.selection.tie_se),
-        # the winner's score is the best of len(table) noisy scores: corrected is what choosing this way scores
-        f"{metric}_corrected": corrected["score_corrected"], "optimism": corrected["optimism"],
-        "pseudo_labels": pseudo, "table": table,
-    }
-    atomic.write_json(paths.selection_report, selection)
+    if selection["mode"] == "none":
+        atomic.write_npz(paths.head_oof, y=np.zeros(0, np.int64), proba=np.zeros((0, len(classes)), np.float32))
+        with atomic.atomic_path(paths.selection_table) as tmp:
+            pd.DataFrame(columns=["candidate", "accuracy", "accuracy_std", "macro_f1", "macro_f1_std",
+                                  "log_loss"]).to_csv(tmp, index=False)
+    atomic.write_json(paths.selection_report, {**selection, "recipe": recipe.as_dict(), "tta": tta,
+                                               "n_labelled": int(len(data.y)), "refit_on": int(len(refit)),
+                                               "pseudo_labels": pseudo})
     report = {
-        "selection_mode": data.mode, "winner": winner, "backbone": data.backbone, f"cv_{metric}": table[winner][metric],
-        f"cv_{metric}_std": table[winner][metric + "_std"], "cv_accuracy": table[winner]["accuracy"],
-        f"cv_{metric}_corrected": corrected["score_corrected"], "cv_optimism": corrected["optimism"],
-        "candidates": len(table), "cv_seconds": round(cv_seconds, 3), "train_seconds": round(seconds, 3),
+        "selection_mode": selection["mode"], "winner": selection["winner"], "backbone": data.backbone, **scores,
+        "cv_seconds": round(cv_seconds, 3), "train_seconds": round(seconds, 3),
         **{k: v for k, v in pseudo.items() if v is not None},
         "train_accuracy": float((predict_proba(head, X).argmax(1) == y).mean()),
         "n_train": int(len(X)), "n_train_real": int(len(refit)), "n_train_synthetic": int(len(data.y_syn)),
         "n_val": int(len(data.y) - data.n_train),
     }
     atomic.write_json(paths.train_head_report, report)
-    with atomic.atomic_path(paths.selection_table) as tmp:
-        pd.DataFrame([{"candidate": n, **{k: r[k] for k in ("accuracy", "accuracy_std", "macro_f1", "macro_f1_std",
-                                                          "log_loss")}} for n, r in table.items()]
-                     ).to_csv(tmp, index=False)
     return report
