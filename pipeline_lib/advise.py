@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .features import similar_pairs
 from .heads import fit_head, predict_proba
 from .selection import stratified_folds
 from .stats import macro_f1_from_labels
@@ -242,15 +243,9 @@ def estimated_wrong_labels(y: np.ndarray, oof: np.ndarray, seed: int, draws: int
 def conflicting_duplicates(X: np.ndarray, y: np.ndarray, threshold: float, chunk: int = 1024) -> list[tuple[int, int, float]]:
     """Pairs of labelled items whose features' cosine similarity exceeds ``threshold`` while their
     labels differ, most similar first."""
-    Z = _unit(X)
-    pairs = []
-    for start in range(0, len(Z), chunk):  # a block of rows at a time: memory chunk x n, not n x n
-        sim = Z[start:start + chunk] @ Z.T
-        rows = np.arange(start, min(start + chunk, len(Z)))
-        i, j = np.nonzero((sim > threshold) & (rows[:, None] < np.arange(len(Z))[None, :])
-                          & (y[rows][:, None] != y[None, :]))
-        pairs += [(int(rows[a]), int(b), float(sim[a, b])) for a, b in zip(i, j)]
-    return sorted(pairs, key=lambda t: -t[2])
+    n = len(X)
+    return similar_pairs(X, X, threshold, lambda rows, _: (rows[:, None] < np.arange(n)[None, :])
+                         & (y[rows][:, None] != y[None, :]), chunk)
 
 
 def head_fitter(recipe, train_head_params, n_classes: int):

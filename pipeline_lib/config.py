@@ -320,6 +320,9 @@ class FeaturizeParams(_Section):
     """LocalCluster worker processes"""
     shard_size: int = Field(256, ge=1)
     """images per Dask task"""
+    leak_similarity: float = Field(0.98, gt=0.0, le=1.0)
+    """a test item whose features' cosine similarity to a labelled item exceeds this is reported as a near-duplicate
+    leak (ingest reports exact copies; this finds resized, re-encoded or cropped ones)"""
 
 
 class RuntimeParams(_Section):

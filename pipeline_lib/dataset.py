@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from .config import Paths
@@ -46,6 +47,15 @@ def unlabeled_pool(manifest: pd.DataFrame, params) -> pd.DataFrame:
             return manifest.iloc[:0]
         source = "folder" if (manifest["split"] == UNLABELED).any() else "unused"
     return manifest[manifest["split"] == ("unused" if source == "unused" else UNLABELED)].assign(split=UNLABELED)
+
+
+def derived_from_labels(synthetic: pd.DataFrame, params) -> np.ndarray:
+    """Which synthetic rows were made from the labelled images themselves (a DDPM trained on them,
+    Stable Diffusion img2img variations of them): in a CV fold they would carry the held-out
+    images into training, so folds leave them out; the refit on every label keeps them."""
+    generator = synthetic["generator"].astype(str) if "generator" in synthetic else pd.Series("", index=synthetic.index)
+    img2img = params.synthetic.stable_diffusion.img2img_strength > 0
+    return ((generator == "ddpm") | ((generator == "stable_diffusion") & img2img)).to_numpy()
 
 
 def load_synthetic(paths: Paths, kept_only: bool = True) -> pd.DataFrame:

@@ -68,3 +68,24 @@ def cached_embeddings(cache: FeatureCache, backbone: Encoder, items: Sequence[tu
                 cache.put(key, vec)
                 vectors[key] = vec
     return vectors, len(todo)
+
+
+def similar_pairs(A: np.ndarray, B: np.ndarray, threshold: float, keep=None, chunk: int = 1024
+                  ) -> list[tuple[int, int, float]]:
+    """Pairs (i in A, j in B) whose features' cosine similarity exceeds ``threshold``, most similar
+    first, a block of A's rows at a time (memory chunk x len(B), never len(A) x len(B));
+    ``keep(rows, sim_block)`` may narrow each block's candidate mask."""
+    def unit(X):
+        return X / np.linalg.norm(X, axis=1, keepdims=True).clip(1e-12)
+
+    Za, Zb = unit(np.asarray(A, np.float32)), unit(np.asarray(B, np.float32))
+    pairs = []
+    for start in range(0, len(Za), chunk):
+        sim = Za[start:start + chunk] @ Zb.T
+        rows = np.arange(start, min(start + chunk, len(Za)))
+        mask = sim > threshold
+        if keep is not None:
+            mask &= keep(rows, sim)
+        i, j = np.nonzero(mask)
+        pairs += [(int(rows[a]), int(b), float(sim[a, b])) for a, b in zip(i, j)]
+    return sorted(pairs, key=lambda t: -t[2])

@@ -6,9 +6,10 @@ per-fold probes."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from .config import Params, Paths
-from .dataset import AUGMENTED, SYNTHETIC, UNLABELED, load_augmented
+from .dataset import AUGMENTED, SYNTHETIC, UNLABELED, derived_from_labels, load_augmented, load_synthetic
 from .features import featurized_backbones, load_features, load_flipped
 from .heads import Head, HeadRecipe, fit_head, predict_proba
 from .selection import Fold, stratified_folds
@@ -35,7 +36,10 @@ class TrainingSet:
             source = frame.loc[list(aug_ids), "source"].str.slice(len("augment:")).str.split("#").str[0]
             row_of = {iid: i for i, iid in enumerate(ids)}
             self.aug = (Xa, ya, np.array([row_of.get(s, -1) for s in source], dtype=int))
-        self.X_syn, self.y_syn, _ = load_features(paths, SYNTHETIC, backbone)
+        self.X_syn, self.y_syn, syn_ids = load_features(paths, SYNTHETIC, backbone)
+        frame = load_synthetic(paths).drop_duplicates("image_id").set_index("image_id")
+        derived = pd.Series(derived_from_labels(frame, params), index=frame.index)
+        self.syn_derived = np.array([bool(derived.get(i, False)) for i in syn_ids], dtype=bool)
         self.backbone = backbone or featurized_backbones(paths)[0]
         self.U = self.U_truth = None  # unlabelled images' features (and hidden labels, -1 when unknown)
         if params.semi_supervised.source != "none":
@@ -53,12 +57,15 @@ class TrainingSet:
         return stratified_folds(self.y, s.folds, s.repeats, params.seed)
 
     def training(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Features, labels and loss weights that train on ``rows`` (indices into the labelled set)."""
+        """Features, labels and loss weights that train on ``rows`` (indices into the labelled set);
+        a CV fold (not every labelled item) leaves out synthetic items made from the labelled ones."""
         Xa, ya, src = self.aug
         keep = np.isin(src, rows)
-        X = np.concatenate([self.X[rows], Xa[keep], self.X_syn])
-        y = np.concatenate([self.y[rows], ya[keep], self.y_syn])
-        w = np.r_[np.ones(len(rows) + int(keep.sum())), np.full(len(self.y_syn), self.syn_weight)]
+        fold = self.mode == "cv" and len(np.unique(rows)) < len(self.y)
+        syn = ~self.syn_derived if fold else np.ones(len(self.y_syn), bool)
+        X = np.concatenate([self.X[rows], Xa[keep], self.X_syn[syn]])
+        y = np.concatenate([self.y[rows], ya[keep], self.y_syn[syn]])
+        w = np.r_[np.ones(len(rows) + int(keep.sum())), np.full(int(syn.sum()), self.syn_weight)]
         return X, y.astype(np.int64), w.astype(np.float32)
 
 

@@ -319,3 +319,29 @@ def test_preflight_names_a_missing_data_path_and_a_named_pipe_before_dvc_hashes_
     out = subprocess.run([sys.executable, "-m", "tasks.prefect_server", "dvc", "repro"], capture_output=True, text=True,
                          env={**os.environ, "PIPELINE_ROOT": str(tmp_path)}, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == 2 and "pipe.png is a named pipe" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_near_duplicates_across_train_and_test_are_found_by_feature_similarity(tmp_path):
+    """A re-encoded, slightly brightened copy of a test image in train: not an exact duplicate for
+    ingest, a near-duplicate leak for featurize (with the pair and the threshold)."""
+    from pipeline_lib.stages import featurize
+
+    def rows(raw):
+        out = [{"path": str(f.relative_to(raw)), "label": f.parent.name,
+                "split": "test" if f.name.endswith("_0.png") else ""} for f in sorted(raw.rglob("*.png"))]
+        pixels = np.asarray(Image.open(raw / "bag/bag_0.png").convert("RGB")).astype(int)
+        Image.fromarray(np.clip(pixels + 6, 0, 255).astype(np.uint8)).save(raw / "bag/brighter_bag_0.jpg", quality=95)
+        out.append({"path": "bag/brighter_bag_0.jpg", "label": "bag", "split": "train"})
+        return out
+
+    params = _manifest_dataset(tmp_path, rows)
+    params = params.model_copy(update={"backbone": params.backbone.model_copy(update={"resolution": 32})})
+    paths = Paths.for_root(tmp_path)
+    assert ingest.run(params, paths)["n_leakage"] == 0  # not byte-identical
+    report = featurize.run(params, paths)
+    assert report["near_duplicate_leaks"] >= 1 and report["near_duplicate_threshold"] == 0.98
+    top = report["near_duplicate_pairs"][0]
+    assert top["test"].endswith("bag_0.png") and top["labelled"].endswith("brighter_bag_0.jpg")
+    assert top["similarity"] > 0.98 and top["test_label"] == top["labelled_label"] == "bag"
+    strict = params.model_copy(update={"featurize": params.featurize.model_copy(update={"leak_similarity": 1.0})})
+    assert featurize.run(strict, paths)["near_duplicate_leaks"] == 0

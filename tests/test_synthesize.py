@@ -15,6 +15,7 @@ from pipeline_lib.domain_adaptation import DomainClassifier, dann_lambda, revers
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.features import load_features
 from pipeline_lib.stages import augment, evaluate, featurize, finetune, ingest, run_stages, synthesize, train_head
+from pipeline_lib.training_set import TrainingSet
 from pipeline_lib.zero_shot import clip_zero_shot, nearest_class_mean
 from tests.helpers import build_tiny_clip, build_tiny_stable_diffusion, write_folder_dataset
 
@@ -131,11 +132,22 @@ def test_ddpm_trains_samples_is_reused_and_synthetic_stays_out_of_val_and_test(p
     assert set(load_features(paths, "synthetic")[2]) == synthetic_ids
     report = train_head.run(params, paths)
     assert report["n_train_synthetic"] == 6 and report["n_train"] == report["n_train_real"] + 6
+    # the DDPM learnt from every labelled image: a CV fold must not train on what it made of the held-out ones
+    data = TrainingSet(params, paths)
+    assert data.mode == "cv" and data.syn_derived.all()
+    fold = data.folds(params)[0]
+    assert len(data.training(fold.train)[1]) == len(fold.train)  # no synthetic image in a fold
+    assert len(data.training(np.arange(len(data.y)))[1]) == len(data.y) + 6  # the refit keeps them
+    assert json.loads(paths.selection_report.read_text())["synthetic_left_out_of_folds"] == 6
     ft = finetune.run(params, paths)
-    assert ft["n_train_synthetic"] == 6
+    assert ft["n_train_synthetic"] == 6 and ft["n_fold_synthetic"] == 0
     metrics = evaluate.run(params, paths)
     assert metrics["n_test"] == int((load_manifest(paths)[0]["split"] == "test").sum())
-    assert 0.0 <= metrics["baselines"]["synthetic_only"]["test_accuracy"] <= 1.0
+    X_syn, y_syn, _ = load_features(paths, "synthetic")
+    X_test, y_test, _ = load_features(paths, "test")
+    expected = float((nearest_class_mean(X_syn, y_syn, X_test, 3) == y_test).mean())
+    assert metrics["baselines"]["synthetic_only"] == {"test_accuracy": expected, "n_reference": 6,
+                                                      "classes_without_images": []}
 
 
 def test_generator_none_writes_every_declared_output(project):
@@ -235,8 +247,9 @@ def test_dann_finetune_reports_domain_accuracy_and_reads_an_unlabeled_folder(pro
     report = finetune.run(params, paths)
     assert report["adapt"] == "dann" and report["target_images"] == 3
     assert [s["path"] for s in report["target_skipped"]] == ["pullover/broken.png"]
-    assert 0.0 <= report["domain_accuracy_last_epoch"] <= 1.0
-    assert "domain_accuracy" in pd.read_csv(paths.finetune_history).columns
+    history = pd.read_csv(paths.finetune_history)
+    assert report["domain_accuracy_last_epoch"] == pytest.approx(history["domain_accuracy"].iloc[-1])
+    assert history["domain_accuracy"].between(0, 1).all()
     raw["finetune"]["unfreeze_blocks"] = 0
     with pytest.raises(PipelineError, match="needs trainable blocks"):
         finetune.run(parse_params(raw), paths)

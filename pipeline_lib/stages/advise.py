@@ -171,12 +171,15 @@ def _strategy(paths: Paths) -> str:
 def _health(params: Params, paths: Paths, y: np.ndarray, classes: list[str]) -> dict:
     counts = np.bincount(y, minlength=len(classes))
     ingest = json.loads(paths.ingest_report.read_text()) if paths.ingest_report.exists() else {}
+    featurized = json.loads(paths.featurize_report.read_text()) if paths.featurize_report.exists() else {}
     metrics = json.loads(paths.metrics.read_text()) if paths.metrics.exists() else {}
     cal = metrics.get("calibration") or {}
     return {"per_class": dict(zip(classes, counts.tolist())),
             "imbalance": round(float(counts.max() / max(counts.min(), 1)), 2),
             "at_risk": [c for c, k in zip(classes, counts) if k < params.advise.min_per_class],
             "duplicates": int(ingest.get("n_duplicates", 0)), "leakage": int(ingest.get("n_leakage", 0)),
+            "near_duplicate_leaks": int(featurized.get("near_duplicate_leaks", 0)),
+            "near_duplicate_threshold": featurized.get("near_duplicate_threshold"),
             "rejected": int(ingest.get("n_rejected", 0)),
             "ece": cal.get("ece"), "ece_temperature_scaled": cal.get("ece_temperature_scaled"),
             "temperature": cal.get("temperature")}
@@ -258,6 +261,8 @@ def _markdown(r: dict, suspects: list[dict], paths: Paths) -> str:
               f"- imbalance (largest / smallest class): {h['imbalance']:.1f}",
               f"- classes at risk: {', '.join(h['at_risk']) or 'none'}",
               f"- ingest: {h['duplicates']} duplicates, {h['leakage']} train/test leaks, {h['rejected']} rejected",
+              f"- featurize: {h['near_duplicate_leaks']} test items nearly identical to a labelled one (cosine "
+              f"similarity > {h['near_duplicate_threshold']}; pairs in reports/featurize.json)",
               f"- {cal}", "", f"Computed in {r.get('advise_seconds', 0):.1f} s from the cached features."]
     return "\n".join(lines) + "\n"
 

@@ -153,14 +153,39 @@ def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
         atomic.write_npz(paths.features(split), y=part["label_idx"].to_numpy(np.int64),
                          image_id=part["image_id"].to_numpy(dtype=str), backbones=np.array(names), **out)
     first = per_backbone[names[0]]
+    leaks = near_duplicate_leaks(params, manifest, arrays, "X" + array_suffix(names[0], names))
     report = {"backbone": names[0], "modality": "text" if text else "image", **first, "device": str(device),
               "images": sum(r["images"] for r in per_backbone.values()),
               "cache_hits": sum(r["cache_hits"] for r in per_backbone.values()),
               "computed": sum(r["computed"] for r in per_backbone.values()),
               "computed_by_workers": computed_by_workers,
               "seconds": round(sum(r["seconds"] for r in per_backbone.values()), 3),
-              "backbones": per_backbone, "classes": classes}
+              "backbones": per_backbone, "classes": classes, **leaks}
     atomic.write_json(paths.featurize_report, report)
     return report
+
+
+def near_duplicate_leaks(params: Params, manifest: pd.DataFrame, arrays: dict, key: str, listed: int = 50) -> dict:
+    """Test items nearly identical to a labelled one (cosine similarity of the first encoder's
+    features above featurize.leak_similarity): each test item with its most similar labelled item,
+    most similar first. Exact copies are ingest's (reports/ingest.json); these are the rest."""
+    from ..features import similar_pairs
+
+    labelled = pd.concat([manifest[manifest["split"] == s] for s in ("train", "val")], ignore_index=True)
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    X_lab = np.concatenate([arrays["train"][key], arrays["val"][key]])
+    threshold = params.featurize.leak_similarity
+    best: dict[int, tuple[int, float]] = {}
+    for i, j, sim in similar_pairs(arrays["test"][key], X_lab, threshold):
+        best.setdefault(i, (j, sim))  # most similar first: the first pair of a test item is its closest
+    def where(frame, k):  # the user's original file where ingest recorded it, else the prepared copy
+        source = frame.loc[k, "source"]
+        return str(source) if isinstance(source, str) and source else str(frame.loc[k, "path"])
+
+    pairs = [{"test": where(test, i), "labelled": where(labelled, j),
+              "test_label": str(test.loc[i, "label"]), "labelled_label": str(labelled.loc[j, "label"]),
+              "similarity": round(sim, 5)} for i, (j, sim) in sorted(best.items(), key=lambda t: -t[1][1])]
+    return {"near_duplicate_leaks": len(pairs), "near_duplicate_threshold": threshold,
+            "near_duplicate_pairs": pairs[:listed]}
 
 

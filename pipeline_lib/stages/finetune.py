@@ -30,7 +30,7 @@ import torch
 from .. import atomic, domain_adaptation, text_finetune
 from ..backbones import chosen_backbone, unfreeze
 from ..config import Params, Paths
-from ..dataset import UNLABELED, is_text, load_manifest, load_synthetic
+from ..dataset import UNLABELED, derived_from_labels, is_text, load_manifest, load_synthetic
 from ..domain_adaptation import load_target_images
 from ..errors import PipelineError
 from ..features import load_features
@@ -301,7 +301,8 @@ def _decide(params, paths, real_train, synthetic, y_all, n_classes, device, chec
     p, s, metric = params.finetune, params.selection, params.selection.metric
     folds = stratified_folds(y_all, s.finetune_folds, 1, params.seed + 7)
     preprocess = chosen_backbone(params, paths).preprocess
-    prepared = [_prepare(params, paths, real_train.iloc[fold.train], synthetic, device, head)
+    in_folds = synthetic[~derived_from_labels(synthetic, params)]  # never what was made from held-out images
+    prepared = [_prepare(params, paths, real_train.iloc[fold.train], in_folds, device, head)
                 for fold, head in zip(folds, _fold_heads(params, paths, folds, n_classes))]
     trainers, info = [t for t, _, _ in prepared], prepared[-1][2]
     pooled = _Pooled(trainers, folds, [Images(real_train.iloc[f.held], paths, preprocess) for f in folds], y_all,
@@ -364,7 +365,8 @@ def _decide(params, paths, real_train, synthetic, y_all, n_classes, device, chec
               "probe_nested": False,  # each fold's probe is the head recipe chosen on all labels, refitted on the fold
               "cv_seconds": round(cv_seconds, 2),
               "train_seconds": round(cv_seconds, 2), "resumed_from_epoch": resumed_from,
-              "n_train_synthetic": len(synthetic), "adapt": p.adapt, "kept_linear_probe": not kept,
+              "n_train_synthetic": len(synthetic), "n_fold_synthetic": len(in_folds), "adapt": p.adapt,
+              "kept_linear_probe": not kept,
               "curve": progress.curve, **info}
     if "target_images" in info and progress.history:
         report["domain_accuracy_last_epoch"] = progress.history[-1].get("domain_accuracy")

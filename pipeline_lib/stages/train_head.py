@@ -99,7 +99,7 @@ def run(params: Params, paths: Paths) -> dict:
                  "folds": len({f.fold for f in folds}), "repeats": len({f.repeat for f in folds}),
                  "reason": _reason(table, winner, metric, data.mode, params.selection.tie_se),
                  f"{metric}_corrected": corrected["score_corrected"], "optimism": corrected["optimism"],
-                 "table": table}
+                 "synthetic_left_out_of_folds": int(data.syn_derived.sum()), "table": table}
     atomic.write_npz(paths.head_oof, y=data.y[scored], proba=oof[winner][scored].astype(np.float32))
     report = _fit_and_write(params, paths, data, classes, HeadRecipe(**table[winner]["recipe"]), table[winner]["tta"],
                             {f"cv_{metric}": table[winner][metric], f"cv_{metric}_std": table[winner][metric + "_std"],
