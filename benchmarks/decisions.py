@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/decisions.py simulate [--cells 400]
     .venv/bin/python benchmarks/decisions.py images --shots 5 10 20 --seeds 3 [--variants real lr0 shuffled lr30]
+    .venv/bin/python benchmarks/decisions.py texts --task condition --shots 8 16 --seeds 5 [--set KEY=VALUE ...]
     .venv/bin/python benchmarks/decisions.py promotion [--runs 20]
 
 simulate: out-of-fold predictions built so that the truth is known (tests.helpers.noisy_curve: a
@@ -19,9 +20,14 @@ decisions. Variants: ``real`` (default fine-tuning), and null controls whose ans
 mean optimism (old, new), kept-but-worse-by-2-points and not-kept-but-better-by-2-points shares,
 and the deployed model's test accuracy under each rule.
 
-promotion: the same data and params, 20 seeds of the head (train_head's folds and initialisation),
-registered in turn as repeated `dvc exp run`s would: how often each rule promotes a challenger
-that is, by construction, no better (the old rule: test accuracy >= the champion's; the new one:
+texts: the same for the drug reviews (condition or sentiment; the package's 600 training reviews
+as the pool, its test reviews as test): the contrastive tuning of the encoder refitted whatever
+the rule says; no candidates are chosen among, so the naive and corrected gains are one.
+
+promotion: one data set (a full-data draw: a pool of 120 images per class, 2,000 test images) and
+the default params, 20 seeds (which k images of the pool are labelled, the folds, the head),
+registered in turn as repeated `dvc exp run -S seed=...` would: how often each rule promotes a
+challenger that is, by construction, no better in expectation (the old rule: test accuracy >= the champion's; the new one:
 McNemar's one-sided exact test at mlflow.promotion_level on the same test items).
 
 Run it alone: it is CPU-bound.
@@ -110,6 +116,8 @@ def image_cell(root, base: dict, variant: str, shots: int, seed: int, level: flo
     ft = json.loads(paths.finetune_report.read_text())
     metrics = json.loads(paths.metrics.read_text())
     models, suffix = metrics["models"], "_tta" if metrics["selection"]["tta"] else ""
+    if "finetune" not in models:  # no epoch beat the probe: the refit would be the probe itself
+        models.update(finetune=models["head"], finetune_tta=models.get("head_tta"))
     metric = params.selection.metric
     test_gain = models["finetune"][f"test_{metric}"] - models["head"][f"test_{metric}"]
     kept_old = old_rule(ft["gain_naive"], ft["gain_se"], ft["best_epoch"])
@@ -122,10 +130,64 @@ def image_cell(root, base: dict, variant: str, shots: int, seed: int, level: flo
             "n_test": metrics["n_test"], "seconds": round(time.perf_counter() - started, 1)}
 
 
+def text_cell(root, task: str, shots: int, seed: int, level: float, overrides: list[str]) -> dict:
+    """One drug-reviews cell (pipeline_lib.drug_reviews: the package's train reviews as the pool,
+    its test reviews as test): the contrastive tuning refitted whatever the rule says."""
+    import pandas as pd
+    import pytest
+    from _common import apply_overrides
+
+    from pipeline_lib import drug_reviews, text_finetune
+    from pipeline_lib.stages import STAGES, stage_module
+
+    train, test = drug_reviews.load(task)
+    csv = root / f"reviews_{task}.csv"
+    pd.concat([train.assign(split=""), test.assign(split="test")]).to_csv(csv, index=False)
+    raw = {"seed": seed, "data": {"source": "manifest", "path": str(csv), "shots_per_class": shots, "min_per_class": 1},
+           "mlflow": {"log_model": False}, "advise": {"enabled": False}}
+    params = parse_params(apply_overrides(parse_params(raw).model_dump(), overrides))
+    paths = Paths.for_root(root)
+    started = time.perf_counter()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(io.StringIO()):
+        mp.setattr(text_finetune, "keep", lambda *a: True)
+        for stage in STAGES[:STAGES.index("evaluate") + 1]:
+            stage_module(stage).run(params, paths)
+    ft = json.loads(paths.finetune_report.read_text())
+    models = json.loads(paths.metrics.read_text())["models"]
+    metric = params.selection.metric
+    kept_old = bool(ft["gain"] > 0 and ft["gain"] > 0.5 * ft["gain_se"])
+    kept_new = keep(ft["gain"], ft["gain_se"], level)
+    return {"variant": f"text-{task}", "shots": shots, "seed": seed, "best_epoch": 1, "wise_alpha": 1.0,
+            "gain_naive": ft["gain"], "gain": ft["gain"], "se": ft["gain_se"],
+            "test_gain": models["finetune"][f"test_{metric}"] - models["head"][f"test_{metric}"],
+            "kept_old": kept_old, "kept_new": kept_new,
+            "accuracy_old": models["finetune" if kept_old else "head"]["test_accuracy"],
+            "accuracy_new": models["finetune" if kept_new else "head"]["test_accuracy"],
+            "n_test": int(len(test)), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def texts(args) -> None:
+    root = copy_project()
+    level = load_params(root).selection.keep_level
+    rows = [record(text_cell(root, args.task, shots, seed, level, args.set), args.out)
+            for shots in args.shots for seed in range(args.first_seed, args.first_seed + args.seeds)]
+    summarise(rows)
+
+
+def record(row: dict, out: str | None) -> dict:
+    """Print a cell's JSON line (and append it to ``out``)."""
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
 def summarise(rows: list[dict]) -> None:
     groups = defaultdict(list)
     for r in rows:
         groups[(r["variant"], r["shots"])].append(r)
+        groups[("nulls" if r["variant"] in ("lr0", "shuffled", "lr30") else "all real", 0)].append(r)
     print(f"\n{'variant':>8} {'k':>3} {'cells':>5}  {'optimism old':>12} {'new':>7}  {'kept&worse>2 old':>16} {'new':>5}"
           f"  {'not kept&better>2 old':>21} {'new':>5}  {'accuracy old':>12} {'new':>6}")
     for (variant, shots), rs in sorted(groups.items()):
@@ -149,16 +211,8 @@ def images(args) -> None:
     root = copy_project()
     base = load_params(root).model_dump()
     level = base["selection"]["keep_level"]
-    rows = []
-    for variant in args.variants:
-        for shots in args.shots:
-            for seed in range(args.first_seed, args.first_seed + args.seeds):
-                row = image_cell(root, base, variant, shots, seed, level)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+    rows = [record(image_cell(root, base, variant, shots, seed, level), args.out) for variant in args.variants
+            for shots in args.shots for seed in range(args.first_seed, args.first_seed + args.seeds)]
     summarise(rows)
 
 
@@ -170,22 +224,23 @@ def promotion(args) -> None:
 
     root = copy_project()
     paths = Paths.for_root(root)
-    raw = benchmark_params(load_params(root).model_dump(), 0, args.shots, "full", root)
-    level = raw["mlflow"]["promotion_level"]
-    with contextlib.redirect_stderr(io.StringIO()):
-        ingest.run(parse_params(raw), paths)  # one data set, one split, for every run
-        featurize.run(parse_params(raw), paths)
-    Xt, yt, _ = load_features(paths, "test")
-    correct = []
-    for seed in range(args.runs):
+    data = benchmark_params(load_params(root).model_dump(), 0, args.shots, "full", root)["data"]  # one draw
+    correct, test_ids = [], None
+    for seed in range(args.runs):  # the seed picks the k labelled images of the pool and seeds the head
+        raw = {**benchmark_params(load_params(root).model_dump(), seed, args.shots, "full", root), "data": data}
+        params = parse_params(raw)
         with contextlib.redirect_stderr(io.StringIO()):
-            train_head.run(parse_params({**raw, "seed": 1000 + seed}), paths)  # only the head's seed differs
+            for stage in (ingest, featurize, train_head):
+                stage.run(params, paths)
+        Xt, yt, ids = load_features(paths, "test")
+        assert test_ids is None or np.array_equal(ids, test_ids), "the test split must not change between runs"
+        test_ids = ids
         head, _ = load_head(paths.head, paths.head_meta)
         correct.append(predict_proba(head, Xt).argmax(1) == yt)
-    champion = {"old": 0, "new": 0}
-    promoted = {"old": 0, "new": 0}
+    level = params.mlflow.promotion_level
+    champion, promoted = {"old": 0, "new": 0}, {"old": 0, "new": 0}
     for i in range(1, len(correct)):
-        if correct[i].mean() >= correct[champion["old"]].mean():
+        if correct[i].mean() >= correct[champion["old"]].mean():  # before issue 22: margin 0, ties promoted
             promoted["old"] += 1
             champion["old"] = i
         test = mcnemar_one_sided(correct[champion["new"]], correct[i])
@@ -193,11 +248,12 @@ def promotion(args) -> None:
             promoted["new"] += 1
             champion["new"] = i
     accs = [c.mean() for c in correct]
-    print(f"{args.runs} runs of the same data and params (k={args.shots}, {len(yt)} test images), head seeds only: "
-          f"test accuracy {np.mean(accs) * 100:.1f} ± {np.std(accs) * 100:.1f} (min {min(accs) * 100:.1f}, max "
-          f"{max(accs) * 100:.1f}); {len(set(map(lambda c: c.tobytes(), correct)))} distinct models")
-    print(f"false promotions among {args.runs - 1} challengers: old rule (accuracy >= champion's) {promoted['old']}, "
-          f"new rule (McNemar one-sided at {level}) {promoted['new']}")
+    print(f"{args.runs} runs on one data set (k={args.shots} of a pool of 120 per class, the same {len(test_ids)} test "
+          f"images), default params, seeds 0..{args.runs - 1}: test accuracy {np.mean(accs) * 100:.1f} ± "
+          f"{np.std(accs) * 100:.1f} (min {min(accs) * 100:.1f}, max {max(accs) * 100:.1f})")
+    print(f"promotions among {args.runs - 1} challengers registered in turn (none truly better: same data, same "
+          f"recipe): old rule (accuracy >= champion's) {promoted['old']}, new rule (McNemar one-sided at {level}) "
+          f"{promoted['new']}")
 
 
 def main() -> None:
@@ -211,6 +267,15 @@ def main() -> None:
     img.add_argument("--first-seed", type=int, default=0)
     img.add_argument("--variants", nargs="+", default=["real", "lr0", "shuffled", "lr30"], choices=list(VARIANTS))
     img.add_argument("--out", default=None, help="append each cell's JSON line here too")
+    txt = sub.add_parser("texts")
+    txt.add_argument("--task", choices=["condition", "sentiment"], default="condition")
+    txt.add_argument("--shots", type=int, nargs="+", default=[8, 16])
+    txt.add_argument("--seeds", type=int, default=5)
+    txt.add_argument("--first-seed", type=int, default=0)
+    txt.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    txt.add_argument("--out", default=None)
+    summary = sub.add_parser("summary", help="the tables of cells written with --out")
+    summary.add_argument("jsonl")
     pro = sub.add_parser("promotion")
     pro.add_argument("--runs", type=int, default=20)
     pro.add_argument("--shots", type=int, default=20)
@@ -220,6 +285,10 @@ def main() -> None:
         simulate(args.cells, level)
     elif args.what == "images":
         images(args)
+    elif args.what == "texts":
+        texts(args)
+    elif args.what == "summary":
+        summarise([json.loads(line) for line in open(args.jsonl) if line.strip()])
     else:
         promotion(args)
 

@@ -50,7 +50,7 @@ def decide(challenger_correct: np.ndarray | None, champion_correct: np.ndarray |
     return False, f"challenger not shown better: {counts}; {why}", test
 
 
-def test_predictions(model_uri: str, paths: Paths) -> tuple[np.ndarray | None, str | None]:
+def predictions_on_test(model_uri: str, paths: Paths) -> tuple[np.ndarray | None, str | None]:
     """A logged classifier's predicted labels on the current test split, in the manifest's order
     (from the prepared images or texts); or None and why it cannot answer this task (it
     classifies the other modality, or other classes)."""
@@ -101,8 +101,8 @@ def register_and_promote(model_uri: str, params: Params, paths: Paths, challenge
         champion = None
     test = pd.read_parquet(paths.manifest).query("split == 'test'")
     truth = test["label"].to_numpy().astype(str)
-    challenger_pred, _ = test_predictions(model_uri, paths)
-    champion_pred, why_not = test_predictions(f"models:/{name}@{CHAMPION}", paths) if champion else (None, None)
+    challenger_pred, _ = predictions_on_test(model_uri, paths)
+    champion_pred, why_not = predictions_on_test(f"models:/{name}@{CHAMPION}", paths) if champion else (None, None)
     challenger_correct = challenger_pred == truth
     promoted, reason, record = decide(challenger_correct, None if champion_pred is None else champion_pred == truth,
                                       params.mlflow.promotion_level, why_not)

@@ -37,9 +37,12 @@ def stage_line(stage: str, report: dict, paths: Paths) -> str:
     elif stage == "featurize":
         line = (f"{r.get('images', 0)} {noun} through {r.get('backbone')}: {r.get('computed', 0)} computed, "
                 f"{r.get('cache_hits', 0)} from the cache")
+    elif stage == "train_head" and r.get("selection_mode") == "none":
+        line = f"head {r.get('winner')}: untested, too few labels to choose on {r.get('n_train')} {noun}"
     elif stage == "train_head":
         line = (f"head {r.get('winner')}: {r.get('selection_mode')} macro-F1 {r.get('cv_macro_f1', float('nan')):.3f}"
-                f" over {r.get('candidates')} candidates on {r.get('n_train')} {noun}")
+                f" over {r.get('candidates')} candidates on {r.get('n_train')} {noun}"
+                + (f" ({r['cv_macro_f1_corrected']:.3f} corrected for the choice)" if "cv_macro_f1_corrected" in r else ""))
     elif stage == "finetune":
         line = r.get("reason") or ("kept" if r.get("kept") else "not kept")
     elif stage == "advise":
@@ -69,10 +72,15 @@ def summary(paths: Paths) -> str:
         lines.append(f"{m['ci']['level']:.0%} bootstrap CI: accuracy {alo:.1%}–{ahi:.1%}, macro-F1 {flo:.3f}–{fhi:.3f}")
     models = m.get("models") or {}
     sel = m.get("selection") or {}
-    if sel.get("mode") == "cv":
+    if sel.get("mode") == "none":
+        lines.append(f"Model: {m['candidate']}: {sel['reason']}")
+    elif sel.get("mode") == "cv":
         lines.append(f"Model: {m['candidate']}, chosen by {sel['folds']}-fold cross-validation x {sel['repeats']} "
                      f"on all {sel['n_labelled']} labelled {noun} and refitted on them: head {sel['winner']} "
-                     f"({sel['reason']})")
+                     f"({sel['reason']}"
+                     + (f"; {sel['metric']} {sel[sel['metric'] + '_corrected']:.3f} once corrected for choosing the best "
+                        f"of {len(sel.get('table') or {})}" if sel.get(f"{sel['metric']}_corrected") is not None else "")
+                     + ")")
         if "finetune" in sel:
             lines.append(f"  {sel['finetune']['reason']}")
         pseudo = sel.get("pseudo_labels") or {}

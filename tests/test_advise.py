@@ -92,7 +92,15 @@ def test_auto_picks_uncertain_items_from_5_labels_and_the_report_is_written(samp
     report = run_stage("advise", params, paths)
     assert report["label_next"]["strategy"] == "margin"  # 5 labels per class: not below advise.typical_below
     assert report["forecast"]["x2"]["labels"] == 2 * report["n_labelled"] == 100
-    assert report["forecast"]["now"]["predicted"] <= report["forecast"]["x2"]["predicted"] <= report["forecast"]["x4"]["predicted"]
+    fit, curve = report["fit"], report["curve"]
+    for key, n in (("now", 50), ("x2", 100), ("x4", 200)):  # the forecast is the fitted law at 1x, 2x, 4x the labels
+        expected = float(np.clip(advise.power_law(n, fit["a"], fit["b"], fit["c"]), 0, 1))
+        assert report["forecast"][key]["predicted"] == pytest.approx(expected, abs=1e-9)
+    top = max(curve["fractions"])
+    sizes = [n for n, f in zip(curve["sizes"], curve["fractions"]) if f == top]
+    measured = np.mean([s for s, f in zip(curve["scores"], curve["fractions"]) if f == top])
+    law = advise.power_law(np.mean(sizes), fit["a"], fit["b"], fit["c"])
+    assert abs(law - measured) < 0.05  # the fitted law passes by what was measured at the largest size
     text = paths.advice_md.read_text()
     assert "Doubling your labels (50 -> 100)" in text and "## 4. Data health" in text and paths.advice_curve_png.exists()
     assert len(pd.read_csv(paths.suspect_labels_csv)) == params.advise.suspects

@@ -117,3 +117,39 @@ def test_the_tie_rule_is_a_grid_search_by_default_and_favours_no_end_of_the_grid
     # log losses no longer matter: the same table with any losses chooses the same C
     lossy = {k: {**v, "log_loss": 3.0 if k == "C=1" else 0.1} for k, v in _grid([0.70, 0.79, 0.80, 0.81, 0.6]).items()}
     assert best(lossy, "macro_f1", tie_se=1.0) == "C=1"
+
+
+def test_the_text_encoder_decision_keeps_a_constructed_gain_and_not_a_null():
+    from pipeline_lib import text_finetune
+    from pipeline_lib.config import parse_params
+
+    params = parse_params({})
+    rng = np.random.default_rng(5)
+    y = np.repeat(np.arange(4), 16)
+    before = np.eye(4)[np.where(rng.random(64) < 0.6, y, (y + 1) % 4)]  # the frozen encoder: 60 % right
+    better = before.copy()
+    fixed = np.flatnonzero(before.argmax(1) != y)[:15]
+    better[fixed] = np.eye(4)[y[fixed]]                                  # the tuned one: 15 more right, none lost
+    kept = text_finetune._decision(params, y, before, better, 4, "cv")
+    assert kept["kept"] and kept["gain"] > 0.15 and "level 0.1" in kept["reason"]
+    same = text_finetune._decision(params, y, before, before.copy(), 4, "cv")
+    assert not same["kept"] and same["gain"] == 0.0
+    worse = text_finetune._decision(params, y, better, before, 4, "cv")
+    assert not worse["kept"] and worse["gain"] < 0
+
+
+def test_uncertain_diverse_takes_the_most_uncertain_item_of_each_region():
+    from pipeline_lib.advise import margins, uncertain_diverse
+
+    rng = np.random.default_rng(6)
+    centres = np.array([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+    X = np.concatenate([c + rng.normal(0, 0.1, (20, 3)) for c in centres])  # three tight regions
+    confident = np.tile([0.9, 0.05, 0.05], (60, 1))
+    proba = confident.copy()
+    unsure = {0: [3, 7], 1: [25, 31], 2: [44, 50]}  # two hesitant items per region, the first the most
+    for items in unsure.values():
+        proba[items[0]] = [0.40, 0.39, 0.21]
+        proba[items[1]] = [0.45, 0.35, 0.20]
+    chosen = uncertain_diverse(X, proba, 3, seed=0, oversample=2)
+    assert sorted(chosen) == [3, 25, 44]  # one per region, its smallest margin: not two from one region
+    assert list(chosen) == sorted(chosen, key=lambda i: margins(proba)[i])  # most uncertain first

@@ -308,3 +308,42 @@ def test_one_label_per_class_decides_nothing_and_says_so(tmp_path):
     assert ft["kept"] is False and ft["reason"].startswith("fine-tuning not tried: too few labels")
     assert advice["forecast"] is None and "expected_now" not in advice and paths.advice_curve_png.exists()
     assert advice["summary"][0].startswith("Too few labels to decide")
+    from pipeline_lib.summary import summary
+
+    assert "Model: head: too few labels to decide" in summary(paths)  # what `make run` prints last
+
+
+def test_finetune_and_evaluates_choices_never_read_test_items(cv_project, monkeypatch):
+    """The test images replaced by noise and their features by random vectors: finetune decides exactly as
+    before, and evaluate deploys the same candidate with the same temperature (only the test
+    scores change)."""
+    import shutil
+
+    from PIL import Image
+
+    params, paths = cv_project
+    clean_ft = finetune.run(params, paths)
+    clean = evaluate.run(params, paths)
+    manifest = load_manifest(paths)[0]
+    test_files = [paths.resolve(p) for p in manifest.loc[manifest["split"] == "test", "path"]]
+    backup = paths.root / "test_backup"
+    backup.mkdir(exist_ok=True)
+    X, y, ids = load_features(paths, "test")
+    saved = paths.features("test").read_bytes()
+    try:
+        for k, f in enumerate(test_files):
+            shutil.copy(f, backup / f"{k}.png")
+            size = Image.open(f).size
+            Image.fromarray(np.random.default_rng(k).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(f)
+        noise = np.random.default_rng(0).normal(0, 1, X.shape).astype(X.dtype)
+        np.savez(paths.features("test"), X=noise, y=np.zeros_like(y), image_id=ids)
+        poisoned_ft = finetune.run(params, paths)
+        for key in ("kept", "gain", "gain_naive", "best_epoch", "wise_alpha", "curve"):
+            assert poisoned_ft[key] == clean_ft[key], key
+        poisoned = evaluate.run(params, paths)
+        assert poisoned["candidate"] == clean["candidate"]
+        assert poisoned["calibration"]["temperature"] == pytest.approx(clean["calibration"]["temperature"])
+    finally:
+        for k, f in enumerate(test_files):
+            shutil.copy(backup / f"{k}.png", f)
+        paths.features("test").write_bytes(saved)

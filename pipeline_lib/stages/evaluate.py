@@ -179,14 +179,14 @@ def selection_summary(paths: Paths) -> dict:
              for name, row in sel["table"].items()}
     out = {k: sel[k] for k in ("mode", "metric", "winner", "backbone", "tta", "folds", "repeats", "n_labelled",
                                "refit_on", "reason")}
-    out["table"] = table
+    out.update({k: sel[k] for k in (f"{sel['metric']}_corrected", "optimism") if k in sel}, table=table)
     if sel.get("pseudo_labels"):
         out["pseudo_labels"] = sel["pseudo_labels"]
     if paths.finetune_report.exists():
         ft = json.loads(paths.finetune_report.read_text())
         if ft.get("enabled"):
             out["finetune"] = {k: ft[k] for k in ("mode", "kept", "reason", "best_epoch", "wise_alpha", "gain",
-                                                  "gain_se", "folds") if k in ft}
+                                                  "gain_se", "gain_naive", "keep_level", "folds") if k in ft}
     return out
 
 

@@ -374,7 +374,6 @@ def _decide(params, paths, real_train, synthetic, y_all, n_classes, device, chec
         progress.history
 
 
-
 def _corrected_gain(params: Params, y: np.ndarray, progress: Progress, alphas: dict, alpha: float,
                     n_classes: int) -> dict:
     """The gain of the chosen (epoch, WiSE-FT alpha) over the probe with the optimism of the choice
