@@ -92,6 +92,27 @@ def _shuffling(monkeypatch_target, seed: int):
     monkeypatch_target.setattr(finetune, "_prepare", prepare)
 
 
+def levels(rows: list[dict], candidates: list[float]) -> None:
+    """What each keep_level would have decided on the same cells: kept shares, harm, missed gains,
+    deployed accuracy, per group of cells (real images, texts, null controls)."""
+    groups = defaultdict(list)
+    for r in rows:
+        kind = "nulls" if r["variant"] in ("lr0", "shuffled", "lr30") else ("texts" if r["variant"].startswith("text")
+                                                                            else "images")
+        groups[kind].append(r)
+    print(f"\n{'level':>5} {'group':>7} {'cells':>5} {'kept':>5} {'kept&worse>2':>12} {'missed>2':>8} {'accuracy':>8}")
+    for level in candidates:
+        for kind, rs in sorted(groups.items()):
+            kept = [r["best_epoch"] > 0 and keep(r["gain"], r["se"], level) for r in rs]
+            acc = [r.get("accuracy_finetune" if k else "accuracy_head",
+                         r["accuracy_new"] if k == r["kept_new"] else r["accuracy_old"] if k == r["kept_old"] else np.nan)
+                   for r, k in zip(rs, kept)]
+            print(f"{level:>5} {kind:>7} {len(rs):>5} {np.mean(kept):>5.0%} "
+                  f"{np.mean([k and r['test_gain'] < -0.02 for r, k in zip(rs, kept)]):>12.0%} "
+                  f"{np.mean([not k and r['test_gain'] > 0.02 for r, k in zip(rs, kept)]):>8.0%} "
+                  f"{np.nanmean(acc) * 100:>8.2f}")
+
+
 def image_cell(root, base: dict, variant: str, shots: int, seed: int, level: float) -> dict:
     import pytest
 
@@ -127,6 +148,7 @@ def image_cell(root, base: dict, variant: str, shots: int, seed: int, level: flo
             "wise_alpha": ft["wise_alpha"], "gain_naive": ft["gain_naive"], "gain": ft["gain"], "se": ft["gain_se"],
             "test_gain": test_gain, "kept_old": kept_old, "kept_new": bool(kept_new),
             "accuracy_old": acc["finetune" if kept_old else "head"], "accuracy_new": acc["finetune" if kept_new else "head"],
+            "accuracy_head": acc["head"], "accuracy_finetune": acc["finetune"],
             "n_test": metrics["n_test"], "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -163,6 +185,7 @@ def text_cell(root, task: str, shots: int, seed: int, level: float, overrides: l
             "kept_old": kept_old, "kept_new": kept_new,
             "accuracy_old": models["finetune" if kept_old else "head"]["test_accuracy"],
             "accuracy_new": models["finetune" if kept_new else "head"]["test_accuracy"],
+            "accuracy_head": models["head"]["test_accuracy"], "accuracy_finetune": models["finetune"]["test_accuracy"],
             "n_test": int(len(test)), "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -188,7 +211,8 @@ def summarise(rows: list[dict]) -> None:
     for r in rows:
         groups[(r["variant"], r["shots"])].append(r)
         groups[("nulls" if r["variant"] in ("lr0", "shuffled", "lr30") else "all real", 0)].append(r)
-    print(f"\n{'variant':>8} {'k':>3} {'cells':>5}  {'optimism old':>12} {'new':>7}  {'kept&worse>2 old':>16} {'new':>5}"
+    print("\noptimism: estimated minus test gain, over the cells where an epoch beat the probe (else nothing is refitted)")
+    print(f"{'variant':>8} {'k':>3} {'cells':>5}  {'optimism old':>12} {'new':>7}  {'kept&worse>2 old':>16} {'new':>5}"
           f"  {'not kept&better>2 old':>21} {'new':>5}  {'accuracy old':>12} {'new':>6}")
     for (variant, shots), rs in sorted(groups.items()):
         def share(rule, cond):
@@ -200,16 +224,19 @@ def summarise(rows: list[dict]) -> None:
         def worse(r):
             return r["test_gain"] < -0.02
 
-        print(f"{variant:>8} {shots:>3} {len(rs):>5}  {np.mean([r['gain_naive'] - r['test_gain'] for r in rs]):>+12.4f} "
-              f"{np.mean([r['gain'] - r['test_gain'] for r in rs]):>+7.4f}  "
+        tried = [r for r in rs if r["best_epoch"] > 0] or [{"gain_naive": np.nan, "gain": np.nan, "test_gain": 0}]
+        print(f"{variant:>8} {shots:>3} {len(rs):>5}  {np.mean([r['gain_naive'] - r['test_gain'] for r in tried]):>+12.4f} "
+              f"{np.mean([r['gain'] - r['test_gain'] for r in tried]):>+7.4f}  "
               f"{share('kept_old', worse):>16.0%} {share('kept_new', worse):>5.0%}"
               f"  {missed('kept_old'):>21.0%} {missed('kept_new'):>5.0%}  "
               f"{np.mean([r['accuracy_old'] for r in rs]) * 100:>12.2f} {np.mean([r['accuracy_new'] for r in rs]) * 100:>6.2f}")
 
 
 def images(args) -> None:
+    from _common import apply_overrides
+
     root = copy_project()
-    base = load_params(root).model_dump()
+    base = apply_overrides(load_params(root).model_dump(), args.set)
     level = base["selection"]["keep_level"]
     rows = [record(image_cell(root, base, variant, shots, seed, level), args.out) for variant in args.variants
             for shots in args.shots for seed in range(args.first_seed, args.first_seed + args.seeds)]
@@ -267,6 +294,7 @@ def main() -> None:
     img.add_argument("--first-seed", type=int, default=0)
     img.add_argument("--variants", nargs="+", default=["real", "lr0", "shuffled", "lr30"], choices=list(VARIANTS))
     img.add_argument("--out", default=None, help="append each cell's JSON line here too")
+    img.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="params overrides for every cell")
     txt = sub.add_parser("texts")
     txt.add_argument("--task", choices=["condition", "sentiment"], default="condition")
     txt.add_argument("--shots", type=int, nargs="+", default=[8, 16])
@@ -276,6 +304,7 @@ def main() -> None:
     txt.add_argument("--out", default=None)
     summary = sub.add_parser("summary", help="the tables of cells written with --out")
     summary.add_argument("jsonl")
+    summary.add_argument("--levels", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.25, 0.3, 0.5])
     pro = sub.add_parser("promotion")
     pro.add_argument("--runs", type=int, default=20)
     pro.add_argument("--shots", type=int, default=20)
@@ -288,7 +317,9 @@ def main() -> None:
     elif args.what == "texts":
         texts(args)
     elif args.what == "summary":
-        summarise([json.loads(line) for line in open(args.jsonl) if line.strip()])
+        rows = [json.loads(line) for line in open(args.jsonl) if line.strip()]
+        summarise(rows)
+        levels(rows, args.levels)
     else:
         promotion(args)
 

@@ -213,31 +213,43 @@ def suspect_labels(y: np.ndarray, oof: np.ndarray) -> dict[str, np.ndarray]:
             "p_suggested": p_suggested[order], "flagged": flagged[order], "thresholds": thresholds}
 
 
-def estimated_wrong_labels(y: np.ndarray, oof: np.ndarray, seed: int, draws: int = 200) -> dict:
-    """How many of the flagged labels are likely wrong, not just hard. A null control: labels drawn
-    from the out-of-fold probabilities themselves are, by construction, what the model expects of
-    clean labels; the flagging rule run on them counts what a clean data set of this difficulty
-    gets flagged. The estimate is the observed count minus that (at least 0), with a 90 % interval
-    from the null's spread. Probabilities that are too confident make the null too small, so the
-    estimate is an upper bound more than a point when the model is overconfident."""
-    observed = int(suspect_labels(y, oof)["flagged"].sum())
+def estimated_wrong_labels(y: np.ndarray, oof: np.ndarray, seed: int, resamples: int = 100) -> dict:
+    """How many labels are likely wrong, not just hard: a label-noise model fitted to the
+    out-of-fold probabilities. A given label is the model's class distribution, sharpened or
+    flattened by a temperature T, with probability 1 - e, and a class drawn uniformly with
+    probability e: p(label) = (1 - e) softmax(log p / T) + e / K. T absorbs the model's
+    miscalibration (hard items), e what no temperature explains (labels that contradict a
+    confident model). Fitted by maximum likelihood; the expected number of wrong labels is
+    e (K - 1) / K n, with a 90 % interval from refitting on resampled items."""
+    from scipy.optimize import minimize
+
+    flagged = int(suspect_labels(y, oof)["flagged"].sum())
     ok = ~np.isnan(oof[:, 0])
-    if not ok.any():
-        return {"flagged": observed, "expected_if_clean": None, "estimate": None, "interval": None}
-    p = oof[ok] / oof[ok].sum(1, keepdims=True)
+    n, k = int(ok.sum()), oof.shape[1]
+    if n < 10 or k < 2:
+        return {"flagged": flagged, "estimate": None, "interval": None, "noise_rate": None}
+    logp = np.log(np.clip(oof[ok] / oof[ok].sum(1, keepdims=True), 1e-12, None))
+    labels = np.asarray(y)[ok]
+
+    def fit(rows: np.ndarray) -> float:
+        def loss(theta):
+            z = logp[rows] / np.exp(theta[0])
+            z = z - z.max(1, keepdims=True)
+            soft = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+            e = 1.0 / (1.0 + np.exp(-theta[1]))
+            return -np.mean(np.log((1 - e) * soft[np.arange(len(rows)), labels[rows]] + e / k))
+
+        best = min((minimize(loss, [0.0, start], method="L-BFGS-B", bounds=[(-3, 3), (-12, 6)])
+                    for start in (-4.0, -1.0)), key=lambda r: r.fun)
+        return float(1.0 / (1.0 + np.exp(-best.x[1])))
+
+    rate = fit(np.arange(n))
     rng = np.random.default_rng([seed, 24])
-    cumulative = p.cumsum(1)
-    null = []
-    for _ in range(draws):
-        drawn = np.minimum((rng.random(len(p))[:, None] > cumulative).sum(1), p.shape[1] - 1)
-        full = np.asarray(y).copy()
-        full[ok] = drawn
-        null.append(int(suspect_labels(full, oof)["flagged"].sum()))
-    null = np.array(null)
-    low, high = np.percentile(null, [95, 5])
-    return {"flagged": observed, "expected_if_clean": round(float(null.mean()), 1),
-            "estimate": round(max(0.0, observed - float(null.mean())), 1),
-            "interval": [round(max(0.0, observed - float(low)), 1), round(max(0.0, observed - float(high)), 1)]}
+    draws = [fit(rng.integers(0, n, n)) for _ in range(resamples)]
+    wrong = (k - 1) / k * n
+    low, high = np.percentile(draws, [5, 95]) * wrong
+    return {"flagged": flagged, "estimate": round(rate * wrong, 1), "interval": [round(float(low), 1), round(float(high), 1)],
+            "noise_rate": round(rate, 4)}
 
 
 def conflicting_duplicates(X: np.ndarray, y: np.ndarray, threshold: float, chunk: int = 1024) -> list[tuple[int, int, float]]:

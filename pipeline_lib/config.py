@@ -320,9 +320,10 @@ class FeaturizeParams(_Section):
     """LocalCluster worker processes"""
     shard_size: int = Field(256, ge=1)
     """images per Dask task"""
-    leak_similarity: float = Field(0.98, gt=0.0, le=1.0)
+    leak_similarity: float = Field(0.99, gt=0.0, le=1.0)
     """a test item whose features' cosine similarity to a labelled item exceeds this is reported as a near-duplicate
-    leak (ingest reports exact copies; this finds resized, re-encoded or cropped ones)"""
+    leak (ingest reports exact copies; this finds re-encoded or retouched ones: a brightened JPEG copy scored 0.995;
+    on the Fashion-MNIST sample no distinct pair exceeds 0.99, the 99th percentile of each test image's nearest is 0.985)"""
 
 
 class RuntimeParams(_Section):

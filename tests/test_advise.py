@@ -157,16 +157,20 @@ def test_typical_fill_in_takes_the_most_typical_items_not_the_first():
 
 
 def test_clean_labels_give_an_estimate_of_about_zero_wrong_and_flipped_ones_are_counted():
+    """A model about 80 % right. Clean labels: some flagged (hard items), about none wrong. 40
+    confident items relabelled: counted, within a factor of two (the noise model assumes relabels
+    drawn uniformly; it overstates more when the model is weak)."""
     rng = np.random.default_rng(1)
     n, k = 400, 4
-    logits = rng.normal(0, 1.5, (n, k))
+    logits = rng.normal(0, 3.0, (n, k))
     proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     y = np.array([rng.choice(k, p=p) for p in proba])  # labels exactly as the model expects: clean
     clean = advise.estimated_wrong_labels(y, proba, seed=0)
-    assert clean["flagged"] > 10 and clean["estimate"] <= 0.25 * clean["flagged"]
-    assert clean["interval"][0] == 0
+    assert clean["flagged"] > 10 and clean["estimate"] < 5 and clean["interval"][1] < 10  # hard, not wrong
+    overconfident = np.exp(3 * logits) / np.exp(3 * logits).sum(1, keepdims=True)  # the same, too sure of itself
+    assert advise.estimated_wrong_labels(y, overconfident, seed=0)["estimate"] < 15
     flipped = y.copy()
     confident = np.flatnonzero(proba.max(1) > 0.8)[:40]
     flipped[confident] = (proba[confident].argmax(1) + 1) % k  # 40 confident items given a wrong label
     noisy = advise.estimated_wrong_labels(flipped, proba, seed=0)
-    assert noisy["estimate"] > clean["estimate"] + 20 and noisy["interval"][1] >= 25
+    assert 30 <= noisy["estimate"] <= 80 and noisy["interval"][0] > clean["interval"][1]

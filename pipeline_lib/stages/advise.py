@@ -205,8 +205,8 @@ def _sentences(r: dict) -> list[str]:
     if r["too_few_labels"]:
         return out + ([f"Label next: {ln['suggested']} items ({ln['strategy']} strategy) in reports/label_next.csv."]
                       if ln.get("suggested") else [])
-    wrong = (f"; about {s['estimate']:.0f} wrong ({s['interval'][0]:.0f}-{s['interval'][1]:.0f}): a clean data set "
-             f"this hard gets {s['expected_if_clean']:.0f} flagged" if s.get("estimate") is not None else "")
+    wrong = (f"; about {s['estimate']:.0f} are wrong ({s['interval'][0]:.0f}-{s['interval'][1]:.0f}), the rest hard"
+             if s.get("estimate") is not None else "")
     out.append(f"{s['flagged']} labelled items have a label the out-of-fold model doubts{wrong} (check the "
                f"{s['listed']} most suspicious in reports/suspect_labels.csv)"
                + (f"; {pairs} near-duplicate pairs have different labels" if pairs else "") + ".")
@@ -242,10 +242,10 @@ def _markdown(r: dict, suspects: list[dict], paths: Paths) -> str:
     sus = r["suspects"]
     if sus.get("estimate") is not None:
         lines += [f"{sus['flagged']} labels are flagged (another class reaches its threshold while the given one "
-                  f"does not). Labels drawn from the model's own out-of-fold probabilities, which are clean by "
-                  f"construction, get {sus['expected_if_clean']:.0f} flagged on average, so about "
-                  f"{sus['estimate']:.0f} (90 %: {sus['interval'][0]:.0f}–{sus['interval'][1]:.0f}) are likely wrong; "
-                  "the rest are hard items. The list is ranked, most suspicious first.", ""]
+                  f"does not). A label-noise model fitted to the out-of-fold probabilities (a temperature for hard "
+                  f"items, a share of labels drawn at random for wrong ones) puts the wrong labels at about "
+                  f"{sus['estimate']:.0f} (90 %: {sus['interval'][0]:.0f}–{sus['interval'][1]:.0f}; noise rate "
+                  f"{sus['noise_rate']:.1%}); the rest are hard items. The list is ranked, most suspicious first.", ""]
     if suspects:
         lines += ["| rank | item | given | suggested | p(given) | p(suggested) |", "|---|---|---|---|---|---|"]
         lines += [f"| {s['rank']} | {_cell(s['item'])} | {s['given_label']} | {s['suggested_label']} | {s['p_given']:.2f}"
