@@ -246,8 +246,8 @@ def images(args) -> None:
 def promotion(args) -> None:
     from pipeline_lib.features import load_features
     from pipeline_lib.heads import load_head, predict_proba
+    from pipeline_lib.registry import decide
     from pipeline_lib.stages import featurize, ingest, train_head
-    from pipeline_lib.stats import mcnemar_one_sided
 
     root = copy_project()
     paths = Paths.for_root(root)
@@ -270,8 +270,7 @@ def promotion(args) -> None:
         if correct[i].mean() >= correct[champion["old"]].mean():  # before issue 22: margin 0, ties promoted
             promoted["old"] += 1
             champion["old"] = i
-        test = mcnemar_one_sided(correct[champion["new"]], correct[i])
-        if test["only_second_correct"] > test["only_first_correct"] and test["p_value"] < level:
+        if decide(correct[i], correct[champion["new"]], level)[0]:
             promoted["new"] += 1
             champion["new"] = i
     accs = [c.mean() for c in correct]

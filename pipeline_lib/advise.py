@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .features import similar_pairs
+from .features import similar_pairs, unit_rows
 from .heads import fit_head, predict_proba
 from .selection import stratified_folds
 from .stats import macro_f1_from_labels
@@ -110,10 +110,6 @@ def extrapolate(sizes: np.ndarray, scores: np.ndarray, at: list[float], seed: in
 
 # ---- what to label next ---------------------------------------------------------------------
 
-def _unit(X: np.ndarray) -> np.ndarray:
-    return X / np.linalg.norm(X, axis=1, keepdims=True).clip(1e-12)
-
-
 def typical(X_labelled: np.ndarray, X_pool: np.ndarray, n: int, seed: int, neighbours: int = 20) -> np.ndarray:
     """TypiClust (Hacohen et al., 2022): k-means of labelled + pool into (labelled + n) clusters;
     from the largest clusters that hold no labelled item, the most typical pool item (the highest
@@ -121,7 +117,7 @@ def typical(X_labelled: np.ndarray, X_pool: np.ndarray, n: int, seed: int, neigh
     from sklearn.cluster import KMeans
 
     n = min(n, len(X_pool))
-    Z = _unit(np.concatenate([X_labelled, X_pool]))
+    Z = unit_rows(np.concatenate([X_labelled, X_pool]))
     k = min(len(Z), len(X_labelled) + n)
     labels = KMeans(k, n_init=3, random_state=seed).fit_predict(Z)
     covered = set(labels[:len(X_labelled)])
@@ -133,7 +129,7 @@ def typical(X_labelled: np.ndarray, X_pool: np.ndarray, n: int, seed: int, neigh
         if len(members) == 1:
             chosen.append(members[0])
         else:
-            P = _unit(X_pool[members])
+            P = unit_rows(X_pool[members])
             d = np.sqrt(np.clip(2 - 2 * P @ P.T, 0, None))
             m = min(neighbours, len(members) - 1)
             knn = np.sort(d, axis=1)[:, 1:m + 1].mean(1)
@@ -149,7 +145,7 @@ def typical(X_labelled: np.ndarray, X_pool: np.ndarray, n: int, seed: int, neigh
 def typicality(X: np.ndarray, neighbours: int = 20, chunk: int = 512) -> np.ndarray:
     """Each item's inverse mean distance to its nearest neighbours among all (TypiClust's measure),
     a block of rows at a time (no n x n matrix)."""
-    Z = _unit(X)
+    Z = unit_rows(X)
     m = min(neighbours, len(Z) - 1)
     if m < 1:
         return np.ones(len(Z))
@@ -169,7 +165,7 @@ def uncertain_diverse(X_pool: np.ndarray, proba: np.ndarray, n: int, seed: int, 
     n = min(n, len(X_pool))
     margin = margins(proba)
     candidates = np.argsort(margin, kind="stable")[:min(len(X_pool), oversample * n)]
-    labels = KMeans(n, n_init=3, random_state=seed).fit_predict(_unit(X_pool[candidates]))
+    labels = KMeans(n, n_init=3, random_state=seed).fit_predict(unit_rows(X_pool[candidates]))
     chosen = [candidates[labels == c][np.argmin(margin[candidates[labels == c]])] for c in range(n)
               if (labels == c).any()]
     return np.array(sorted(chosen, key=lambda i: margin[i]), dtype=int)
@@ -223,6 +219,8 @@ def estimated_wrong_labels(y: np.ndarray, oof: np.ndarray, seed: int, resamples:
     e (K - 1) / K n, with a 90 % interval from refitting on resampled items."""
     from scipy.optimize import minimize
 
+    from .stats import softmax
+
     flagged = int(suspect_labels(y, oof)["flagged"].sum())
     ok = ~np.isnan(oof[:, 0])
     n, k = int(ok.sum()), oof.shape[1]
@@ -233,9 +231,7 @@ def estimated_wrong_labels(y: np.ndarray, oof: np.ndarray, seed: int, resamples:
 
     def fit(rows: np.ndarray) -> float:
         def loss(theta):
-            z = logp[rows] / np.exp(theta[0])
-            z = z - z.max(1, keepdims=True)
-            soft = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+            soft = softmax(logp[rows], np.exp(theta[0]))
             e = 1.0 / (1.0 + np.exp(-theta[1]))
             return -np.mean(np.log((1 - e) * soft[np.arange(len(rows)), labels[rows]] + e / k))
 

@@ -70,15 +70,17 @@ def cached_embeddings(cache: FeatureCache, backbone: Encoder, items: Sequence[tu
     return vectors, len(todo)
 
 
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (cosine similarity becomes a dot product)."""
+    return X / np.linalg.norm(X, axis=1, keepdims=True).clip(1e-12)
+
+
 def similar_pairs(A: np.ndarray, B: np.ndarray, threshold: float, keep=None, chunk: int = 1024
                   ) -> list[tuple[int, int, float]]:
     """Pairs (i in A, j in B) whose features' cosine similarity exceeds ``threshold``, most similar
     first, a block of A's rows at a time (memory chunk x len(B), never len(A) x len(B));
     ``keep(rows, sim_block)`` may narrow each block's candidate mask."""
-    def unit(X):
-        return X / np.linalg.norm(X, axis=1, keepdims=True).clip(1e-12)
-
-    Za, Zb = unit(np.asarray(A, np.float32)), unit(np.asarray(B, np.float32))
+    Za, Zb = unit_rows(np.asarray(A, np.float32)), unit_rows(np.asarray(B, np.float32))
     pairs = []
     for start in range(0, len(Za), chunk):
         sim = Za[start:start + chunk] @ Zb.T

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Params, Paths
-from .stats import mcnemar_one_sided
+from .stats import mcnemar
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 
@@ -40,7 +40,7 @@ def decide(challenger_correct: np.ndarray | None, champion_correct: np.ndarray |
     if champion_correct is None:
         return True, "no champion yet", {}
     test = {"test": "McNemar exact, one-sided (challenger makes fewer errors)", "level": level,
-            **mcnemar_one_sided(champion_correct, challenger_correct)}
+            **mcnemar(champion_correct, challenger_correct, "greater")}
     wins, losses, p = test["only_second_correct"], test["only_first_correct"], test["p_value"]
     counts = (f"on the same {test['n']} test items the challenger alone is right on {wins}, the champion alone "
               f"on {losses}")

@@ -96,15 +96,16 @@ def nll(proba: np.ndarray, y_true: np.ndarray) -> float:
     return float(-np.log(np.clip(proba[np.arange(len(y_true)), y_true], 1e-12, None)).mean())
 
 
-def mcnemar_one_sided(correct_first: np.ndarray, correct_second: np.ndarray) -> dict:
-    """McNemar's exact test on the same items, one-sided: is the second model right more often
-    than the first? Only the discordant items count; p = P(Binomial(b + c, 1/2) >= c), where c
-    is the number the second alone gets right (1 when no item is discordant)."""
+def mcnemar(correct_first: np.ndarray, correct_second: np.ndarray, alternative: str = "two-sided") -> dict:
+    """McNemar's exact test on the same items: only the discordant ones count (the items one model
+    alone gets right). ``alternative="greater"``: is the second model right more often than the
+    first, p = P(Binomial(b + c, 1/2) >= c) with c the second's lone wins; p = 1 when no item is
+    discordant."""
     from scipy.stats import binomtest
 
     a, b = np.asarray(correct_first, bool), np.asarray(correct_second, bool)
     only_first, only_second = int((a & ~b).sum()), int((~a & b).sum())
     n = only_first + only_second
-    p = binomtest(only_second, n, 0.5, alternative="greater").pvalue if n else 1.0
+    p = binomtest(only_second, n, 0.5, alternative=alternative).pvalue if n else 1.0
     return {"n": int(len(a)), "only_first_correct": only_first, "only_second_correct": only_second,
             "p_value": float(p)}

@@ -15,10 +15,7 @@ import numpy as np
 import torch
 
 from .errors import PipelineError
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+from .features import unit_rows
 
 
 def nearest_class_mean(X_ref: np.ndarray, y_ref: np.ndarray, X: np.ndarray, n_classes: int) -> np.ndarray:
@@ -26,8 +23,8 @@ def nearest_class_mean(X_ref: np.ndarray, y_ref: np.ndarray, X: np.ndarray, n_cl
     means = np.full((n_classes, X_ref.shape[1]), np.nan, dtype=np.float64)
     for c in range(n_classes):
         if (y_ref == c).any():
-            means[c] = _unit(X_ref[y_ref == c]).mean(0)
-    sims = _unit(X) @ np.nan_to_num(_unit(np.nan_to_num(means)), nan=0.0).T
+            means[c] = unit_rows(X_ref[y_ref == c]).mean(0)
+    sims = unit_rows(X) @ np.nan_to_num(unit_rows(np.nan_to_num(means)), nan=0.0).T
     sims[:, np.isnan(means).any(1)] = -np.inf
     return sims.argmax(1)
 

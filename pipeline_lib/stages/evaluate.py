@@ -107,11 +107,11 @@ def model_probabilities(params: Params, paths: Paths) -> dict[str, dict[str, np.
 
 def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     """McNemar's exact test on the discordant pairs: do two models' test errors differ?"""
-    from scipy.stats import binomtest
+    from ..stats import mcnemar
 
-    only_a, only_b = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
-    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    return {"only_first_correct": only_a, "only_second_correct": only_b, "mcnemar_p": float(p)}
+    test = mcnemar(correct_a, correct_b)
+    return {"only_first_correct": test["only_first_correct"], "only_second_correct": test["only_second_correct"],
+            "mcnemar_p": test["p_value"]}
 
 
 def choose_candidate(val_scores: dict[str, tuple[float, float]], monitor: str = "val_loss") -> str:
