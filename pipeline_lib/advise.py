@@ -126,19 +126,12 @@ def typical(X_labelled: np.ndarray, X_pool: np.ndarray, n: int, seed: int, neigh
     chosen = []
     for c in order:
         members = np.flatnonzero(pool_labels == c)
-        if len(members) == 1:
-            chosen.append(members[0])
-        else:
-            P = unit_rows(X_pool[members])
-            d = np.sqrt(np.clip(2 - 2 * P @ P.T, 0, None))
-            m = min(neighbours, len(members) - 1)
-            knn = np.sort(d, axis=1)[:, 1:m + 1].mean(1)
-            chosen.append(members[int(np.argmin(knn))])
+        chosen.append(members[int(np.argmax(typicality(X_pool[members], neighbours)))])
         if len(chosen) == n:
             break
     if len(chosen) < n:  # fewer uncovered clusters than n: fill with the pool's most typical items
         rest = np.setdiff1d(np.arange(len(X_pool)), chosen)
-        chosen += list(rest[np.argsort(typicality(X_pool)[rest], kind="stable")[::-1][:n - len(chosen)]])
+        chosen += list(rest[np.argsort(typicality(X_pool, neighbours)[rest], kind="stable")[::-1][:n - len(chosen)]])
     return np.array(chosen, dtype=int)
 
 

@@ -201,14 +201,6 @@ def chosen_by_cv(paths: Paths, names) -> str:
     return f"{base}_tta" if tta and f"{base}_tta" in names else base
 
 
-def selection_folds(paths: Paths) -> int:
-    """How many folds the fine-tuning decision used (its report), 2 when unknown."""
-    import json
-
-    report = json.loads(paths.finetune_report.read_text()) if paths.finetune_report.exists() else {}
-    return int(report.get("folds") or 2)
-
-
 def oof_probabilities(paths: Paths, candidate: str) -> tuple[np.ndarray, np.ndarray]:
     """(y, probabilities) out of fold for the candidate's recipe: what calibration is fitted on in CV mode."""
     source = paths.finetune_oof if candidate.startswith("finetune") else paths.head_oof
@@ -252,8 +244,9 @@ def run(params: Params, paths: Paths) -> dict:
     metrics["calibration"] = calibrate(fit_proba, fit_y, proba, y, paths.reliability_png,
                                        "out-of-fold predictions" if cv_mode else "val")
     if cv_mode:  # say which: the temperature of a proxy, not of the deployed model itself
+        folds = (metrics["selection"].get("finetune") or {}).get("folds") or 2
         metrics["calibration"]["temperature_note"] = (
-            f"fitted on the out-of-fold predictions of the {selection_folds(paths)}-fold fine-tuning runs (each trained "
+            f"fitted on the out-of-fold predictions of the {folds}-fold fine-tuning runs (each trained "
             "on part of the labels, without flip TTA), a proxy for the model refitted on all of them"
             if candidate.startswith("finetune") else
             "fitted on the head recipe's out-of-fold predictions (averaged over the CV repeats"
