@@ -54,3 +54,19 @@ def test_shots_subsets_are_nested():
     frame = pd.DataFrame({"label": ["a"] * 12 + ["b"] * 12, "split": ["train"] * 24})
     kept = [set(np.flatnonzero(subsample_shots(frame, k, seed=5) == "train")) for k in (1, 2, 5, 10)]
     assert all(small < big for small, big in zip(kept, kept[1:]))
+
+
+def test_no_val_to_hold_out_means_cross_validation():
+    """Every labelled row named train by the source leaves nothing to hold out: choices are made by
+    cross-validation (mode "cv"), not in a holdout mode with an empty val split."""
+    from types import SimpleNamespace
+
+    from pipeline_lib.stages.ingest import split_labelled
+
+    frame = _frame({"a": 40, "b": 40}, split="train")
+    frame.loc[frame.index[::8], "split"] = "test"
+    d = SimpleNamespace(test_fraction=0.2, shots_per_class=None, val_fraction=0.2)
+    split, mode = split_labelled(frame, d, cv_below=2, seed=0)
+    assert mode == "cv" and not (split == "val").any()
+    split, mode = split_labelled(frame.assign(split=frame["split"].replace("train", "")), d, cv_below=2, seed=0)
+    assert mode == "holdout" and (split == "val").sum() > 0

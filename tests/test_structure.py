@@ -151,6 +151,12 @@ NOT_RESULTS = {
     "synthetic.ddpm.checkpoint_every": "how often a resumable checkpoint is written",
     "evaluate.top_confusions": "the length of a list in the report",
 }
+# Declared keys that neither tiny project reads, and the branch that does read them.
+READ_ELSEWHERE = {
+    "ingest": {"semi_supervised.source": "with data.unlabeled set", "advise.enabled": "with data.unlabeled set"},
+    "finetune": {"data.unlabeled": "finetune.adapt: dann (the target domain's images)"},
+    "evaluate": {"mlflow": "flows/evaluate logs the run and registers the model (pipeline_lib.tracking)"},
+}
 COVERED_BY = {"backbone.names": "backbone.name", "backbone.weights_for": "backbone.weights",
               "backbone.blocks_for": "backbone.blocks"}
 
@@ -180,23 +186,69 @@ def tiny_project(tmp_path_factory):
     return root
 
 
-def test_each_stage_declares_the_params_it_reads(tiny_project):
-    """Every params key a stage reads (recorded on the tiny project) is among its dvc.yaml params
-    (or explained in NOT_RESULTS): otherwise changing it would leave the stage's outputs stale."""
+@pytest.fixture(scope="module")
+def tiny_text_project(tmp_path_factory):
+    """A copy of the project on a few real reviews, with every optional part of the text branch on
+    that reads params (templated synthetic texts with class descriptions, text noise, contrastive
+    tuning of the encoder, the zero-shot row)."""
+    from tests.helpers import copy_project, set_params
+    from tests.test_text import reviews
+
+    root = copy_project(tmp_path_factory.mktemp("tiny-text") / "project")
+    reviews(4, 2).replace({"split": {"train": ""}}).to_csv(root / "reviews.csv", index=False)  # val drawn from them
+    set_params(root, data={"source": "manifest", "path": "reviews.csv", "shots_per_class": None, "val_fraction": 0.25,
+                           "class_descriptions": {"Acne": "skin spots and pimples"}},
+               synthetic={"generator": "template", "min_confidence": 0.01, "dedup_similarity": 0.999},
+               augment={"copies": 1}, text={"max_length": 32}, train_head={"C": [1.0], "use_augmented": True},
+               selection={"folds": 2, "repeats": 1, "cv_below": 2},  # holdout mode: the image project is in cv mode
+               finetune={"text": {"pairs_per_example": 1, "augment": True}},
+               evaluate={"bootstrap": 0}, mlflow={"log_model": False})
+    return root
+
+
+def _reads(project: Path) -> dict[str, set]:
+    """The params keys each stage reads when it runs on ``project``."""
     import contextlib
     import io
 
     from pipeline_lib.config import Paths, load_params
     from pipeline_lib.stages import stage_module
 
-    dvc = yaml.safe_load((tiny_project / "dvc.yaml").read_text())["stages"]
-    params, paths = load_params(tiny_project), Paths.for_root(tiny_project)
-    undeclared = {}
+    params, paths = load_params(project), Paths.for_root(project)
+    reads = {}
     for stage in STAGES:
-        log: set = set()
+        reads[stage] = set()
         with contextlib.redirect_stderr(io.StringIO()):
-            stage_module(stage).run(_Recording(params, "", log), paths)
-        missing = sorted(k for k in log if not _declared(dvc[stage].get("params", []), k))
-        if missing:
-            undeclared[stage] = missing
-    assert not undeclared, f"dvc.yaml does not declare the params these stages read: {undeclared}"
+            stage_module(stage).run(_Recording(params, "", reads[stage]), paths)
+    return reads
+
+
+@pytest.fixture(scope="module")
+def reads(tiny_project, tiny_text_project) -> dict[str, dict[str, set]]:
+    return {"image": _reads(tiny_project), "text": _reads(tiny_text_project)}
+
+
+@pytest.mark.parametrize("branch", ["image", "text"])
+def test_each_stage_declares_the_params_it_reads(reads, branch):
+    """Every params key a stage reads (recorded on the tiny project of each modality) is among its
+    dvc.yaml params (or explained in NOT_RESULTS): otherwise changing it would leave the stage's
+    outputs stale."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    undeclared = {stage: missing for stage, log in reads[branch].items()
+                  if (missing := sorted(k for k in log if not _declared(dvc[stage].get("params", []), k)))}
+    assert not undeclared, f"dvc.yaml does not declare the params these stages read ({branch}): {undeclared}"
+
+
+def test_no_stage_declares_a_param_it_never_reads(reads):
+    """Every params key a stage declares is read by it on one branch or the other: a declared key
+    that is never read re-runs the stage for nothing when it changes."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    unread = {}
+    for stage, spec in dvc.items():
+        seen = reads["image"][stage] | reads["text"][stage]
+        seen |= {declared for key, declared in COVERED_BY.items() if key in seen}
+        never = [p for p in spec.get("params", []) if p not in READ_ELSEWHERE.get(stage, {})
+                 and not any(k == p or k.startswith(p + ".") for k in seen)]
+        if never:
+            unread[stage] = never
+    assert not unread, f"dvc.yaml declares params these stages never read: {unread}"

@@ -296,7 +296,10 @@ def split_labelled(frame: pd.DataFrame, d, cv_below: int, seed: int) -> tuple[pd
     counts = frame.loc[kept, "label"].value_counts()
     if counts.empty or int(counts.min()) < cv_below or d.val_fraction == 0:
         return split.where(~kept, "train"), "cv"
-    return assign_val(frame, split, kept & (given == ""), d.val_fraction, seed), "holdout"
+    split = assign_val(frame, split, kept & (given == ""), d.val_fraction, seed)
+    if not (split == "val").any():  # the source names every labelled row train: nothing to hold out
+        return split, "cv"
+    return split, "holdout"
 
 
 # ---------------------------------------------------------------- stage
