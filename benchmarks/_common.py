@@ -66,7 +66,8 @@ def ingest_cell(base: dict, seed: int, shots: int, data: str, root: Path):
     import contextlib
     import io
 
-    from pipeline_lib.config import Paths, parse_params
+    from pipeline_lib.config import parse_params
+    from pipeline_lib.paths import Paths
     from pipeline_lib.stages import ingest
 
     paths = Paths.for_root(root)

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from _common import apply_overrides, benchmark_params, copy_project, mean_std
 
-from pipeline_lib.config import Paths, load_params, parse_params
+from pipeline_lib.config import load_params, parse_params
 from pipeline_lib.features import load_features
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import augment, evaluate, featurize, finetune, ingest, train_head
 
 
@@ -111,7 +112,7 @@ def report(curves, out: Path, user_shots: int, args) -> None:
     if args.mlflow:
         import mlflow
 
-        from pipeline_lib.config import Paths
+        from pipeline_lib.paths import Paths
 
         mlflow.set_tracking_uri(Paths.for_root(Path(__file__).resolve().parents[1]).mlflow_uri)
         mlflow.set_experiment("learning-curve")

@@ -23,8 +23,9 @@ from _common import copy_project, ingest_cell, mean_std
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline_lib.config import Paths, load_params
+from pipeline_lib.config import load_params
 from pipeline_lib.images import read_rgb
+from pipeline_lib.paths import Paths
 
 
 def small_cnn(n_classes: int) -> nn.Module:

@@ -45,7 +45,8 @@ from collections import defaultdict
 import numpy as np
 from _common import ROOT, benchmark_params, copy_project
 
-from pipeline_lib.config import Paths, load_params, parse_params
+from pipeline_lib.config import load_params, parse_params
+from pipeline_lib.paths import Paths
 from pipeline_lib.selection import bias_corrected, keep, paired_bootstrap, scores
 from tests.helpers import noisy_curve
 

@@ -18,7 +18,8 @@ import time
 
 from _common import copy_project
 
-from pipeline_lib.config import Paths, load_params, parse_params
+from pipeline_lib.config import load_params, parse_params
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import featurize, run_stages
 
 

@@ -21,7 +21,8 @@ import io
 import numpy as np
 from _common import apply_overrides, benchmark_params, copy_project, mean_std
 
-from pipeline_lib.config import Paths, load_params, parse_params
+from pipeline_lib.config import load_params, parse_params
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import evaluate, finetune, run_stages
 
 

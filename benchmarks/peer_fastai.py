@@ -33,7 +33,8 @@ import numpy as np
 from _common import copy_project, ingest_cell, mean_std
 
 from pipeline_lib.backbones import resolve_weights
-from pipeline_lib.config import Paths, load_params
+from pipeline_lib.config import load_params
+from pipeline_lib.paths import Paths
 
 
 @lru_cache(maxsize=1)

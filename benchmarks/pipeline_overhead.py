@@ -40,7 +40,8 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
 PLAIN = """
 import time; t0 = time.perf_counter()
 from pipeline_lib.stages import STAGES, stage_module
-from pipeline_lib.config import Paths, load_params
+from pipeline_lib.config import load_params
+from pipeline_lib.paths import Paths
 paths = Paths.for_root("."); params = load_params()
 modules = [stage_module(name) for name in STAGES]
 t1 = time.perf_counter()

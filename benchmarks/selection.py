@@ -27,9 +27,10 @@ from collections import defaultdict
 
 from _common import apply_overrides, benchmark_params, copy_project, mean_std
 
-from pipeline_lib.config import Paths, load_params, parse_params
+from pipeline_lib.config import load_params, parse_params
 from pipeline_lib.dataset import load_manifest
 from pipeline_lib.features import load_features
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import STAGES, featurize, stage_module
 
 

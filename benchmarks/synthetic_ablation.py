@@ -30,10 +30,11 @@ import pandas as pd
 from _common import apply_overrides, copy_project, mean_std
 from PIL import Image, ImageFilter
 
-from pipeline_lib.config import Paths, load_params, parse_params
+from pipeline_lib.config import load_params, parse_params
 from pipeline_lib.dataset import load_manifest, load_synthetic
 from pipeline_lib.fashion_mnist import load_sample
 from pipeline_lib.features import load_features
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import augment, evaluate, featurize, finetune, ingest, run_stages, synthesize, train_head
 
 RATIOS = (0.5, 1.0, 2.0)

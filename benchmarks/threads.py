@@ -35,7 +35,8 @@ sys.path.insert(0, {root!r})
 from pipeline_lib.runtime import configure_threads
 configure_threads({threads})
 import torch
-from pipeline_lib.config import Paths, load_params
+from pipeline_lib.config import load_params
+from pipeline_lib.paths import Paths
 from pipeline_lib.finetuning import Trainer
 from pipeline_lib.networks import Images, build_model
 from pipeline_lib.dataset import load_manifest
@@ -72,7 +73,8 @@ def main() -> None:
     import contextlib
     import io
 
-    from pipeline_lib.config import Paths, load_params
+    from pipeline_lib.config import load_params
+    from pipeline_lib.paths import Paths
     from pipeline_lib.stages import run_stages
 
     project = copy_project()

@@ -9,8 +9,8 @@ import os
 import sys
 from typing import Callable
 
-from pipeline_lib.config import Paths
 from pipeline_lib.errors import PipelineError
+from pipeline_lib.paths import Paths
 from tasks.prefect_server import EXECUTION_ENV, execution_id
 
 

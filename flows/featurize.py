@@ -14,7 +14,8 @@ import os
 
 from prefect import flow, unmapped
 
-from pipeline_lib.config import Params, Paths
+from pipeline_lib.config import Params
+from pipeline_lib.paths import Paths
 from tasks.stages import STAGE_TASKS, embed_shard_task, load_params_task, plan_shards_task
 
 

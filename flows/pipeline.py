@@ -18,8 +18,9 @@ import json
 
 from prefect import flow, get_run_logger
 
-from pipeline_lib.config import Paths, load_params
+from pipeline_lib.config import load_params
 from pipeline_lib.errors import PipelineError
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import STAGES
 from tasks.dvc import commit_stage, is_stale, stage_order, stale_stages
 

@@ -12,7 +12,8 @@ import argparse
 
 from prefect import flow
 
-from pipeline_lib.config import Paths, load_params
+from pipeline_lib.config import load_params
+from pipeline_lib.paths import Paths
 from pipeline_lib.predict import check_request, model_uri
 from tasks.predict import load_model_task, predict_task
 

@@ -17,8 +17,9 @@ from prefect import flow, get_run_logger
 
 from flows.pipeline import pipeline
 from pipeline_lib import atomic, preflight
-from pipeline_lib.config import Paths, load_params
+from pipeline_lib.config import load_params
 from pipeline_lib.locks import exclusive
+from pipeline_lib.paths import Paths
 from tasks.dvc import stale_stages
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from pipeline_lib.config import Paths
+from pipeline_lib.paths import Paths
 from tasks.stages import STAGE_TASKS, load_params_task
 
 

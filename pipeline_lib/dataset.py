@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from .config import Paths
 from .errors import PipelineError
+from .paths import Paths
 
 SPLITS = ("train", "val", "test")
 UNLABELED = "unlabeled"  # split of the images under data.unlabeled (semi_supervised.source: folder)

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Params, Paths
+from .config import Params
 from .errors import PipelineError
 from .images import IMAGE_EXTENSIONS
+from .paths import Paths
 
 
 class _ReverseGrad(torch.autograd.Function):

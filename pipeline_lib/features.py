@@ -8,10 +8,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import Paths
 from .encoder import Encoder
 from .errors import PipelineError
 from .feature_cache import FeatureCache
+from .paths import Paths
 
 FLIP = "|hflip"  # cache key suffix of an image's mirror-image features (flip TTA)
 

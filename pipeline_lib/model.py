@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from .backbones import chosen_backbone
-from .config import Params, Paths
+from .config import Params
 from .heads import load_head
 from .networks import FinetuneModel, class_proba, load_finetuned
+from .paths import Paths
 
 
 class Classifier(nn.Module):

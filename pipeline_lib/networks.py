@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from .backbones import Preprocess, chosen_backbone
-from .config import Params, Paths
+from .config import Params
 from .heads import Head, load_head
 from .images import read_rgb
+from .paths import Paths
 
 
 class FinetuneModel(nn.Module):

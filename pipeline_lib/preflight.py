@@ -10,8 +10,9 @@ import os
 import stat
 from pathlib import Path
 
-from .config import Params, Paths
+from .config import Params
 from .errors import PipelineError
+from .paths import Paths
 
 SPECIAL = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
            (stat.S_ISBLK, "a block device"))

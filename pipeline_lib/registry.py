@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from .config import Params, Paths
+from .config import Params
+from .paths import Paths
 from .stats import mcnemar
 
 CHALLENGER, CHAMPION = "challenger", "champion"

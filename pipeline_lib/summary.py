@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .config import Paths
+from .paths import Paths
 
 
 def items(paths: Paths) -> str:

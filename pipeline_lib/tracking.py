@@ -24,8 +24,9 @@ import numpy as np
 import yaml
 
 from . import atomic
-from .config import Params, Paths
+from .config import Params
 from .errors import PipelineError, TransientError, is_unreachable
+from .paths import Paths
 from .stages import STAGES
 
 LOGGED_BY_EVALUATE = STAGES[:STAGES.index("evaluate") + 1]  # advise runs after and adds its own child run

@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .config import Params, Paths
+from .config import Params
 from .dataset import AUGMENTED, SYNTHETIC, UNLABELED, derived_from_labels, load_augmented, load_synthetic
 from .features import featurized_backbones, load_features, load_flipped
 from .heads import Head, HeadRecipe, fit_head, predict_proba
+from .paths import Paths
 from .selection import Fold, stratified_folds
 
 TTA = " + flip TTA"

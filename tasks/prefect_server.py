@@ -101,8 +101,9 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[0] == "dvc":  # before DVC hashes the data: a missing data.path, a named pipe
         from pipeline_lib import preflight
-        from pipeline_lib.config import Paths, load_params
+        from pipeline_lib.config import load_params
         from pipeline_lib.errors import PipelineError
+        from pipeline_lib.paths import Paths
 
         try:
             paths = Paths.for_root()

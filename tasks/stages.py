@@ -15,8 +15,9 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from pipeline_lib.config import Params, Paths, load_params
+from pipeline_lib.config import Params, load_params
 from pipeline_lib.errors import is_transient
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import STAGES, run_stage
 from pipeline_lib.summary import stage_markdown
 

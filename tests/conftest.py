@@ -72,7 +72,8 @@ def logged(tmp_path_factory):
     import mlflow
 
     from pipeline_lib import tracking
-    from pipeline_lib.config import Paths, load_params
+    from pipeline_lib.config import load_params
+    from pipeline_lib.paths import Paths
     from pipeline_lib.stages import STAGES, run_stage, run_stages
     from tests.helpers import copy_project, set_params, write_folder_dataset
 

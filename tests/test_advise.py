@@ -10,8 +10,9 @@ import pytest
 
 import pipeline_lib
 from pipeline_lib import advise
-from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.config import parse_params
 from pipeline_lib.heads import HeadRecipe
+from pipeline_lib.paths import Paths
 
 
 def test_extrapolation_recovers_a_known_power_law():

@@ -3,9 +3,10 @@ import pandas as pd
 import pytest
 
 from pipeline_lib.augmentation import augment_image, copy_seed
-from pipeline_lib.config import AugmentPolicy, Paths, parse_params
+from pipeline_lib.config import AugmentPolicy, parse_params
 from pipeline_lib.dataset import AUGMENTED
 from pipeline_lib.features import load_features
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import augment, featurize, ingest
 from tests.helpers import write_folder_dataset
 

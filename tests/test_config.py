@@ -1,7 +1,8 @@
 import pytest
 
-from pipeline_lib.config import Params, Paths, load_params, parse_params
+from pipeline_lib.config import Params, load_params, parse_params
 from pipeline_lib.errors import PipelineError
+from pipeline_lib.paths import Paths
 
 
 def test_defaults_match_params_yaml(project_root):

@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 
-from pipeline_lib.config import Paths, load_params, parse_params
+from pipeline_lib.config import load_params, parse_params
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import featurize, run_stages
 from tests.helpers import copy_project, run_cmd, set_params, write_folder_dataset
 

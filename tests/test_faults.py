@@ -16,9 +16,10 @@ import pytest
 import torch
 import yaml
 
-from pipeline_lib.config import Paths, load_params
+from pipeline_lib.config import load_params
 from pipeline_lib.dataset import AUGMENTED
 from pipeline_lib.features import load_features
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import run_stages
 from tests.helpers import copy_project, run_cmd, set_params
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from pipeline_lib.backbones import load_backbone, read_image_tensor, resolve_weights
-from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.config import parse_params
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.feature_cache import FeatureCache
 from pipeline_lib.features import load_features
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import featurize, ingest
 from tests.helpers import write_folder_dataset
 

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from pipeline_lib.backbones import backbone_param_groups, load_backbone, split_blocks, unfreeze
-from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.config import parse_params
 from pipeline_lib.finetuning import WeightAverage
 from pipeline_lib.networks import build_model, load_finetuned
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import finetune, run_stages
 from pipeline_lib.stages.evaluate import choose_candidate, paired_comparison
 from tests.helpers import Interrupted, interrupt_after_epochs, write_folder_dataset

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from pipeline_lib import tracking
-from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.config import parse_params
+from pipeline_lib.paths import Paths
 from pipeline_lib.registry import decide
 from pipeline_lib.stages import evaluate, featurize, ingest, train_head
 from tests.helpers import write_folder_dataset

@@ -24,7 +24,8 @@ SCRIPT = """
 import json, sys
 from prefect import flow
 from prefect.client.orchestration import get_client
-from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.config import parse_params
+from pipeline_lib.paths import Paths
 from tasks.stages import STAGE_TASKS
 
 @flow

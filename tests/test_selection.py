@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.config import parse_params
 from pipeline_lib.dataset import AUGMENTED, load_manifest
 from pipeline_lib.features import load_features
 from pipeline_lib.heads import HeadRecipe, fit_head, load_head, predict_proba
+from pipeline_lib.paths import Paths
 from pipeline_lib.selection import best, oof_matrix, paired_bootstrap, stratified_folds, summarise
 from pipeline_lib.stages import evaluate, finetune, ingest, run_stages, train_head
 from pipeline_lib.training_set import TrainingSet, fit_recipe

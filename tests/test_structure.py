@@ -111,6 +111,21 @@ def test_each_stage_declares_the_code_it_runs():
         assert undeclared_flow in deps, f"dvc.yaml stage {stage} does not declare flows/{stage}.py"
 
 
+def test_each_stage_writes_exactly_its_dvc_yaml_outputs():
+    """pipeline_lib.paths.OUTPUTS (what each stage writes, by Paths attribute) and dvc.yaml's outs,
+    metrics and plots of the stage name the same files: an output DVC does not know is never
+    versioned, and one the code does not write fails `dvc repro`."""
+    from pipeline_lib.paths import OUTPUTS, Paths
+
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    paths = Paths(ROOT)
+    assert list(OUTPUTS) == list(STAGES)
+    for stage in STAGES:
+        declared = {o if isinstance(o, str) else next(iter(o)) for kind in ("outs", "metrics", "plots")
+                    for o in dvc[stage].get(kind, [])}
+        assert declared == {str(p.relative_to(ROOT)) for p in paths.outputs(stage)}, stage
+
+
 def test_a_stage_started_by_an_interpreter_without_the_venv_says_how_to_fix_it():
     """`dvc repro` outside the activated venv runs another `python`: one line, no traceback."""
     import subprocess
@@ -211,7 +226,8 @@ def _reads(project: Path) -> dict[str, set]:
     import contextlib
     import io
 
-    from pipeline_lib.config import Paths, load_params
+    from pipeline_lib.config import load_params
+    from pipeline_lib.paths import Paths
     from pipeline_lib.stages import stage_module
 
     params, paths = load_params(project), Paths.for_root(project)

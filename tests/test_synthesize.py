@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline_lib.config import Paths, parse_params
+from pipeline_lib.config import parse_params
 from pipeline_lib.dataset import load_manifest, load_synthetic
 from pipeline_lib.domain_adaptation import DomainClassifier, dann_lambda, reverse_gradient
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.features import load_features
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import augment, evaluate, featurize, finetune, ingest, run_stages, synthesize, train_head
 from pipeline_lib.training_set import TrainingSet
 from pipeline_lib.zero_shot import clip_zero_shot, nearest_class_mean

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from pipeline_lib.augmentation import augment_text
-from pipeline_lib.config import Paths, TextNoisePolicy, parse_params
+from pipeline_lib.config import TextNoisePolicy, parse_params
 from pipeline_lib.drug_reviews import SAMPLE
 from pipeline_lib.errors import PipelineError
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import ingest, run_stages
 from pipeline_lib.text import text_id
 from pipeline_lib.text_normalize import normalize_text

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from pipeline_lib import tracking
-from pipeline_lib.config import Paths
+from pipeline_lib.paths import Paths
 from pipeline_lib.stages import STAGES
 from tests.conftest import ODD_CLASS
 

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from .. import advise, atomic
-from ..config import Params, Paths
+from ..config import Params
 from ..dataset import UNLABELED, is_text, load_manifest
 from ..features import load_features
 from ..heads import HeadRecipe, load_head, predict_proba
+from ..paths import Paths
 from ..plots import plot_learning_curve_fit, plot_message
 from ..selection import undecidable
 from ..text import read_text
@@ -35,7 +36,7 @@ def run(params: Params, paths: Paths) -> dict:
         for f in (paths.advice_md, paths.advice_curve_png, paths.label_next_csv, paths.suspect_labels_csv):
             f.unlink(missing_ok=True)
         report = {"enabled": False}
-        atomic.write_json(paths.stage_report("advise"), report)
+        atomic.write_json(paths.advise_report, report)
         return report
     started = time.perf_counter()
     manifest, classes = load_manifest(paths)
@@ -98,7 +99,7 @@ def run(params: Params, paths: Paths) -> dict:
     report.update({f"expected_{k}": v["predicted"] for k, v in (forecast or {}).items()})  # flat: MLflow metrics
     report["summary"] = _sentences(report)
     report["advise_seconds"] = round(time.perf_counter() - started, 2)
-    atomic.write_json(paths.stage_report("advise"), report)
+    atomic.write_json(paths.advise_report, report)
     atomic.write_text(paths.advice_md, _markdown(report, suspect_rows, paths))
     return report
 

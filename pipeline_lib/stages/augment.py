@@ -18,9 +18,10 @@ import pandas as pd
 
 from .. import atomic
 from ..augmentation import augment_image, augment_text, copy_seed
-from ..config import Params, Paths
+from ..config import Params
 from ..dataset import MANIFEST_COLUMNS, is_text, load_manifest
 from ..images import image_id, read_rgb
+from ..paths import Paths
 from ..text import read_text, text_id
 
 

@@ -7,12 +7,13 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from .. import atomic
-from ..config import Params, Paths
+from ..config import Params
 from ..dataset import is_text, load_manifest
 from ..features import load_features, load_flipped
 from ..heads import load_head, predict_proba
 from ..networks import Images, load_finetuned
 from ..networks import predict_proba as network_proba
+from ..paths import Paths
 from ..plots import plot_confusion, plot_reliability
 from ..stats import bootstrap_ci, expected_calibration_error, fit_temperature_on_proba, nll, reliability_bins, rescale
 from ..text import encode, load_sentence_model, texts_of

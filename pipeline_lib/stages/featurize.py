@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .. import atomic
-from ..config import Params, Paths
+from ..config import Params
 from ..dataset import (
     AUGMENTED,
     SPLITS,
@@ -32,6 +32,7 @@ from ..dataset import (
 from ..encoder import Encoder, encoder_names, load_encoder
 from ..feature_cache import FeatureCache
 from ..features import FLIP, array_suffix, cached_embeddings
+from ..paths import Paths
 from ..runtime import pick_device, use
 from ..text import TEXT_EXTENSIONS, TextEncoder, read_text
 

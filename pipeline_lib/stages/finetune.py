@@ -29,7 +29,7 @@ import torch
 
 from .. import atomic, domain_adaptation, text_finetune
 from ..backbones import chosen_backbone, unfreeze
-from ..config import Params, Paths
+from ..config import Params
 from ..dataset import UNLABELED, derived_from_labels, is_text, load_manifest, load_synthetic
 from ..domain_adaptation import load_target_images
 from ..errors import PipelineError
@@ -37,6 +37,7 @@ from ..features import load_features
 from ..finetuning import Checkpoint, Progress, Trainer, evaluate, interpolate, pick_alpha, restore, snapshot, train_epochs
 from ..heads import Head, HeadRecipe
 from ..networks import FinetuneModel, Images, build_model, predict_proba
+from ..paths import Paths
 from ..runtime import use
 from ..selection import bias_corrected, keep, keep_threshold, scores, stratified_folds, undecidable
 from ..training_set import TrainingSet, fit_recipe, pseudo_labels

@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 
 from .. import atomic, fashion_mnist
-from ..config import Params, Paths
+from ..config import Params
 from ..dataset import MANIFEST_COLUMNS, SPLITS, UNLABELED
 from ..errors import PipelineError
 from ..images import IMAGE_EXTENSIONS, BadImage, image_id, load_image
+from ..paths import Paths
 from ..text import TEXT_EXTENSIONS, UTF8_FIX, decode_utf8, not_utf8, text_id
 from ..text_normalize import normalize_text
 

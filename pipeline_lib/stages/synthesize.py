@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .. import atomic
-from ..config import Params, Paths
+from ..config import Params
 from ..dataset import MANIFEST_COLUMNS, PROVENANCE_COLUMNS, SYNTHETIC, is_text, load_manifest, load_synthetic
 from ..encoder import encoder_names, load_encoder
 from ..errors import PipelineError
@@ -33,6 +33,7 @@ from ..feature_cache import FeatureCache
 from ..generators import Generated, dir_hash, sample_ddpm, sample_stable_diffusion, train_ddpm
 from ..heads import HeadRecipe, fit_head, predict_proba
 from ..images import image_id, read_rgb
+from ..paths import Paths
 from ..runtime import pick_device, use
 from ..text import read_text
 
