@@ -30,7 +30,7 @@ def full_data_npz(seed: int, out_dir: Path, pool_per_class: int = 120, test_per_
     `unused`: 1,000 unlabelled images at k = 20), 200 test images per class from t10k."""
     import numpy as np
 
-    from pipeline_lib.fashion_mnist import build_sample
+    from pipeline_lib.image.fashion_mnist import build_sample
 
     path = Path(out_dir) / f"fashion_mnist_full_seed{seed}_pool{pool_per_class}.npz"
     if not path.exists():

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline_lib.config import load_params
-from pipeline_lib.images import read_rgb
+from pipeline_lib.image.files import read_rgb
 from pipeline_lib.paths import Paths
 
 

@@ -1,5 +1,5 @@
 """Memory layout of the image backbone on CPU: contiguous (NCHW) vs channels-last (NHWC), the
-layout every backbone now runs in (pipeline_lib.backbones: Preprocess.forward, load_backbone).
+layout every backbone now runs in (pipeline_lib.image.backbones: Preprocess.forward, load_backbone).
 
     .venv/bin/python benchmarks/channels_last.py [--repeats 5] [--name mobilenet_v2] [--blocks 15]
 
@@ -28,7 +28,7 @@ def main() -> None:
 
     import torch
 
-    from pipeline_lib.backbones import load_backbone
+    from pipeline_lib.image.backbones import load_backbone
     from pipeline_lib.runtime import configure_threads
 
     configure_threads(0)

@@ -154,14 +154,15 @@ def image_cell(root, base: dict, variant: str, shots: int, seed: int, level: flo
 
 
 def text_cell(root, task: str, shots: int, seed: int, level: float, overrides: list[str]) -> dict:
-    """One drug-reviews cell (pipeline_lib.drug_reviews: the package's train reviews as the pool,
+    """One drug-reviews cell (pipeline_lib.text.drug_reviews: the package's train reviews as the pool,
     its test reviews as test): the contrastive tuning refitted whatever the rule says."""
     import pandas as pd
     import pytest
     from _common import apply_overrides
 
-    from pipeline_lib import drug_reviews, text_finetune
     from pipeline_lib.stages import STAGES, stage_module
+    from pipeline_lib.text import drug_reviews
+    from pipeline_lib.text import finetune as text_finetune
 
     train, test = drug_reviews.load(task)
     csv = root / f"reviews_{task}.csv"

@@ -19,11 +19,11 @@ import time
 import torch
 from _common import copy_project
 
-from pipeline_lib.backbones import load_backbone, read_image_tensor
 from pipeline_lib.config import load_params, parse_params
 from pipeline_lib.dataset import load_manifest
 from pipeline_lib.features import load_features
 from pipeline_lib.heads import load_head, predict_proba
+from pipeline_lib.image.backbones import load_backbone, read_image_tensor
 from pipeline_lib.paths import Paths
 from pipeline_lib.runtime import configure_threads
 from pipeline_lib.stages import featurize, ingest, train_head

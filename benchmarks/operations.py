@@ -75,9 +75,9 @@ def predict_part(root: Path) -> None:
     from PIL import Image
 
     sys.path.insert(0, str(root))
-    from pipeline_lib.backbones import Preprocess
     from pipeline_lib.config import load_params
-    from pipeline_lib.fashion_mnist import load_sample
+    from pipeline_lib.image.backbones import Preprocess
+    from pipeline_lib.image.fashion_mnist import load_sample
     from pipeline_lib.paths import Paths
     from pipeline_lib.predict import list_inputs, load_registered, predict_files
 

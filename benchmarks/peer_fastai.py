@@ -32,8 +32,8 @@ from functools import lru_cache
 import numpy as np
 from _common import copy_project, ingest_cell, mean_std
 
-from pipeline_lib.backbones import resolve_weights
 from pipeline_lib.config import load_params
+from pipeline_lib.image.backbones import resolve_weights
 from pipeline_lib.paths import Paths
 
 

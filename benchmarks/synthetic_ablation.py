@@ -32,8 +32,8 @@ from PIL import Image, ImageFilter
 
 from pipeline_lib.config import load_params, parse_params
 from pipeline_lib.dataset import load_manifest, load_synthetic
-from pipeline_lib.fashion_mnist import load_sample
 from pipeline_lib.features import load_features
+from pipeline_lib.image.fashion_mnist import load_sample
 from pipeline_lib.paths import Paths
 from pipeline_lib.stages import augment, evaluate, featurize, finetune, ingest, run_stages, synthesize, train_head
 

@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 from _common import apply_overrides
 
-from pipeline_lib import drug_reviews  # noqa: E402
 from pipeline_lib.config import Paths, parse_params  # noqa: E402
 from pipeline_lib.features import load_features  # noqa: E402
 from pipeline_lib.stages import run_stages  # noqa: E402
+from pipeline_lib.text import drug_reviews  # noqa: E402
 
 
 def macro_f1(y_true, y_pred) -> float:
@@ -62,7 +62,7 @@ def setfit_run(train: pd.DataFrame, test: pd.DataFrame, seed: int, work: Path) -
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
-    from pipeline_lib.text import resolve_encoder
+    from pipeline_lib.text.encoder import resolve_encoder
 
     started = time.perf_counter()
     model = SetFitModel.from_pretrained(str(resolve_encoder("all-MiniLM-L6-v2")), local_files_only=True)
@@ -99,7 +99,7 @@ def one(task: str, shots: int, seed: int, work: Path, use_setfit: bool, override
     classes = json.loads((paths.prepared_dir / "classes.json").read_text())
     X, y, _ = load_features(paths, "train")
     Xt, yt, _ = load_features(paths, "test")
-    from pipeline_lib.text import read_text
+    from pipeline_lib.text.files import read_text
 
     labelled = manifest[manifest["split"] == "train"]
     tested = manifest[manifest["split"] == "test"]
@@ -109,7 +109,7 @@ def one(task: str, shots: int, seed: int, work: Path, use_setfit: bool, override
            "tuning_gain": decision.get("gain"), **variants,
            "lr_cv minilm": macro_f1(yt, lr_cv(X, y, Xt)),
            "tfidf lr_cv": macro_f1(tested["label_idx"], tfidf(texts, labelled["label_idx"].to_numpy(), test_texts))}
-    from pipeline_lib.text import load_text_encoder
+    from pipeline_lib.text.encoder import load_text_encoder
 
     encoder = load_text_encoder("all-MiniLM-L6-v2")
     prompts = encoder.encode([f"This text is about {c.replace('_', ' ')}." for c in classes])

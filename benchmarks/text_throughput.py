@@ -19,10 +19,11 @@ from pathlib import Path
 from _common import ROOT  # noqa: F401  (sys.path, process environment)
 
 from pipeline_lib.config import parse_params
-from pipeline_lib.drug_reviews import SAMPLE
 from pipeline_lib.paths import Paths
 from pipeline_lib.stages import run_stage, run_stages
-from pipeline_lib.text import load_text_encoder, read_text
+from pipeline_lib.text.drug_reviews import SAMPLE
+from pipeline_lib.text.encoder import load_text_encoder
+from pipeline_lib.text.files import read_text
 
 
 def main() -> None:

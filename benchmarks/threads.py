@@ -37,8 +37,8 @@ configure_threads({threads})
 import torch
 from pipeline_lib.config import load_params
 from pipeline_lib.paths import Paths
-from pipeline_lib.finetuning import Trainer
-from pipeline_lib.networks import Images, build_model
+from pipeline_lib.image.finetuning import Trainer
+from pipeline_lib.image.networks import Images, build_model
 from pipeline_lib.dataset import load_manifest
 paths = Paths.for_root({project!r}); params = load_params(paths.root)
 manifest, _ = load_manifest(paths)

@@ -3,6 +3,7 @@ their columns and the split names. Shared by every stage; imports no stage."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -64,3 +65,9 @@ def load_synthetic(paths: Paths, kept_only: bool = True) -> pd.DataFrame:
         return pd.DataFrame(columns=MANIFEST_COLUMNS + PROVENANCE_COLUMNS)
     frame = pd.read_parquet(paths.synthetic_manifest)
     return frame[frame["kept"].astype(bool)].reset_index(drop=True) if kept_only else frame
+
+
+def copy_seed(seed: int, source_id: str, copy: int) -> int:
+    """A stable seed per (image, copy): the same copy is produced whatever else changes."""
+    digest = hashlib.sha256(f"{seed}|{source_id}|{copy}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")

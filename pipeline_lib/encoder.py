@@ -1,6 +1,6 @@
 """The encoder interface: what the pipeline needs from a pretrained network, whatever its input.
 
-Images: pipeline_lib.backbones.Backbone (torchvision and timm). Texts: pipeline_lib.text.TextEncoder
+Images: pipeline_lib.image.backbones.Backbone (torchvision and timm). Texts: pipeline_lib.text.TextEncoder
 (a sentence-transformers model: tokenisation and truncation instead of pixels, transformer layers
 as blocks). Both implement the same five things, and the feature cache, the heads and selection
 work unchanged. ``load_encoder`` is the one place that picks the implementation.
@@ -44,9 +44,9 @@ def encoder_names(params, text: bool) -> list[str]:
 def load_encoder(params, root: Path | None, name: str, text: bool) -> Encoder:
     """The frozen encoder ``name`` as params describe it (a text data set: the sentence encoder)."""
     if text:
-        from .text import load_text_encoder
+        from .text.encoder import load_text_encoder
 
         return load_text_encoder(name, params.text.max_length, root)
-    from .backbones import backbone_for
+    from .image.backbones import backbone_for
 
     return backbone_for(params, root, name)

@@ -91,3 +91,16 @@ def similar_pairs(A: np.ndarray, B: np.ndarray, threshold: float, keep=None, chu
         i, j = np.nonzero(mask)
         pairs += [(int(rows[a]), int(b), float(sim[a, b])) for a, b in zip(i, j)]
     return sorted(pairs, key=lambda t: -t[2])
+
+
+def nearest_class_mean(X_ref: np.ndarray, y_ref: np.ndarray, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """Nearest class mean (cosine) of reference features (evaluate's synthetic-only baseline: the
+    classifier a model trained purely on generated data amounts to): the predicted class per row
+    of X; classes without reference images are never predicted."""
+    means = np.full((n_classes, X_ref.shape[1]), np.nan, dtype=np.float64)
+    for c in range(n_classes):
+        if (y_ref == c).any():
+            means[c] = unit_rows(X_ref[y_ref == c]).mean(0)
+    sims = unit_rows(X) @ np.nan_to_num(unit_rows(np.nan_to_num(means)), nan=0.0).T
+    sims[:, np.isnan(means).any(1)] = -np.inf
+    return sims.argmax(1)

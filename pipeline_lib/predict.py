@@ -26,9 +26,9 @@ import torch
 from tqdm import tqdm
 
 from . import atomic
-from .backbones import Preprocess
 from .errors import PipelineError, TransientError, is_unreachable
-from .images import IMAGE_EXTENSIONS, BadImage, load_image
+from .image.backbones import Preprocess
+from .image.files import IMAGE_EXTENSIONS, BadImage, load_image
 from .stats import rescale
 
 MAX_SIDE = 1024  # decode at most this size (data.max_image_side's default): a huge photo costs no gigabyte
@@ -83,7 +83,7 @@ def list_inputs(source: Path) -> list[Path]:
 def list_texts(source: Path) -> list[tuple[str, str]]:
     """(where, text) of every input of a text model: the rows of a CSV's ``text`` column, or the
     lines of a text file (UTF-8), blank ones included (they are reported as skipped)."""
-    from .text import decode_utf8
+    from .text.files import decode_utf8
 
     source = Path(source)
     if not source.is_file():
@@ -171,7 +171,7 @@ def predict_texts(loaded: LoadedModel, items: list[tuple[str, str]], batch_size:
                   ) -> tuple[pd.DataFrame, list[dict]]:
     """Predictions of a text model for the non-empty texts (in input order; the model normalises
     them as ingest did), and the list of skipped (empty) ones."""
-    from .text_normalize import normalize_text
+    from .text.text_normalize import normalize_text
 
     k = max(1, min(top_k, len(loaded.classes)))
     empty = [not normalize_text(text) for _, text in items]

@@ -58,8 +58,8 @@ def predictions_on_test(model_uri: str, paths: Paths) -> tuple[np.ndarray | None
     import mlflow
     import torch
 
-    from .backbones import Preprocess, load_batch
     from .dataset import is_text, load_manifest
+    from .image.backbones import Preprocess, load_batch
 
     info = mlflow.models.get_model_info(model_uri)
     metadata = info.metadata or {}
@@ -73,7 +73,7 @@ def predictions_on_test(model_uri: str, paths: Paths) -> tuple[np.ndarray | None
         return None, (f"the champion predicts other classes ({', '.join(classes[:8])}) than this model "
                       f"({', '.join(ours[:8])})")
     if modality == "text":
-        from .text import read_text
+        from .text.files import read_text
 
         out = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": [read_text(paths.resolve(p))
                                                                                  for p in test["path"]]}))

@@ -247,7 +247,7 @@ def _input_example(paths: Paths, resolution: int, n: int = 2) -> np.ndarray:
     import pandas as pd
     import torch
 
-    from .backbones import Preprocess, read_image_tensor
+    from .image.backbones import Preprocess, read_image_tensor
 
     manifest = pd.read_parquet(paths.manifest)
     test = manifest[manifest["split"] == "test"].drop_duplicates("label").head(n)
@@ -259,7 +259,7 @@ def _input_example(paths: Paths, resolution: int, n: int = 2) -> np.ndarray:
 
 
 def _log_text_model(params: Params, paths: Paths, metrics: dict):
-    """The text classifier as a pyfunc model (pipeline_lib/text_model.py): the encoder's folder, the
+    """The text classifier as a pyfunc model (pipeline_lib/text/text_model.py): the encoder's folder, the
     head as a torch.export program, the classes; input example: two real test texts."""
     import tempfile
 
@@ -269,7 +269,8 @@ def _log_text_model(params: Params, paths: Paths, metrics: dict):
     import torch
 
     from .heads import load_head
-    from .text import read_text, resolve_encoder
+    from .text.encoder import resolve_encoder
+    from .text.files import read_text
 
     tuned = metrics.get("candidate", "head").startswith("finetune")  # the contrastively tuned encoder and its head
     head, meta = load_head(*((paths.finetuned_head, paths.finetune_meta) if tuned else (paths.head, paths.head_meta)))
@@ -278,7 +279,7 @@ def _log_text_model(params: Params, paths: Paths, metrics: dict):
     manifest = pd.read_parquet(paths.manifest)
     test = manifest[manifest["split"] == "test"].drop_duplicates("label").head(2)
     example = pd.DataFrame({"text": [read_text(paths.resolve(p)) for p in test["path"]]})
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent / "text"
     with tempfile.TemporaryDirectory() as tmp:
         program = torch.export.export(head.eval(), (torch.zeros(2, head.config["in_dim"]),),
                                       dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
@@ -307,7 +308,7 @@ def _log_model(params: Params, paths: Paths, metrics: dict):
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    from .model import build_classifier
+    from .image.model import build_classifier
 
     model = build_classifier(params, paths, metrics.get("candidate", "head"))
     example = _input_example(paths, params.backbone.resolution)

@@ -19,7 +19,7 @@ def project_root() -> Path:
 @pytest.fixture(scope="session")
 def backbone_small():
     """The real pretrained MobileNetV2 (offline weights) at a small resolution."""
-    from pipeline_lib.backbones import load_backbone
+    from pipeline_lib.image.backbones import load_backbone
 
     return load_backbone("mobilenet_v2", "default", resolution=32)
 

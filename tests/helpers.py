@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline_lib import fashion_mnist
+from pipeline_lib.image import fashion_mnist
 
 
 def write_folder_dataset(root: Path, per_class: int = 8, classes=("trouser", "bag", "sneaker"),
@@ -136,7 +136,7 @@ def build_tiny_text_generator(target: Path) -> Path:
     transformers causal LM folder (no text-generation weights exist offline); it samples nonsense."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from pipeline_lib.text import resolve_encoder
+    from pipeline_lib.text.encoder import resolve_encoder
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_encoder("all-MiniLM-L6-v2")))
     torch.manual_seed(0)
@@ -203,7 +203,7 @@ class Interrupted(Exception):
 def interrupt_after_epochs(monkeypatch, n: int) -> None:
     """Make fine-tuning stop (raise Interrupted) right after its n-th epoch checkpoint, as a killed
     process would; monkeypatch.undo() lets the next run resume."""
-    from pipeline_lib import finetuning
+    from pipeline_lib.image import finetuning
 
     original, saved = finetuning.Checkpoint.save, []
 

@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_lib.augmentation import augment_image, copy_seed
 from pipeline_lib.config import AugmentPolicy, parse_params
-from pipeline_lib.dataset import AUGMENTED
+from pipeline_lib.dataset import AUGMENTED, copy_seed
 from pipeline_lib.features import load_features
+from pipeline_lib.image.augmentation import augment_image
 from pipeline_lib.paths import Paths
 from pipeline_lib.stages import augment, featurize, ingest
 from tests.helpers import write_folder_dataset

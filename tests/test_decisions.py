@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_lib.finetuning import interpolate, pick_alpha
+from pipeline_lib.image.finetuning import interpolate, pick_alpha
 from pipeline_lib.selection import best, bias_corrected, keep, keep_threshold, paired_bootstrap, scores, weighted_scores
 from tests.helpers import noisy_curve
 
@@ -120,8 +120,8 @@ def test_the_tie_rule_is_a_grid_search_by_default_and_favours_no_end_of_the_grid
 
 
 def test_the_text_encoder_decision_keeps_a_constructed_gain_and_not_a_null():
-    from pipeline_lib import text_finetune
     from pipeline_lib.config import parse_params
+    from pipeline_lib.text import finetune as text_finetune
 
     params = parse_params({})
     rng = np.random.default_rng(5)

@@ -140,7 +140,7 @@ def test_mlflow_has_one_run_per_execution_with_a_working_model(reproduced):
     import mlflow
     import torch
 
-    from pipeline_lib.backbones import Preprocess, read_image_tensor
+    from pipeline_lib.image.backbones import Preprocess, read_image_tensor
 
     root, _, _ = reproduced  # read only
     client, exp, runs = _pipeline_runs(root)

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline_lib.backbones import load_backbone, read_image_tensor, resolve_weights
 from pipeline_lib.config import parse_params
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.feature_cache import FeatureCache
 from pipeline_lib.features import load_features
+from pipeline_lib.image.backbones import load_backbone, read_image_tensor, resolve_weights
 from pipeline_lib.paths import Paths
 from pipeline_lib.stages import featurize, ingest
 from tests.helpers import write_folder_dataset
@@ -185,8 +185,8 @@ def test_block_splits_cover_each_family_and_a_cut_network_is_its_first_blocks(tm
     import timm
     import torchvision
 
-    from pipeline_lib.backbones import split_blocks, truncate, unfreeze
     from pipeline_lib.encoder import Encoder
+    from pipeline_lib.image.backbones import split_blocks, truncate, unfreeze
 
     torch.manual_seed(0)
     x = torch.rand(2, 3, 64, 64)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline_lib.backbones import backbone_param_groups, load_backbone, split_blocks, unfreeze
 from pipeline_lib.config import parse_params
-from pipeline_lib.finetuning import WeightAverage
-from pipeline_lib.networks import build_model, load_finetuned
+from pipeline_lib.image.backbones import backbone_param_groups, load_backbone, split_blocks, unfreeze
+from pipeline_lib.image.finetuning import WeightAverage
+from pipeline_lib.image.networks import build_model, load_finetuned
 from pipeline_lib.paths import Paths
 from pipeline_lib.stages import finetune, run_stages
 from pipeline_lib.stages.evaluate import choose_candidate, paired_comparison
@@ -233,8 +233,8 @@ def test_evaluate_tta_from_cached_mirror_features_equals_the_network_path(prepar
     """head_tta comes from featurize's cached mirror-image vectors and finetune_tta from one mirrored
     pass: both equal flip TTA through the whole network (what the logged model does)."""
     from pipeline_lib.heads import load_head
-    from pipeline_lib.networks import FinetuneModel, Images
-    from pipeline_lib.networks import predict_proba as network_proba
+    from pipeline_lib.image.networks import FinetuneModel, Images
+    from pipeline_lib.image.networks import predict_proba as network_proba
     from pipeline_lib.stages.evaluate import model_probabilities
 
     params, paths = _params(prepared), Paths.for_root(prepared)

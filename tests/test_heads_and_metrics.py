@@ -144,8 +144,8 @@ def test_learning_curve_advice_for_a_single_strategy():
 
 def test_flip_tta_averages_the_mirror_images_probabilities(backbone_small):
     from pipeline_lib.heads import Head
-    from pipeline_lib.model import Classifier
-    from pipeline_lib.networks import FinetuneModel
+    from pipeline_lib.image.model import Classifier
+    from pipeline_lib.image.networks import FinetuneModel
 
     torch.manual_seed(0)
     network = FinetuneModel(backbone_small.preprocess, backbone_small.model, Head(backbone_small.feature_dim, 3))

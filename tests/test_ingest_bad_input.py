@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline_lib.config import parse_params
 from pipeline_lib.errors import PipelineError
-from pipeline_lib.images import BadImage, image_id, load_image
+from pipeline_lib.image.files import BadImage, image_id, load_image
 from pipeline_lib.paths import Paths
 from pipeline_lib.stages import ingest
 from tests.helpers import solid, write_folder_dataset

@@ -11,13 +11,13 @@ import torch
 
 from pipeline_lib.config import parse_params
 from pipeline_lib.dataset import load_manifest, load_synthetic
-from pipeline_lib.domain_adaptation import DomainClassifier, dann_lambda, reverse_gradient
 from pipeline_lib.errors import PipelineError
-from pipeline_lib.features import load_features
+from pipeline_lib.features import load_features, nearest_class_mean
+from pipeline_lib.image.domain_adaptation import DomainClassifier, dann_lambda, reverse_gradient
+from pipeline_lib.image.zero_shot import clip_zero_shot
 from pipeline_lib.paths import Paths
 from pipeline_lib.stages import augment, evaluate, featurize, finetune, ingest, run_stages, synthesize, train_head
 from pipeline_lib.training_set import TrainingSet
-from pipeline_lib.zero_shot import clip_zero_shot, nearest_class_mean
 from tests.helpers import build_tiny_clip, build_tiny_stable_diffusion, write_folder_dataset
 
 TINY_DDPM = {"resolution": 16, "channels": [8, 16], "train_steps": 4, "batch_size": 8, "sample_steps": 2}
@@ -77,7 +77,7 @@ def test_a_class_with_no_labelled_image_is_learnt_from_generated_ones(project, t
     finetune.run(params, paths)
     metrics = evaluate.run(params, paths)
     assert metrics["unmeasured_classes"] == ["sandal"] and metrics["per_class"]["sandal"]["support"] == 0
-    from pipeline_lib.model import build_classifier
+    from pipeline_lib.image.model import build_classifier
 
     assert build_classifier(params, paths, metrics["candidate"]).classes[-1] == "sandal"
 
@@ -163,7 +163,7 @@ def test_generator_none_writes_every_declared_output(project):
 
 def test_ddpm_training_resumes_from_its_checkpoint_to_the_same_model(tmp_path):
     from pipeline_lib.config import DdpmParams
-    from pipeline_lib.generators import dir_hash, train_ddpm
+    from pipeline_lib.image.generators import dir_hash, train_ddpm
 
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 255, (12, 16, 16, 3), dtype=np.uint8), np.arange(12) % 3

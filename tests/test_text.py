@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_lib.augmentation import augment_text
 from pipeline_lib.config import TextNoisePolicy, parse_params
-from pipeline_lib.drug_reviews import SAMPLE
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.paths import Paths
 from pipeline_lib.stages import ingest, run_stages
-from pipeline_lib.text import text_id
-from pipeline_lib.text_normalize import normalize_text
+from pipeline_lib.text.augmentation import augment_text
+from pipeline_lib.text.drug_reviews import SAMPLE
+from pipeline_lib.text.files import text_id
+from pipeline_lib.text.text_normalize import normalize_text
 
 CLASSES = ("acne", "birth_control", "depression", "pain")
 
@@ -190,7 +190,7 @@ def logged(trained):
 def test_logged_pyfunc_model_round_trips_and_matches_evaluate(logged):
     import mlflow
 
-    from pipeline_lib.text import read_text
+    from pipeline_lib.text.files import read_text
 
     params, paths, run_id = logged
     mlflow.set_tracking_uri(paths.mlflow_uri)

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_lib import text_finetune
 from pipeline_lib.config import TextFinetuneParams
-from pipeline_lib.text import encode, load_sentence_model, read_text, resolve_encoder
+from pipeline_lib.text import finetune as text_finetune
+from pipeline_lib.text.encoder import encode, load_sentence_model, resolve_encoder
+from pipeline_lib.text.files import read_text
 from tests.test_text import _project
 
 TOY = {  # short texts: a tuning step takes a fraction of a second
@@ -70,7 +71,7 @@ def toy_project(tmp_path):
 
 def test_folds_are_checkpointed_and_a_rerun_tunes_only_what_is_missing(toy_project, monkeypatch):
     from pipeline_lib.dataset import load_manifest
-    from pipeline_lib.finetuning import Checkpoint
+    from pipeline_lib.image.finetuning import Checkpoint
 
     params, paths = toy_project
     calls = []
@@ -92,7 +93,7 @@ def test_folds_are_checkpointed_and_a_rerun_tunes_only_what_is_missing(toy_proje
 def test_tuning_at_learning_rate_zero_is_a_null_control_never_kept(toy_project):
     """lr 0 leaves the encoder as it was: the tuned vectors are the frozen ones, the gain is 0."""
     from pipeline_lib.dataset import load_manifest
-    from pipeline_lib.finetuning import Checkpoint
+    from pipeline_lib.image.finetuning import Checkpoint
 
     params, paths = toy_project
     text = params.finetune.text.model_copy(update={"lr": 0.0})
@@ -145,7 +146,7 @@ def test_template_texts_teach_a_class_without_labels_and_stay_out_of_val_and_tes
     report = json.loads(paths.synthesize_report.read_text())
     assert report["per_class"]["cancel"] == {"generated": 4, "kept": 4, "real": 0} and paths.synthetic_preview.exists()
     from pipeline_lib.heads import load_head, predict_proba
-    from pipeline_lib.text import load_text_encoder
+    from pipeline_lib.text.encoder import load_text_encoder
 
     head, meta = load_head(paths.head, paths.head_meta)
     X = load_text_encoder("all-MiniLM-L6-v2").encode(["please cancel my subscription", "my parcel is late"])

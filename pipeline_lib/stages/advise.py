@@ -27,7 +27,7 @@ from ..heads import HeadRecipe, load_head, predict_proba
 from ..paths import Paths
 from ..plots import plot_learning_curve_fit, plot_message
 from ..selection import undecidable
-from ..text import read_text
+from ..text.files import read_text
 
 
 def run(params: Params, paths: Paths) -> dict:

@@ -17,12 +17,13 @@ from typing import Callable
 import pandas as pd
 
 from .. import atomic
-from ..augmentation import augment_image, augment_text, copy_seed
 from ..config import Params
-from ..dataset import MANIFEST_COLUMNS, is_text, load_manifest
-from ..images import image_id, read_rgb
+from ..dataset import MANIFEST_COLUMNS, copy_seed, is_text, load_manifest
+from ..image.augmentation import augment_image
+from ..image.files import image_id, read_rgb
 from ..paths import Paths
-from ..text import read_text, text_id
+from ..text.augmentation import augment_text
+from ..text.files import read_text, text_id
 
 
 @dataclass(frozen=True)

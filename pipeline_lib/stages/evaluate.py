@@ -11,12 +11,12 @@ from ..config import Params
 from ..dataset import is_text, load_manifest
 from ..features import load_features, load_flipped
 from ..heads import load_head, predict_proba
-from ..networks import Images, load_finetuned
-from ..networks import predict_proba as network_proba
+from ..image.networks import Images, load_finetuned
+from ..image.networks import predict_proba as network_proba
 from ..paths import Paths
 from ..plots import plot_confusion, plot_reliability
 from ..stats import bootstrap_ci, expected_calibration_error, fit_temperature_on_proba, nll, reliability_bins, rescale
-from ..text import encode, load_sentence_model, texts_of
+from ..text.encoder import encode, load_sentence_model, texts_of
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -39,7 +39,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
 def _example_texts(confusions: list[dict], paths: Paths, manifest: pd.DataFrame, ids, actual, predicted, confidence,
                    n: int = 2) -> None:
     """Text data sets: each worst-confused pair gets its most confidently wrong test texts (start)."""
-    from ..text import read_text
+    from ..text.files import read_text
 
     where = manifest.set_index("image_id")["path"]
     for pair in confusions:
@@ -127,7 +127,7 @@ def text_zero_shot(params: Params, paths: Paths, classes: list[str], y_test: np.
     """No label used: each test text goes to the class whose description ("This text is about
     <data.class_descriptions[c] or the class name>.") its vector is most similar to (cosine; the
     encoder's vectors are unit length)."""
-    from ..text import load_text_encoder
+    from ..text.encoder import load_text_encoder
 
     head_meta = load_head(paths.head, paths.head_meta)[1]
     spec = head_meta["backbone_spec"]
@@ -145,8 +145,9 @@ def baselines(params: Params, paths: Paths, manifest: pd.DataFrame, classes: lis
     """Test accuracy without real labels: synthetic-only nearest class mean; CLIP zero-shot if given;
     for texts, zero-shot from the class descriptions."""
     from ..dataset import SYNTHETIC
-    from ..generators import class_prompt
-    from ..zero_shot import clip_zero_shot, nearest_class_mean
+    from ..features import nearest_class_mean
+    from ..image.generators import class_prompt
+    from ..image.zero_shot import clip_zero_shot
 
     out = {}
     if is_text(manifest):
@@ -160,7 +161,7 @@ def baselines(params: Params, paths: Paths, manifest: pd.DataFrame, classes: lis
                                      "classes_without_images": [c for i, c in enumerate(classes)
                                                                 if not (y_syn == i).any()]}
     if params.evaluate.zero_shot_model:
-        from ..images import read_rgb
+        from ..image.files import read_rgb
 
         where = manifest.set_index("image_id")["path"]
         ids = load_features(paths, "test")[2]

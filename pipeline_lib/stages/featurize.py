@@ -34,7 +34,8 @@ from ..feature_cache import FeatureCache
 from ..features import FLIP, array_suffix, cached_embeddings
 from ..paths import Paths
 from ..runtime import pick_device, use
-from ..text import TEXT_EXTENSIONS, TextEncoder, read_text
+from ..text.encoder import TextEncoder
+from ..text.files import TEXT_EXTENSIONS, read_text
 
 
 def all_images(paths: Paths, params: Params | None = None) -> pd.DataFrame:

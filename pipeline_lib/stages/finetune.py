@@ -3,7 +3,7 @@
 The classifier starts from the head trained by train_head. The last ``unfreeze_blocks`` blocks of
 the backbone train at ``lr * backbone_lr_mult``, the head at ``lr``; AdamW, linear warm-up then
 cosine decay, label smoothing, gradient clipping, the albumentations policy applied online
-(pipeline_lib.finetuning holds the machinery). BatchNorm layers stay in eval mode: running
+(pipeline_lib.image.finetuning holds the machinery). BatchNorm layers stay in eval mode: running
 statistics never change, the affine weights of unfrozen blocks still train.
 
 Two modes, as phases:
@@ -27,19 +27,31 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import atomic, domain_adaptation, text_finetune
-from ..backbones import chosen_backbone, unfreeze
+from .. import atomic
 from ..config import Params
 from ..dataset import UNLABELED, derived_from_labels, is_text, load_manifest, load_synthetic
-from ..domain_adaptation import load_target_images
 from ..errors import PipelineError
 from ..features import load_features
-from ..finetuning import Checkpoint, Progress, Trainer, evaluate, interpolate, pick_alpha, restore, snapshot, train_epochs
 from ..heads import Head, HeadRecipe
-from ..networks import FinetuneModel, Images, build_model, predict_proba
+from ..image import domain_adaptation
+from ..image.backbones import chosen_backbone, unfreeze
+from ..image.domain_adaptation import load_target_images
+from ..image.finetuning import (
+    Checkpoint,
+    Progress,
+    Trainer,
+    evaluate,
+    interpolate,
+    pick_alpha,
+    restore,
+    snapshot,
+    train_epochs,
+)
+from ..image.networks import FinetuneModel, Images, build_model, predict_proba
 from ..paths import Paths
 from ..runtime import use
 from ..selection import bias_corrected, keep, keep_threshold, scores, stratified_folds, undecidable
+from ..text import finetune as text_finetune
 from ..training_set import TrainingSet, fit_recipe, pseudo_labels
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr_head"]
@@ -85,7 +97,7 @@ def run(params: Params, paths: Paths) -> dict:
 
 
 def _text(params: Params, paths: Paths, manifest: pd.DataFrame, n_classes: int, device) -> dict:
-    """Texts: contrastive tuning of the sentence encoder (pipeline_lib.text_finetune), no epochs history."""
+    """Texts: contrastive tuning of the sentence encoder (pipeline_lib.text.finetune), no epochs history."""
     checkpoint = Checkpoint(paths.finetune_checkpoint(config_hash(params, paths)), device)
     report = text_finetune.run(params, paths, manifest[manifest["split"] == "train"],
                                manifest[manifest["split"] == "val"], n_classes, device, checkpoint)

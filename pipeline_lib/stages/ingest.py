@@ -20,14 +20,15 @@ from pathlib import Path, PureWindowsPath
 import numpy as np
 import pandas as pd
 
-from .. import atomic, fashion_mnist
+from .. import atomic
 from ..config import Params
 from ..dataset import MANIFEST_COLUMNS, SPLITS, UNLABELED
 from ..errors import PipelineError
-from ..images import IMAGE_EXTENSIONS, BadImage, image_id, load_image
+from ..image import fashion_mnist
+from ..image.files import IMAGE_EXTENSIONS, BadImage, image_id, load_image
 from ..paths import Paths
-from ..text import TEXT_EXTENSIONS, UTF8_FIX, decode_utf8, not_utf8, text_id
-from ..text_normalize import normalize_text
+from ..text.files import TEXT_EXTENSIONS, UTF8_FIX, decode_utf8, not_utf8, text_id
+from ..text.text_normalize import normalize_text
 
 MISSING_LABELS = {"", "nan", "none", "null", "na", "n/a", "<na>"}  # what spreadsheets write for "no label"
 

@@ -30,12 +30,12 @@ from ..dataset import MANIFEST_COLUMNS, PROVENANCE_COLUMNS, SYNTHETIC, is_text, 
 from ..encoder import encoder_names, load_encoder
 from ..errors import PipelineError
 from ..feature_cache import FeatureCache
-from ..generators import Generated, dir_hash, sample_ddpm, sample_stable_diffusion, train_ddpm
 from ..heads import HeadRecipe, fit_head, predict_proba
-from ..images import image_id, read_rgb
+from ..image.files import image_id, read_rgb
+from ..image.generators import Generated, dir_hash, sample_ddpm, sample_stable_diffusion, train_ddpm
 from ..paths import Paths
 from ..runtime import pick_device, use
-from ..text import read_text
+from ..text.files import read_text
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -218,8 +218,8 @@ def _text(params: Params, paths: Paths, train: pd.DataFrame, classes: list[str])
     (`text_model`) per class, filtered and capped as images are; the preview is a table of real
     and synthetic texts per class."""
     from ..plots import plot_text_table
-    from ..text import text_id
-    from ..text_synthesis import sampled, templated
+    from ..text.files import text_id
+    from ..text.synthesis import sampled, templated
 
     s = params.synthetic
     if s.generator in ("ddpm", "stable_diffusion"):

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 
 from .. import atomic
-from ..backbones import backbone_spec
 from ..config import Params
 from ..dataset import is_text, load_manifest
 from ..errors import PipelineError
 from ..features import featurized_backbones
 from ..heads import HeadRecipe, predict_proba, recipes, save_head
+from ..image.backbones import backbone_spec
 from ..paths import Paths
 from ..selection import Fold, best, bias_corrected, mean_oof, oof_matrix, summarise, tie_margin, top_scorer, undecidable
 from ..training_set import TTA, TrainingSet, fit_recipe

@@ -26,13 +26,13 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from . import atomic
+from .. import atomic
+from ..config import Params
+from ..stats import nll
 from .augmentation import make_policy
 from .backbones import backbone_param_groups, unfreeze
-from .config import Params
 from .domain_adaptation import DomainClassifier, dann_lambda
 from .networks import FinetuneModel, Images, predict_proba
-from .stats import nll
 
 _log = logging.getLogger(__name__)
 

@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import atomic
+from .. import atomic
+from ..dataset import SYNTHETIC, load_synthetic
+from ..errors import PipelineError
+from ..features import load_features
+from ..heads import fit_head, predict_proba, save_head
+from ..selection import keep, keep_threshold, paired_bootstrap, scores, stratified_folds
 from .augmentation import augment_text
-from .dataset import SYNTHETIC, load_synthetic
-from .errors import PipelineError
-from .features import load_features
-from .heads import fit_head, predict_proba, save_head
-from .selection import keep, keep_threshold, paired_bootstrap, scores, stratified_folds
-from .text import encode, load_sentence_model, resolve_encoder, texts_of
+from .encoder import encode, load_sentence_model, resolve_encoder, texts_of
 
 
 def contrastive_pairs(y: np.ndarray, per_example: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,7 +99,7 @@ def run(params, paths, train: pd.DataFrame, val: pd.DataFrame, n_classes: int, d
     encoder on its training texts and fits the chosen head recipe on their tuned vectors, against
     the same recipe on the frozen vectors) — and, when it does, tune on every labelled text and fit
     the head on the tuned vectors. Each finished fold is checkpointed: a killed run resumes."""
-    from .heads import HeadRecipe, load_head
+    from ..heads import HeadRecipe, load_head
 
     frozen_head, meta = load_head(paths.head, paths.head_meta)
     spec, recipe = meta["backbone_spec"], HeadRecipe(**meta["recipe"])

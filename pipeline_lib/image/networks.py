@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import Params
+from ..heads import Head, load_head
+from ..paths import Paths
 from .backbones import Preprocess, chosen_backbone
-from .config import Params
-from .heads import Head, load_head
-from .images import read_rgb
-from .paths import Paths
+from .files import read_rgb
 
 
 class FinetuneModel(nn.Module):

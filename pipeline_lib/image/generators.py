@@ -25,8 +25,8 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .config import DdpmParams, StableDiffusionParams
-from .errors import PipelineError
+from ..config import DdpmParams, StableDiffusionParams
+from ..errors import PipelineError
 
 
 def quiet_hf() -> None:
@@ -161,7 +161,7 @@ def train_ddpm(images: np.ndarray, labels: np.ndarray, n_classes: int, p: DdpmPa
 
 
 def _save_ddpm_checkpoint(path: Path, step: int, unet, opt, sched, gen: torch.Generator, losses: list) -> None:
-    from . import atomic
+    from .. import atomic
 
     state = {"step": step, "unet": {k: v.detach().cpu() for k, v in unet.state_dict().items()},
              "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "generator": gen.get_state(),

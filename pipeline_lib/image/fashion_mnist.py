@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PipelineError
+from ..errors import PipelineError
 
 CLASSES = (
     "t-shirt_top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle_boot",
 )
-SAMPLE_FILE = Path(__file__).parent / "sample_data" / "fashion_mnist_sample.npz"
+SAMPLE_FILE = Path(__file__).parents[1] / "sample_data" / "fashion_mnist_sample.npz"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -80,7 +80,7 @@ def load_sample(path: Path = SAMPLE_FILE) -> dict[str, np.ndarray]:
     return sample
 
 
-if __name__ == "__main__":  # rebuild the embedded sample: python -m pipeline_lib.fashion_mnist
+if __name__ == "__main__":  # rebuild the embedded sample: python -m pipeline_lib.image.fashion_mnist
     sample = build_sample()
     SAMPLE_FILE.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(SAMPLE_FILE, **sample)

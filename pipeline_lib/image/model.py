@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import Params
+from ..heads import load_head
+from ..paths import Paths
 from .backbones import chosen_backbone
-from .config import Params
-from .heads import load_head
 from .networks import FinetuneModel, class_proba, load_finetuned
-from .paths import Paths
 
 
 class Classifier(nn.Module):

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .errors import PipelineError
+from ..errors import PipelineError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PipelineError
+from ..errors import PipelineError
 from .text_normalize import normalize_text
 
 

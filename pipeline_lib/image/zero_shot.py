@@ -1,7 +1,5 @@
-"""Baselines that use no real labelled image: what zero real labels buys.
+"""The image zero-shot baseline (evaluate: what zero real labels buys):
 
-- ``synthetic_only``: nearest class mean (cosine) of the synthetic images' backbone features, the
-  classifier a model trained purely on generated data amounts to.
 - ``clip``: image-text similarity with a CLIP-style model from a local directory
   (``evaluate.zero_shot_model``; transformers' CLIPModel + CLIPProcessor layout), prompts from
   ``synthetic.stable_diffusion.prompt`` / ``class_prompts``.
@@ -14,19 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import PipelineError
-from .features import unit_rows
-
-
-def nearest_class_mean(X_ref: np.ndarray, y_ref: np.ndarray, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """Predicted class per row of X; classes without reference images are never predicted."""
-    means = np.full((n_classes, X_ref.shape[1]), np.nan, dtype=np.float64)
-    for c in range(n_classes):
-        if (y_ref == c).any():
-            means[c] = unit_rows(X_ref[y_ref == c]).mean(0)
-    sims = unit_rows(X) @ np.nan_to_num(unit_rows(np.nan_to_num(means)), nan=0.0).T
-    sims[:, np.isnan(means).any(1)] = -np.inf
-    return sims.argmax(1)
+from ..errors import PipelineError
 
 
 def clip_zero_shot(model_dir: str | Path, prompts: list[str], images: list[np.ndarray],

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Params
-from .errors import PipelineError
-from .images import IMAGE_EXTENSIONS
-from .paths import Paths
+from ..config import Params
+from ..errors import PipelineError
+from ..paths import Paths
+from .files import IMAGE_EXTENSIONS
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -74,7 +74,7 @@ def target_files(params: Params, paths: Paths) -> list[str]:
 
 def load_target_images(params: Params, paths: Paths, real_train_pixels: list[np.ndarray]) -> tuple[list, list]:
     """(pixels, skipped) of the target domain; unreadable files are skipped and listed, not fatal."""
-    from .images import BadImage, load_image
+    from .files import BadImage, load_image
 
     files = target_files(params, paths)
     if not files:
