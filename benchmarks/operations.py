@@ -77,9 +77,10 @@ def predict_part(root: Path) -> None:
     sys.path.insert(0, str(root))
     from pipeline_lib.config import load_params
     from pipeline_lib.image.backbones import Preprocess
+    from pipeline_lib.image.deploy import list_inputs, predict_files
     from pipeline_lib.image.fashion_mnist import load_sample
     from pipeline_lib.paths import Paths
-    from pipeline_lib.predict import list_inputs, load_registered, predict_files
+    from pipeline_lib.predict import load_registered
 
     paths = Paths.for_root(root)
     folder = root / "data" / "new_images"

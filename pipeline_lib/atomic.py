@@ -6,6 +6,7 @@ A reader never sees a half-written file, and an interrupted write leaves the old
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -164,3 +165,37 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def dir_hash(directory: Path) -> str:
+    """sha256 over a saved model's weight and config files (names and bytes): the provenance of its
+    samples. ``training.json`` (timings) is left out: the same weights give the same hash."""
+    h = hashlib.sha256()
+    for f in sorted(directory.rglob("*")):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".pt") and f.name != "training.json":
+            h.update(str(f.relative_to(directory)).encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class Checkpoint:
+    """One resumable checkpoint file, written atomically after each epoch."""
+
+    def __init__(self, path: Path, device):
+        self.path, self.device = Path(path), device
+
+    def load(self) -> dict | None:
+        import torch
+
+        return torch.load(self.path, map_location=self.device, weights_only=True) if self.path.exists() else None
+
+    def save(self, payload: dict) -> None:
+        import torch
+
+        with atomic_path(self.path) as tmp:
+            torch.save(payload, tmp)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)

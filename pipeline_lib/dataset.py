@@ -21,11 +21,6 @@ MANIFEST_COLUMNS = ["image_id", "path", "source", "label", "label_idx", "split",
 PROVENANCE_COLUMNS = ["generator", "prompt", "seed", "model_hash", "confidence", "kept", "dropped_because"]
 
 
-def is_text(manifest: pd.DataFrame) -> bool:
-    """A text data set: ingest marks every text row with orig_mode "text"."""
-    return bool(len(manifest)) and bool((manifest["orig_mode"] == "text").all())
-
-
 def load_manifest(paths: Paths) -> tuple[pd.DataFrame, list[str]]:
     if not paths.manifest.exists():
         raise PipelineError(f"{paths.manifest} not found: run the ingest stage first (dvc repro ingest).")

@@ -18,6 +18,15 @@ class PipelineError(Exception):
     exit_code = 2
 
 
+class BadItem(Exception):
+    """An item (an image, a text, ...) that cannot be used: the reason, and how to fix it; ingest
+    reports both, predict lists the item as skipped."""
+
+    def __init__(self, reason: str, fix: str):
+        super().__init__(reason)
+        self.reason, self.fix = reason, fix
+
+
 class TransientError(PipelineError):
     """A failure that may pass if tried again: an I/O error of a flaky or full file system, a
     tracking server that does not answer. The Prefect tasks retry these (with backoff), only these."""

@@ -61,9 +61,10 @@ def cached_embeddings(cache: FeatureCache, backbone: Encoder, items: Sequence[tu
                 todo.append((key, path, flip))
     for flip in (False, True):
         part = [(key, path) for key, path, f in todo if f == flip]
-        if part:
-            feats = backbone.embed([path for _, path in part], batch_size, device,
-                                   desc=f"{desc} {backbone.name}" + (" (mirrored)" if flip else ""), flip=flip)
+        if part:  # mirrored items exist only for an encoder with mirror images (images: flip TTA)
+            embed = backbone.embed_mirrored if flip else backbone.embed
+            feats = embed([path for _, path in part], batch_size, device,
+                          desc=f"{desc} {backbone.name}" + (" (mirrored)" if flip else ""))
             for (key, _), vec in zip(part, feats):
                 cache.put(key, vec)
                 vectors[key] = vec

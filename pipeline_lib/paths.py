@@ -170,6 +170,14 @@ class Paths:
     def finetune_history(self) -> Path:
         return self.reports_dir / "plots" / "finetune_history.csv"
 
+    def clear_finetuned(self) -> None:
+        """Remove a fine-tuned model of either kind (a run that keeps none leaves none behind)."""
+        import shutil
+
+        shutil.rmtree(self.finetuned_encoder, ignore_errors=True)
+        for f in (self.finetuned_head, self.finetune_oof, self.finetuned_model):
+            f.unlink(missing_ok=True)
+
     def finetune_checkpoint(self, key: str) -> Path:
         """Per-epoch checkpoint, outside DVC's outputs (DVC deletes outputs before a stage runs)."""
         return self.root / ".cache" / "checkpoints" / f"finetune-{key}.pt"

@@ -53,40 +53,29 @@ def decide(challenger_correct: np.ndarray | None, champion_correct: np.ndarray |
 
 def predictions_on_test(model_uri: str, paths: Paths) -> tuple[np.ndarray | None, str | None]:
     """A logged classifier's predicted labels on the current test split, in the manifest's order
-    (from the prepared images or texts); or None and why it cannot answer this task (it
-    classifies the other modality, or other classes)."""
-    import mlflow
-    import torch
+    (from the prepared items, by the model's modality); or None and why it cannot answer this task
+    (it classifies another modality, or other classes)."""
+    import tempfile
 
-    from .dataset import is_text, load_manifest
-    from .image.backbones import Preprocess, load_batch
+    import mlflow
+
+    from . import modalities
+    from .dataset import load_manifest
 
     info = mlflow.models.get_model_info(model_uri)
     metadata = info.metadata or {}
     manifest, ours = load_manifest(paths)
     test = manifest[manifest["split"] == "test"]
-    modality = "text" if is_text(manifest) else "image"
-    if metadata.get("modality", "image") != modality:
-        return None, f"the champion classifies {metadata.get('modality', 'image')}s, this model {modality}s"
+    theirs, this = modalities.of_model(metadata), modalities.of_dataset(paths)
+    if theirs.name != this.name:
+        return None, f"the champion classifies {theirs.nouns}, this model {this.nouns}"
     classes = list(metadata.get("classes") or [])
     if sorted(classes) != sorted(ours):
         return None, (f"the champion predicts other classes ({', '.join(classes[:8])}) than this model "
                       f"({', '.join(ours[:8])})")
-    if modality == "text":
-        from .text.files import read_text
-
-        out = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": [read_text(paths.resolve(p))
-                                                                                 for p in test["path"]]}))
-        return out["label"].to_numpy().astype(str), None
-    model = mlflow.pytorch.load_model(model_uri)
-    preprocess = Preprocess(int(metadata["resolution"]))
-    predicted: list[str] = []
-    files = [paths.resolve(p) for p in test["path"]]
-    with torch.no_grad():
-        for i in range(0, len(files), 64):
-            proba = model(load_batch(files[i:i + 64], preprocess))
-            predicted += [classes[j] for j in proba.argmax(1).tolist()]
-    return np.array(predicted), None
+    with tempfile.TemporaryDirectory(prefix="registry-model-") as scratch:
+        model = this.load_model(model_uri, scratch)
+        return this.predict_prepared(model, metadata, [paths.resolve(p) for p in test["path"]]), None
 
 
 def register_and_promote(model_uri: str, params: Params, paths: Paths, challenger_acc: float,
@@ -125,31 +114,21 @@ def register_and_promote(model_uri: str, params: Params, paths: Paths, challenge
 
 
 def describe_version(params: Params, decision: Decision, classes: list[str], metrics: dict, tags: dict,
-                     text: bool = False) -> None:
+                     modality) -> None:
     """Say in the registry what the model is and how good: the registered model's description (task,
-    classes, input contract, how to load), the version's description and tags (scores, data
-    version, commit, the promotion decision)."""
+    classes, input contract, how to load: the modality's), the version's description and tags
+    (scores, data version, commit, the promotion decision)."""
     import mlflow
 
     name, version = params.mlflow.model_name, decision.challenger_version
     client = mlflow.MlflowClient()
-    res = params.backbone.resolution
     aliases = f"Aliases: `{CHAMPION}` (deployed), `{CHALLENGER}` (the latest trained)."
-    client.update_registered_model(name, description=(
-        f"Text classifier over {len(classes)} classes: {', '.join(classes)}.\n\n"
-        "Input: a DataFrame with a `text` column. Output: a DataFrame with `label`, "
-        "`confidence` and one probability column per class.\n\n"
-        f"Load: `mlflow.pyfunc.load_model('models:/{name}@{CHAMPION}')`. " + aliases) if text else (
-        f"Image classifier over {len(classes)} classes: {', '.join(classes)}.\n\n"
-        f"Input: float32 RGB tensor (N, 3, H, W) with values in [0, 1], any H and W (resized inside to "
-        f"{res}x{res}). Output: class probabilities (N, {len(classes)}) in the order of `classes.json`.\n\n"
-        f"Load: `mlflow.pytorch.load_model('models:/{name}@{CHAMPION}')`, or predict on a folder of "
-        f"images with `python -m flows.predict <folder>` (the champion by default). " + aliases))
+    client.update_registered_model(name, description=modality.model_description(name, classes, params) + aliases)
     ci = (metrics.get("ci") or {}).get("accuracy")
     client.update_model_version(name, version, description=(
         f"{metrics.get('candidate', '?')}: test accuracy {metrics['accuracy']:.1%}"
         + (f" ({ci[0]:.1%}–{ci[1]:.1%})" if ci else "") + f", macro-F1 {metrics['macro_f1']:.3f} on "
-        f"{metrics.get('n_test', '?')} test {'texts' if text else 'images'}. "
+        f"{metrics.get('n_test', '?')} test {modality.nouns}. "
         f"{'Promoted' if decision.promoted else 'Not promoted'}: {decision.reason}."))
     version_tags = {"test_accuracy": f"{metrics['accuracy']:.4f}", "test_macro_f1": f"{metrics['macro_f1']:.4f}",
                     "candidate": metrics.get("candidate", "?"), "promoted": str(decision.promoted).lower(),

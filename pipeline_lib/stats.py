@@ -109,3 +109,22 @@ def mcnemar(correct_first: np.ndarray, correct_second: np.ndarray, alternative: 
     p = binomtest(only_second, n, 0.5, alternative=alternative).pvalue if n else 1.0
     return {"n": int(len(a)), "only_first_correct": only_first, "only_second_correct": only_second,
             "p_value": float(p)}
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro-F1 and per-class scores. Macro-F1 averages the classes that have test images;
+    a class without any (data.zero_shot_classes) is listed as unmeasured, its support 0."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    measured = [i for i in labels if support[i] > 0]
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=measured, average="macro", zero_division=0)),
+        "n_test": int(len(y_true)),
+        "unmeasured_classes": [classes[i] for i in labels if support[i] == 0],
+        "per_class": {cls: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                      for cls, p, r, f, s in zip(classes, precision, recall, f1, support)},
+    }

@@ -9,18 +9,22 @@ from .paths import Paths
 
 
 def items(paths: Paths) -> str:
-    """What the data set holds, for sentences: "texts" or "images" (ingest's report says)."""
+    """What the data set holds, for sentences: "images", "texts", ... (ingest's report says)."""
+    from . import modalities
+
     try:
-        text = json.loads(paths.ingest_report.read_text()).get("modality") == "text"
+        name = json.loads(paths.ingest_report.read_text()).get("modality")
     except (OSError, ValueError):
-        text = False
-    return "texts" if text else "images"
+        name = None
+    return modalities.nouns(name)
 
 
 def stage_line(stage: str, report: dict, paths: Paths) -> str:
     """One line saying what a stage did, for the console and Prefect's run log."""
+    from . import modalities
+
     r, took = report, f" in {report['wall_seconds']:.1f} s" if "wall_seconds" in report else ""
-    noun = "texts" if r.get("modality") == "text" else items(paths)
+    noun = modalities.nouns(r["modality"]) if r.get("modality") else items(paths)
     if stage == "ingest":
         c = r.get("counts") or {}
         line = (f"{c.get('train', 0)} train, {c.get('val', 0)} val, {c.get('test', 0)} test {noun} of "

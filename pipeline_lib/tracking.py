@@ -20,7 +20,6 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from . import atomic
@@ -213,7 +212,9 @@ def describe(params: Params, metrics: dict, ingest: dict, ran: list[str], versio
     """The parent run's markdown description (MLflow's mlflow.note.content)."""
     sel = metrics.get("selection") or {}
     counts = ingest.get("counts") or {}
-    items = "texts" if ingest.get("modality") == "text" else "images"
+    from . import modalities
+
+    items = modalities.nouns(ingest.get("modality"))
     lines = [f"**{metrics.get('candidate', '?')}** on {len(ingest.get('classes') or [])} classes: test accuracy "
              f"**{metrics['accuracy']:.1%}**, macro-F1 **{metrics['macro_f1']:.3f}** "
              f"on {metrics.get('n_test', counts.get('test', '?'))} held-out {items}"]
@@ -239,94 +240,6 @@ def describe(params: Params, metrics: dict, ingest: dict, ran: list[str], versio
     lines.append(f"- **Stages run in this execution:** {', '.join(ran) if ran else 'none (all up to date)'}; "
                  "each stage has a nested run with its params, figures and reports.")
     return "\n".join(lines)
-
-
-def _input_example(paths: Paths, resolution: int, n: int = 2) -> np.ndarray:
-    """A few real test images (the first of different classes), at most the model's resolution:
-    the model's input example (n > 1 keeps the exported batch dimension free)."""
-    import pandas as pd
-    import torch
-
-    from .image.backbones import Preprocess, read_image_tensor
-
-    manifest = pd.read_parquet(paths.manifest)
-    test = manifest[manifest["split"] == "test"].drop_duplicates("label").head(n)
-    if len(test) < n:
-        test = manifest[manifest["split"] == "test"].head(n)
-    images = [read_image_tensor(paths.resolve(p)) for p in test["path"]]
-    side = min(resolution, min(min(im.shape[1:]) for im in images))
-    return torch.stack([Preprocess(side).resize(im) for im in images]).numpy()
-
-
-def _log_text_model(params: Params, paths: Paths, metrics: dict):
-    """The text classifier as a pyfunc model (pipeline_lib/text/text_model.py): the encoder's folder, the
-    head as a torch.export program, the classes; input example: two real test texts."""
-    import tempfile
-
-    import mlflow
-    import pandas as pd
-    import sentence_transformers
-    import torch
-
-    from .heads import load_head
-    from .text.encoder import resolve_encoder
-    from .text.files import read_text
-
-    tuned = metrics.get("candidate", "head").startswith("finetune")  # the contrastively tuned encoder and its head
-    head, meta = load_head(*((paths.finetuned_head, paths.finetune_meta) if tuned else (paths.head, paths.head_meta)))
-    spec = meta["backbone_spec"]
-    encoder = paths.finetuned_encoder if tuned else resolve_encoder(spec["name"], paths.root)
-    manifest = pd.read_parquet(paths.manifest)
-    test = manifest[manifest["split"] == "test"].drop_duplicates("label").head(2)
-    example = pd.DataFrame({"text": [read_text(paths.resolve(p)) for p in test["path"]]})
-    here = Path(__file__).resolve().parent / "text"
-    with tempfile.TemporaryDirectory() as tmp:
-        program = torch.export.export(head.eval(), (torch.zeros(2, head.config["in_dim"]),),
-                                      dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
-        torch.export.save(program, f"{tmp}/head.pt2")
-        atomic.write_json(Path(tmp) / "settings.json", {"classes": meta["classes"], "max_length": spec.get("max_length"),
-                                                        "encoder": spec["name"]})
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(here / "text_model.py"), code_paths=[str(here / "text_normalize.py")],
-            artifacts={"encoder": str(encoder), "head": f"{tmp}/head.pt2",
-                       "settings": f"{tmp}/settings.json"},
-            input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                              f"sentence-transformers=={sentence_transformers.__version__}",
-                              f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}"],
-            metadata={"classes": meta["classes"], "modality": "text", "encoder": spec["name"], "encoder_tuned": tuned,
-                      "input": "DataFrame with a text column",
-                      "output": "DataFrame: label, confidence, one probability column per class"})
-    mlflow.log_dict({"classes": meta["classes"]}, "classes.json")
-    return info, meta["classes"]
-
-
-def _log_model(params: Params, paths: Paths, metrics: dict):
-    import mlflow
-    import torch
-    import torchvision
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    from .image.model import build_classifier
-
-    model = build_classifier(params, paths, metrics.get("candidate", "head"))
-    example = _input_example(paths, params.backbone.resolution)
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(model.classes)))]))
-    res = params.backbone.resolution
-    info = mlflow.pytorch.log_model(
-        model, name="model", signature=signature,
-        serialization_format="pt2",  # torch.export graph: loading runs no pickled code
-        input_example=example,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                          f"torchvision=={torchvision.__version__.split('+')[0]}",
-                          f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"],
-        metadata={"classes": model.classes, "input": "float32 RGB (N,3,H,W) in [0,1], any H and W (resized "
-                  f"inside to {res}x{res})", "resolution": res, "output": "class probabilities (N, n_classes)"},
-    )
-    mlflow.log_dict({"classes": model.classes}, "classes.json")
-    return info, model.classes
 
 
 def _log_stage(client, experiment_id: str, parent_id: str, params: Params, paths: Paths, stage: str,
@@ -430,14 +343,14 @@ def ui_urls(tracking_uri: str, experiment_id: str, run_id: str) -> dict[str, str
 def _register(params: Params, paths: Paths, metrics: dict, version: str, commit: str | None, run_id: str) -> dict:
     import mlflow
 
-    from .dataset import is_text, load_manifest
+    from . import modalities
     from .registry import describe_version, register_and_promote
 
-    text = is_text(load_manifest(paths)[0])
-    info, classes = (_log_text_model if text else _log_model)(params, paths, metrics)
+    modality = modalities.of_dataset(paths)
+    info, classes = modality.log_model(params, paths, metrics)
     decision = register_and_promote(info.model_uri, params, paths, float(metrics["accuracy"]), version)
     describe_version(params, decision, classes, metrics,
-                     {"data_version": version, "git_commit": commit or "unknown", "run_id": run_id}, text)
+                     {"data_version": version, "git_commit": commit or "unknown", "run_id": run_id}, modality)
     mlflow.set_tags({"promotion.promoted": str(decision.promoted).lower(), "promotion.reason": decision.reason,
                      "promotion.challenger_version": decision.challenger_version})
     if decision.champion_accuracy is not None:

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 
+from pipeline_lib import modalities
 from pipeline_lib.config import load_params, parse_params
 from pipeline_lib.paths import Paths
 from pipeline_lib.stages import featurize, run_stages
@@ -19,7 +20,8 @@ def test_dask_featurize_equals_single_process(tmp_path, prefect_api):
                featurize={"executor": "dask", "dask_workers": 2, "shard_size": 5})
     params, paths = load_params(root), Paths.for_root(root)
     run_stages(params, paths, last="augment")
-    n_images = len({key for key, _, _ in featurize.feature_keys(params, featurize.all_images(paths))})  # + mirrored
+    n_images = len({key for key, _, _ in featurize.feature_keys(params, featurize.all_images(paths),
+                                                                modalities.of_dataset(paths))})  # + mirrored
 
     run_cmd(["python", "-m", "flows.featurize"], root, {"PREFECT_API_URL": prefect_api})
     report = json.loads(paths.featurize_report.read_text())

@@ -4,7 +4,8 @@ import torch
 
 from pipeline_lib.config import TrainHeadParams
 from pipeline_lib.heads import HeadRecipe, class_weights, fit_head, load_head, predict_proba, save_head, train_head
-from pipeline_lib.stages.evaluate import classification_metrics, top_confusions
+from pipeline_lib.stages.evaluate import top_confusions
+from pipeline_lib.stats import classification_metrics
 
 
 def _blobs(n_per_class, seed, dim=16, classes=3):

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pipeline_lib.config import parse_params
-from pipeline_lib.errors import PipelineError
-from pipeline_lib.image.files import BadImage, image_id, load_image
+from pipeline_lib.errors import BadItem, PipelineError
+from pipeline_lib.image.files import image_id, load_image
 from pipeline_lib.paths import Paths
 from pipeline_lib.stages import ingest
 from tests.helpers import solid, write_folder_dataset
@@ -191,7 +191,7 @@ def test_duplicates_across_train_and_test_are_reported_as_leakage(tmp_path):
 
 
 def test_load_image_on_directory_is_a_bad_image(tmp_path):
-    with pytest.raises(BadImage):
+    with pytest.raises(BadItem):
         load_image(tmp_path)
 
 

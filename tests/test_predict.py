@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from pipeline_lib.errors import PipelineError, TransientError
-from pipeline_lib.predict import LoadedModel, check_request, list_inputs, load_registered, model_uri, write_predictions
+from pipeline_lib.image.deploy import list_inputs
+from pipeline_lib.predict import check_request, load_registered, model_uri, write_predictions
+from pipeline_lib.prediction import LoadedModel
 from tests.helpers import solid
 
 

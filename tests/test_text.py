@@ -67,7 +67,7 @@ def test_stages_end_to_end_well_above_chance(trained):
 
 
 def test_zero_shot_row_follows_the_class_descriptions(trained):
-    from pipeline_lib.stages.evaluate import text_zero_shot
+    from pipeline_lib.text.zero_shot import text_zero_shot
 
     params, paths = trained
     metrics = json.loads(paths.metrics.read_text())
@@ -144,7 +144,7 @@ def test_bad_text_rows_get_one_line_each_in_the_report(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (b"text,label\ncaf\xe9 au lait,acne\n", "line 2 is not UTF-8 (byte 0xe9"),
     (b"words,label\nsome text,acne\n", "lacks column(s) ['path']"),
-    (b"path,text,label\na.png,t,acne\n", "has both a `path` and a `text` column"),
+    (b"path,text,label\na.png,t,acne\n", "has both a `path` column and a `text` column"),
     (b"text,label\n", "has a header but no rows: add one line `text,label` per text"),
 ])
 def test_unusable_manifest_is_one_clear_line(tmp_path, content, message):

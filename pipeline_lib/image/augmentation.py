@@ -4,8 +4,12 @@ and online augmentation during fine-tuning use the same functions."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-from ..config import AugmentPolicy
+from ..config import AugmentPolicy, Params
+from ..dataset import copy_seed
+from ..paths import Paths
+from .files import read_rgb
 
 
 def make_policy(policy: AugmentPolicy, height: int, width: int, seed: int | None = None):
@@ -36,3 +40,18 @@ def make_policy(policy: AugmentPolicy, height: int, width: int, seed: int | None
 def augment_image(pixels: np.ndarray, policy: AugmentPolicy, seed: int) -> np.ndarray:
     compose = make_policy(policy, pixels.shape[0], pixels.shape[1], seed=seed)
     return compose(image=pixels)["image"]
+
+
+def preview(train: pd.DataFrame, params: Params, paths: Paths) -> None:
+    """Grid PNG: one row per sample image (one per class first), original then augmented copies."""
+    from ..plots import plot_image_grid
+
+    picks = train.groupby("label_idx", sort=True).head(1).head(params.augment.preview_images)
+    n_cols = max(params.augment.copies, 4)
+    rows = []
+    for row in picks.itertuples(index=False):
+        pixels = read_rgb(paths.resolve(row.path))
+        copies = [augment_image(pixels, params.augment.policy, copy_seed(params.seed, row.image_id, c))
+                  for c in range(n_cols)]
+        rows.append((row.label, [pixels, *copies]))
+    plot_image_grid(rows, ["original"] + [f"aug {c}" for c in range(n_cols)], paths.augment_preview)

@@ -310,6 +310,11 @@ class Backbone:
         """The blocks fine-tuning can unfreeze, input side first (BLOCK_SPLITS)."""
         return split_blocks(self.model)
 
+    def embed_mirrored(self, items: Sequence[str | Path], batch_size: int, device: torch.device,
+                       desc: str = "featurize") -> np.ndarray:
+        """The vectors of the items' mirror images (flip test-time augmentation; images only)."""
+        return self.embed(items, batch_size, device, desc, flip=True)
+
     def embed(self, items: Sequence[str | Path], batch_size: int, device: torch.device, desc: str = "featurize",
               flip: bool = False) -> np.ndarray:
         """Run the frozen network over image files, batched, decoding the next batch while the
@@ -404,10 +409,8 @@ def backbone_for(params, root: Path | None = None, name: str | None = None) -> B
     return load_backbone(name, b.weights_for(name), b.resolution, root, blocks=b.blocks_for(name))
 
 
-def backbone_spec(params, name: str, text: bool = False) -> dict:
-    """What rebuilds one candidate backbone, or the text encoder (stored in models/head.json by train_head)."""
-    if text:
-        return {"name": name, "modality": "text", "max_length": params.text.max_length}
+def backbone_spec(params, name: str) -> dict:
+    """What rebuilds one candidate backbone (stored in models/head.json by train_head)."""
     b = params.backbone
     return {"name": name, "weights": b.weights_for(name), "resolution": b.resolution, "blocks": b.blocks_for(name)}
 

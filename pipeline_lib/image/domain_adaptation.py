@@ -74,7 +74,8 @@ def target_files(params: Params, paths: Paths) -> list[str]:
 
 def load_target_images(params: Params, paths: Paths, real_train_pixels: list[np.ndarray]) -> tuple[list, list]:
     """(pixels, skipped) of the target domain; unreadable files are skipped and listed, not fatal."""
-    from .files import BadImage, load_image
+    from ..errors import BadItem
+    from .files import load_image
 
     files = target_files(params, paths)
     if not files:
@@ -85,7 +86,7 @@ def load_target_images(params: Params, paths: Paths, real_train_pixels: list[np.
         try:
             pixels.append(load_image(Path(folder) / rel, params.data.min_image_size,
                                      params.data.on_unusual_mode).pixels)
-        except BadImage as exc:
+        except BadItem as exc:
             skipped.append({"path": rel, "reason": exc.reason})
     if not pixels:
         raise PipelineError(f"data.unlabeled: none of the {len(files)} files under {folder} is a readable image "

@@ -10,21 +10,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import BadItem
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # Modes that are already 8-bit grey or colour: converted without comment.
 PLAIN_MODES = {"1", "L", "RGB"}
 # Modes that need a lossy or judgement-laden conversion: converted with a note, or rejected.
 UNUSUAL_MODES = {"P", "PA", "LA", "RGBA", "RGBa", "La", "CMYK", "YCbCr", "LAB", "HSV",
                  "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
-
-
-class BadImage(Exception):
-    """One file that cannot be used; ``reason`` says what is wrong, ``fix`` how to mend it."""
-
-    def __init__(self, reason: str, fix: str):
-        super().__init__(reason)
-        self.reason = reason
-        self.fix = fix
 
 
 @dataclass(frozen=True)
@@ -48,9 +41,9 @@ def to_rgb_array(img: Image.Image, unusual_modes: str = "convert") -> tuple[np.n
     if mode in PLAIN_MODES:
         return np.asarray(img.convert("RGB"), dtype=np.uint8), ""
     if mode not in UNUSUAL_MODES:
-        raise BadImage(f"unsupported image mode {mode!r}", "convert it to 8-bit RGB or greyscale")
+        raise BadItem(f"unsupported image mode {mode!r}", "convert it to 8-bit RGB or greyscale")
     if unusual_modes == "reject":
-        raise BadImage(
+        raise BadItem(
             f"image mode {mode!r} is not plain 8-bit RGB/greyscale",
             "convert it to RGB, or set data.on_unusual_mode: convert",
         )
@@ -93,7 +86,7 @@ def downscale(pixels: np.ndarray, max_side: int, original: tuple[int, int]) -> t
 
 
 def load_image(path: str | Path, min_size: int = 8, unusual_modes: str = "convert", max_side: int = 0) -> LoadedImage:
-    """Decode and validate one image file, or raise BadImage saying why not and how to fix it.
+    """Decode and validate one image file, or raise BadItem saying why not and how to fix it.
 
     The pixels come upright (the EXIF orientation applied, as viewers show the photo) and, with
     ``max_side``, downscaled so that the longer side is at most that (a JPEG decodes at a reduced
@@ -102,9 +95,9 @@ def load_image(path: str | Path, min_size: int = 8, unusual_modes: str = "conver
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise BadImage(f"cannot read the file ({exc.strerror})", "check that it exists and is readable")
+        raise BadItem(f"cannot read the file ({exc.strerror})", "check that it exists and is readable")
     if size == 0:
-        raise BadImage("empty file (0 bytes)", "re-export or re-download the image, or delete it")
+        raise BadItem("empty file (0 bytes)", "re-export or re-download the image, or delete it")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -119,18 +112,18 @@ def load_image(path: str | Path, min_size: int = 8, unusual_modes: str = "conver
                 notes += [note] if note else []
                 pixels, note = downscale(pixels, max_side, (width, height))
                 note = "; ".join(notes + ([note] if note else []))
-    except BadImage:
+    except BadItem:
         raise
     except UnidentifiedImageError:
-        raise BadImage("not an image (no decoder recognises the content)",
+        raise BadItem("not an image (no decoder recognises the content)",
                        "remove it from the data folder, or re-save it as PNG/JPEG")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage("image is too large to decode safely (decompression-bomb limit)",
+        raise BadItem("image is too large to decode safely (decompression-bomb limit)",
                        "downscale it before adding it")
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(f"corrupt or truncated image ({exc})", "re-export or re-download the image")
+        raise BadItem(f"corrupt or truncated image ({exc})", "re-export or re-download the image")
     if min(width, height) < min_size:
-        raise BadImage(f"too small ({width}x{height} px, minimum {min_size} px per side)",
+        raise BadItem(f"too small ({width}x{height} px, minimum {min_size} px per side)",
                        "use a larger image, or lower data.min_image_size")
     return LoadedImage(pixels=pixels, mode=mode, note=note)
 

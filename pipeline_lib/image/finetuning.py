@@ -17,7 +17,6 @@ import contextlib
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .. import atomic
+from ..atomic import Checkpoint
 from ..config import Params
 from ..stats import nll
 from .augmentation import make_policy
@@ -271,23 +270,6 @@ class Progress:
     curve: list[dict] = field(default_factory=list)
     best_weights: list[dict] = field(default_factory=list)  # per trainer, at the best epoch
     extra: dict = field(default_factory=dict)  # what the mode keeps besides (the probe's scores, ...)
-
-
-class Checkpoint:
-    """One resumable checkpoint file, written atomically after each epoch."""
-
-    def __init__(self, path: Path, device):
-        self.path, self.device = Path(path), device
-
-    def load(self) -> dict | None:
-        return torch.load(self.path, map_location=self.device, weights_only=True) if self.path.exists() else None
-
-    def save(self, payload: dict) -> None:
-        with atomic.atomic_path(self.path) as tmp:
-            torch.save(payload, tmp)
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def restore(saved: dict | None, phase: str, trainers: list[Trainer]) -> Progress:

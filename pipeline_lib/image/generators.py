@@ -12,7 +12,6 @@ draws the same images.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from ..atomic import dir_hash
 from ..config import DdpmParams, StableDiffusionParams
 from ..errors import PipelineError
 
@@ -46,18 +46,9 @@ class Generated:
     prompt: str
     seed: int
 
-
-def dir_hash(directory: Path) -> str:
-    """sha256 over a saved model's weight and config files (names and bytes): the provenance of its
-    samples. ``training.json`` (timings) is left out: the same weights give the same hash."""
-    h = hashlib.sha256()
-    for f in sorted(directory.rglob("*")):
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".pt") and f.name != "training.json":
-            h.update(str(f.relative_to(directory)).encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:16]
+    @property
+    def item(self) -> np.ndarray:
+        return self.pixels
 
 
 def _to_model_range(images: np.ndarray, resolution: int) -> torch.Tensor:

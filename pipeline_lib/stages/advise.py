@@ -19,15 +19,14 @@ import time
 import numpy as np
 import pandas as pd
 
-from .. import advise, atomic
+from .. import advise, atomic, modalities
 from ..config import Params
-from ..dataset import UNLABELED, is_text, load_manifest
+from ..dataset import UNLABELED, load_manifest
 from ..features import load_features
 from ..heads import HeadRecipe, load_head, predict_proba
 from ..paths import Paths
 from ..plots import plot_learning_curve_fit, plot_message
 from ..selection import undecidable
-from ..text.files import read_text
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -47,7 +46,7 @@ def run(params: Params, paths: Paths) -> dict:
     X, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(int)
     ids = np.concatenate([p[2] for p in parts])
     rows = manifest.set_index("image_id")
-    describe = _describer(paths, rows, is_text(manifest))
+    describe = _describer(paths, rows, modalities.of_dataset(paths))
 
     deployed = _deployed(paths)
     too_few = undecidable(y)
@@ -104,12 +103,12 @@ def run(params: Params, paths: Paths) -> dict:
     return report
 
 
-def _describer(paths: Paths, rows: pd.DataFrame, text: bool):
-    """id -> {"item": the text, or the image's original file; "path": the prepared copy}."""
+def _describer(paths: Paths, rows: pd.DataFrame, modality):
+    """id -> {"item": the item as the modality shows it (a text; an image's original file);
+    "path": the prepared copy}."""
     def describe(item_id: str) -> dict:
         row = rows.loc[item_id]
-        item = read_text(paths.resolve(row["path"])) if text else str(row.get("source") or row["path"])
-        return {"item": item, "path": str(row["path"])}
+        return {"item": modality.show(paths, row), "path": str(row["path"])}
 
     return describe
 

@@ -4,48 +4,37 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix
 
-from .. import atomic
+from .. import atomic, modalities
 from ..config import Params
-from ..dataset import is_text, load_manifest
+from ..dataset import load_manifest
 from ..features import load_features, load_flipped
 from ..heads import load_head, predict_proba
-from ..image.networks import Images, load_finetuned
-from ..image.networks import predict_proba as network_proba
 from ..paths import Paths
 from ..plots import plot_confusion, plot_reliability
-from ..stats import bootstrap_ci, expected_calibration_error, fit_temperature_on_proba, nll, reliability_bins, rescale
-from ..text.encoder import encode, load_sentence_model, texts_of
+from ..stats import (
+    bootstrap_ci,
+    classification_metrics,
+    expected_calibration_error,
+    fit_temperature_on_proba,
+    nll,
+    reliability_bins,
+    rescale,
+)
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, macro-F1 and per-class scores. Macro-F1 averages the classes that have test images;
-    a class without any (data.zero_shot_classes) is listed as unmeasured, its support 0."""
-    labels = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
-    measured = [i for i in labels if support[i] > 0]
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=measured, average="macro", zero_division=0)),
-        "n_test": int(len(y_true)),
-        "unmeasured_classes": [classes[i] for i in labels if support[i] == 0],
-        "per_class": {cls: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for cls, p, r, f, s in zip(classes, precision, recall, f1, support)},
-    }
-
-
-def _example_texts(confusions: list[dict], paths: Paths, manifest: pd.DataFrame, ids, actual, predicted, confidence,
-                   n: int = 2) -> None:
-    """Text data sets: each worst-confused pair gets its most confidently wrong test texts (start)."""
-    from ..text.files import read_text
-
+def _examples(confusions: list[dict], modality, paths: Paths, manifest: pd.DataFrame, ids, actual, predicted,
+              confidence, n: int = 2) -> None:
+    """Each worst-confused pair gets its most confidently wrong test items, quoted as the modality
+    quotes them (a text's start; an image is not quoted)."""
     where = manifest.set_index("image_id")["path"]
     for pair in confusions:
         rows = np.flatnonzero((actual == pair["actual"]) & (predicted == pair["predicted"]))
         rows = rows[np.argsort(-confidence[rows], kind="stable")][:n]
-        pair["examples"] = [read_text(paths.resolve(where[ids[i]]))[:300] for i in rows]
+        quotes = [modality.quote(paths.resolve(where[ids[i]])) for i in rows]
+        if any(q is not None for q in quotes):
+            pair["examples"] = quotes
 
 
 def top_confusions(cm: np.ndarray, classes: list[str], k: int) -> list[dict]:
@@ -85,24 +74,9 @@ def model_probabilities(params: Params, paths: Paths) -> dict[str, dict[str, np.
     flipped = {split: load_flipped(paths, split, name) for split in splits}
     if params.evaluate.tta == "hflip" and all(f is not None for f in flipped.values()):
         out["head_tta"] = {split: (out["head"][split] + predict_proba(head, flipped[split])) / 2 for split in splits}
-    if (meta.get("backbone_spec") or {}).get("modality") == "text":
-        if paths.finetuned_head.exists():  # the contrastively tuned encoder and its head (text_finetune)
-            head, meta = load_head(paths.finetuned_head, paths.finetune_meta)
-            model = load_sentence_model(paths.finetuned_encoder, meta["backbone_spec"].get("max_length"))
-            manifest = load_manifest(paths)[0].set_index("image_id")
-            out["finetune"] = {split: predict_proba(head, encode(model, texts_of(
-                paths, manifest.loc[list(load_features(paths, split, name)[2])]))) for split in splits}
-        return out
-    tuned = load_finetuned(params, paths)
-    if tuned is None:
-        return out
     manifest = load_manifest(paths)[0].set_index("image_id")
-    images = {split: Images(manifest.loc[list(load_features(paths, split)[2])].reset_index(), paths, tuned.preprocess)
-              for split in splits}
-    out["finetune"] = {split: network_proba(tuned, images[split]) for split in splits}
-    if params.evaluate.tta == "hflip":
-        out["finetune_tta"] = {split: (out["finetune"][split] + network_proba(tuned, images[split], mirrored=True)) / 2
-                               for split in splits}
+    rows = {split: manifest.loc[list(load_features(paths, split, name)[2])].reset_index() for split in splits}
+    out.update(modalities.of_dataset(paths).finetuned_probabilities(params, paths, rows, name))
     return out
 
 
@@ -123,35 +97,14 @@ def choose_candidate(val_scores: dict[str, tuple[float, float]], monitor: str = 
     return max(val_scores, key=lambda name: (val_scores[name][0], -val_scores[name][1]))
 
 
-def text_zero_shot(params: Params, paths: Paths, classes: list[str], y_test: np.ndarray) -> dict:
-    """No label used: each test text goes to the class whose description ("This text is about
-    <data.class_descriptions[c] or the class name>.") its vector is most similar to (cosine; the
-    encoder's vectors are unit length)."""
-    from ..text.encoder import load_text_encoder
-
-    head_meta = load_head(paths.head, paths.head_meta)[1]
-    spec = head_meta["backbone_spec"]
-    prompts = [f"This text is about {params.data.class_descriptions.get(c, c.replace('_', ' '))}." for c in classes]
-    encoder = load_text_encoder(spec["name"], spec.get("max_length"), paths.root)
-    P = encoder.encode(prompts)
-    P /= np.linalg.norm(P, axis=1, keepdims=True)
-    X = load_features(paths, "test", spec["name"])[0]
-    pred = (X / np.linalg.norm(X, axis=1, keepdims=True) @ P.T).argmax(1)
-    return {"test_accuracy": float((pred == y_test).mean()),
-            "test_macro_f1": classification_metrics(y_test, pred, classes)["macro_f1"], "prompts": prompts}
-
-
 def baselines(params: Params, paths: Paths, manifest: pd.DataFrame, classes: list[str], y_test: np.ndarray) -> dict:
-    """Test accuracy without real labels: synthetic-only nearest class mean; CLIP zero-shot if given;
-    for texts, zero-shot from the class descriptions."""
+    """Test accuracy without real labels: the modality's zero-shot row (texts: the class
+    descriptions; images: CLIP, when evaluate.zero_shot_model names one), and the synthetic-only
+    nearest class mean."""
     from ..dataset import SYNTHETIC
     from ..features import nearest_class_mean
-    from ..image.generators import class_prompt
-    from ..image.zero_shot import clip_zero_shot
 
-    out = {}
-    if is_text(manifest):
-        out["zero_shot"] = text_zero_shot(params, paths, classes, y_test)
+    out = modalities.of_dataset(paths).zero_shot(params, paths, manifest, classes, y_test)
     if paths.features(SYNTHETIC).exists():
         X_syn, y_syn, _ = load_features(paths, SYNTHETIC)
         if len(X_syn):
@@ -160,15 +113,6 @@ def baselines(params: Params, paths: Paths, manifest: pd.DataFrame, classes: lis
             out["synthetic_only"] = {"test_accuracy": float((pred == y_test).mean()), "n_reference": int(len(X_syn)),
                                      "classes_without_images": [c for i, c in enumerate(classes)
                                                                 if not (y_syn == i).any()]}
-    if params.evaluate.zero_shot_model:
-        from ..image.files import read_rgb
-
-        where = manifest.set_index("image_id")["path"]
-        ids = load_features(paths, "test")[2]
-        images = [read_rgb(paths.resolve(where[i])) for i in ids]
-        prompts = [class_prompt(params.synthetic.stable_diffusion, c) for c in classes]
-        proba = clip_zero_shot(paths.resolve(params.evaluate.zero_shot_model), prompts, images)
-        out["clip_zero_shot"] = {"test_accuracy": float((proba.argmax(1) == y_test).mean()), "prompts": prompts}
     return out
 
 
@@ -234,9 +178,8 @@ def run(params: Params, paths: Paths) -> dict:
             probas["head"]["test"].argmax(1) == y, probas["finetune"]["test"].argmax(1) == y)}
     cm = confusion_matrix(y, pred, labels=list(range(len(classes))))
     metrics["top_confusions"] = top_confusions(cm, classes, params.evaluate.top_confusions)
-    if is_text(manifest):
-        _example_texts(metrics["top_confusions"], paths, manifest, image_ids, np.array(classes)[y], np.array(classes)[pred],
-                       proba.max(1))
+    _examples(metrics["top_confusions"], modalities.of_dataset(paths), paths, manifest, image_ids, np.array(classes)[y],
+              np.array(classes)[pred], proba.max(1))
     if params.evaluate.bootstrap:
         metrics["ci"] = {"level": params.evaluate.ci_level, "resamples": params.evaluate.bootstrap,
                          **bootstrap_ci(y, pred, len(classes), params.evaluate.bootstrap,

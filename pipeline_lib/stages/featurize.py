@@ -1,9 +1,9 @@
-"""Stage featurize: frozen pretrained encoder -> one feature vector per image or text, via the cache.
+"""Stage featurize: frozen pretrained encoder -> one feature vector per item, via the cache.
 
 Only items whose vectors are not in the content-addressed cache go through the network; the
 DVC outputs are the feature matrices of the train, val and test splits (and of the augmented,
-synthetic and unlabelled items). Images go through backbone.name's backbones, texts through
-text.encoder (pipeline_lib.encoder.load_encoder).
+synthetic and unlabelled items). The encoders are the modality's (pipeline_lib.modalities: images
+go through backbone.name's backbones, texts through text.encoder).
 """
 
 from __future__ import annotations
@@ -16,26 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import atomic
+from .. import atomic, modalities
 from ..config import Params
-from ..dataset import (
-    AUGMENTED,
-    SPLITS,
-    SYNTHETIC,
-    UNLABELED,
-    is_text,
-    load_augmented,
-    load_manifest,
-    load_synthetic,
-    unlabeled_pool,
-)
-from ..encoder import Encoder, encoder_names, load_encoder
+from ..dataset import AUGMENTED, SPLITS, SYNTHETIC, UNLABELED, load_augmented, load_manifest, load_synthetic, unlabeled_pool
+from ..encoder import Encoder
 from ..feature_cache import FeatureCache
 from ..features import FLIP, array_suffix, cached_embeddings
+from ..modality import Modality
 from ..paths import Paths
 from ..runtime import pick_device, use
-from ..text.encoder import TextEncoder
-from ..text.files import TEXT_EXTENSIONS, read_text
 
 
 def all_images(paths: Paths, params: Params | None = None) -> pd.DataFrame:
@@ -50,31 +39,31 @@ def all_images(paths: Paths, params: Params | None = None) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def feature_keys(params: Params, manifest: pd.DataFrame) -> list[tuple[str, str, bool]]:
+def feature_keys(params: Params, manifest: pd.DataFrame, modality: Modality) -> list[tuple[str, str, bool]]:
     """(cache key, path, mirrored) of every vector featurize needs: each item's, and with flip TTA
-    (images only) the mirror image's of every train/val/test image."""
+    (a modality with mirror images) the mirror image's of every train/val/test item."""
     keys = [(iid, rel, False) for iid, rel in zip(manifest["image_id"], manifest["path"])]
-    if flips(params, manifest):
+    if flips(params, modality):
         keys += [(iid + FLIP, rel, True) for iid, rel, split in
                  zip(manifest["image_id"], manifest["path"], manifest["split"]) if split in SPLITS]
     return keys
 
 
-def flips(params: Params, manifest: pd.DataFrame) -> bool:
-    """Mirror images' vectors are needed: flip TTA on, and images (a text has no mirror image)."""
-    return params.evaluate.tta == "hflip" and not is_text(manifest)
+def flips(params: Params, modality: Modality) -> bool:
+    """Mirror images' vectors are needed: flip TTA on, and a modality with mirror images."""
+    return params.evaluate.tta == "hflip" and modality.mirror_tta
 
 
 def plan_shards(params: Params, paths: Paths, shard_size: int) -> list[list[tuple[str, str, bool, str]]]:
     """The vectors not cached yet, as (cache key, image path, mirrored, backbone) shards for workers."""
     todo = []
     manifest = all_images(paths, params)
-    text = is_text(manifest)
-    for name in encoder_names(params, text):
-        backbone = load_encoder(params, paths.root, name, text)
+    modality = modalities.of_dataset(paths)
+    for name in modality.encoder_names(params):
+        backbone = modality.load_encoder(params, paths.root, name)
         cache = FeatureCache(paths.cache_dir(params), backbone.key)
         seen = set()
-        for key, rel, flip in feature_keys(params, manifest):
+        for key, rel, flip in feature_keys(params, manifest, modality):
             if key not in seen and cache.get(key, backbone.feature_dim) is None:
                 todo.append((str(key), str(paths.resolve(rel)), flip, name))
             seen.add(key)
@@ -82,31 +71,33 @@ def plan_shards(params: Params, paths: Paths, shard_size: int) -> list[list[tupl
 
 
 @lru_cache(maxsize=4)
-def _worker_backbone(params_json: str, root: str, name: str, text: bool) -> Encoder:
+def _worker_backbone(params_json: str, root: str, name: str) -> Encoder:
     from ..config import parse_params
+    from ..paths import Paths
 
     params = parse_params(json.loads(params_json))
-    return load_encoder(params, Path(root), name, text).to(pick_device(params.runtime.device))
+    modality = modalities.of_dataset(Paths(Path(root)))
+    return modality.load_encoder(params, Path(root), name).to(pick_device(params.runtime.device))
 
 
 def embed_shard(params: Params, paths: Paths, shard: list[tuple[str, str, bool, str]]) -> int:
     """Embed one shard into the content-addressed cache (on whichever process runs it); returns
     how many vectors it wrote. Each backbone is loaded once per worker process."""
     params_json = json.dumps(params.model_dump(), sort_keys=True)
-    text = all(item[1].endswith(TEXT_EXTENSIONS) for item in shard)
     for name in dict.fromkeys(item[3] for item in shard):
-        backbone = _worker_backbone(params_json, str(paths.root), name, text)
+        backbone = _worker_backbone(params_json, str(paths.root), name)
         cached_embeddings(FeatureCache(paths.cache_dir(params), backbone.key), backbone,
                           [tuple(item[:3]) for item in shard if item[3] == name], params.featurize.batch_size,
                           pick_device(params.runtime.device))
     return len(shard)
 
 
-def _vectors(params: Params, paths: Paths, manifest: pd.DataFrame, backbone: Encoder, device) -> tuple[dict, dict]:
+def _vectors(params: Params, paths: Paths, manifest: pd.DataFrame, modality: Modality, backbone: Encoder,
+             device) -> tuple[dict, dict]:
     """Every vector featurize needs for one encoder, from the cache or computed; and a report."""
     cache = FeatureCache(paths.cache_dir(params), backbone.key)
     started = time.perf_counter()
-    items = [(key, paths.resolve(rel), flip) for key, rel, flip in feature_keys(params, manifest)]
+    items = [(key, paths.resolve(rel), flip) for key, rel, flip in feature_keys(params, manifest, modality)]
     vectors, computed = cached_embeddings(cache, backbone, items, params.featurize.batch_size, device)
     seconds = time.perf_counter() - started
     report = {
@@ -114,34 +105,22 @@ def _vectors(params: Params, paths: Paths, manifest: pd.DataFrame, backbone: Enc
         "images": len(vectors), "mirrored": sum(k.endswith(FLIP) for k in vectors), "cache_hits": cache.hits,
         "computed": computed, "seconds": round(seconds, 3),
         "images_per_second": round(computed / seconds, 1) if computed and seconds > 0 else None}
-    if isinstance(backbone, TextEncoder):
-        report.update(_truncation(backbone, [paths.resolve(rel) for _, rel, _ in items]))
+    report.update(modality.feature_notes(backbone, [path for _, path, flip in items if not flip]))
     return vectors, report
-
-
-def _truncation(encoder: TextEncoder, files: list[Path]) -> dict:
-    """How many texts are longer than the encoder's window (only their first max_length tokens count)."""
-    tokens = encoder.token_counts([read_text(f) for f in files]) if files else np.zeros(0, int)
-    long = int((tokens > encoder.max_length).sum())
-    return {"max_length": encoder.max_length, "texts_truncated": long,
-            "tokens_median": int(np.median(tokens)) if len(tokens) else 0,
-            "tokens_max": int(tokens.max()) if len(tokens) else 0,
-            "truncation": (f"{long} of {len(tokens)} texts are longer than {encoder.max_length} tokens: only their first "
-                           f"{encoder.max_length} tokens are encoded (text.max_length)") if long else "none"}
 
 
 def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
     _, classes = load_manifest(paths)
     manifest = all_images(paths, params)
     device = use(params.runtime)
-    text = is_text(manifest)
-    names = encoder_names(params, text)
-    flip_splits = SPLITS if flips(params, manifest) else ()
+    modality = modalities.of_dataset(paths)
+    names = modality.encoder_names(params)
+    flip_splits = SPLITS if flips(params, modality) else ()
     arrays: dict[str, dict[str, np.ndarray]] = {split: {} for split in (*SPLITS, AUGMENTED, SYNTHETIC, UNLABELED)}
     per_backbone = {}
     for name in names:
-        backbone = load_encoder(params, paths.root, name, text).to(device)
-        vectors, per_backbone[name] = _vectors(params, paths, manifest, backbone, device)
+        backbone = modality.load_encoder(params, paths.root, name).to(device)
+        vectors, per_backbone[name] = _vectors(params, paths, manifest, modality, backbone, device)
         empty = np.zeros((0, backbone.feature_dim), np.float32)
         for split, out in arrays.items():
             ids = manifest.loc[manifest["split"] == split, "image_id"]
@@ -156,7 +135,7 @@ def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
                          image_id=part["image_id"].to_numpy(dtype=str), backbones=np.array(names), **out)
     first = per_backbone[names[0]]
     leaks = near_duplicate_leaks(params, manifest, arrays, "X" + array_suffix(names[0], names))
-    report = {"backbone": names[0], "modality": "text" if text else "image", **first, "device": str(device),
+    report = {"backbone": names[0], "modality": modality.name, **first, "device": str(device),
               "images": sum(r["images"] for r in per_backbone.values()),
               "cache_hits": sum(r["cache_hits"] for r in per_backbone.values()),
               "computed": sum(r["computed"] for r in per_backbone.values()),

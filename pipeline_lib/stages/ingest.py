@@ -1,11 +1,13 @@
-"""Stage ingest: read the source, validate every image or text, normalise, split, write a manifest.
+"""Stage ingest: read the source, decide the modality, validate and normalise every item, split,
+write a manifest.
 
-Sources: the embedded Fashion-MNIST sample, a folder ``<path>/<class>/*.png`` (or ``*.txt``, one
-text per file), or a CSV manifest ``path,label[,split]`` (paths relative to the CSV's folder) or
-``text,label[,split]``. Every item that cannot be used goes to the report with the reason and the
-fix (``data.on_bad_file: quarantine``) or stops the stage with that message (``error``). Output:
-normalised RGB PNGs or UTF-8 texts (NFC, whitespace collapsed) named by content hash, a parquet
-manifest (``orig_mode`` "text" marks a text data set), classes.json and reports/ingest.json.
+Sources: the embedded Fashion-MNIST sample, a folder ``<path>/<class>/*`` (image files, or
+``*.txt`` with one text per file: the files' modality, pipeline_lib.modalities), or a CSV manifest
+``path,label[,split]`` (paths relative to the CSV's folder) or one whose rows hold the items
+themselves (``text,label[,split]``). Every item that cannot be used goes to the report with the
+reason and the fix (``data.on_bad_file: quarantine``) or stops the stage with that message
+(``error``). Output: the items as the modality normalises them (RGB PNGs, UTF-8 texts), named by
+content hash, a parquet manifest, classes.json, the modality (dataset.json) and reports/ingest.json.
 """
 
 from __future__ import annotations
@@ -20,31 +22,26 @@ from pathlib import Path, PureWindowsPath
 import numpy as np
 import pandas as pd
 
-from .. import atomic
+from .. import atomic, modalities
 from ..config import Params
 from ..dataset import MANIFEST_COLUMNS, SPLITS, UNLABELED
-from ..errors import PipelineError
+from ..errors import BadItem, PipelineError
 from ..image import fashion_mnist
-from ..image.files import IMAGE_EXTENSIONS, BadImage, image_id, load_image
+from ..modality import Modality
 from ..paths import Paths
-from ..text.files import TEXT_EXTENSIONS, UTF8_FIX, decode_utf8, not_utf8, text_id
-from ..text.text_normalize import normalize_text
+from ..text.files import decode_utf8
 
 MISSING_LABELS = {"", "nan", "none", "null", "na", "n/a", "<na>"}  # what spreadsheets write for "no label"
 
 
 @dataclass
 class Candidate:
-    source: str  # where the image came from (path, or sample:<part>/<index>)
+    source: str  # where the item came from (path, or sample:<part>/<index>, or <csv>:<line>)
     label: str
     split: str  # "" when the source gives none
-    file: Path | None = None  # a file to decode, or
-    pixels: np.ndarray | None = None  # pixels already in memory (the embedded sample), or
-    text: str | None = None  # a text already in memory (a manifest's text column)
-
-    @property
-    def is_text(self) -> bool:
-        return self.text is not None or (self.file is not None and self.file.suffix.lower() in TEXT_EXTENSIONS)
+    modality: Modality
+    file: Path | None = None  # a file to read, or
+    value: object = None  # the item already in memory (the sample's pixels, a manifest row's text)
 
 
 @dataclass
@@ -68,13 +65,14 @@ class IngestReport:
 def _sample_candidates(params: Params, path: Path) -> tuple[list[Candidate], list[str]]:
     sample = fashion_mnist.load_sample(path)
     classes = [str(c) for c in sample["classes"]]
-    out = [Candidate(f"sample:pool/{i}", classes[int(y)], "", pixels=x)
+    image = modalities.get("image")
+    out = [Candidate(f"sample:pool/{i}", classes[int(y)], "", image, value=x)
            for i, (x, y) in enumerate(zip(sample["x_pool"], sample["y_pool"]))]
     per_class: Counter = Counter()
     for i, (x, y) in enumerate(zip(sample["x_test"], sample["y_test"])):
         if per_class[int(y)] < params.data.sample_test_per_class:
             per_class[int(y)] += 1
-            out.append(Candidate(f"sample:test/{i}", classes[int(y)], "test", pixels=x))
+            out.append(Candidate(f"sample:test/{i}", classes[int(y)], "test", image, value=x))
     return out, classes
 
 
@@ -88,7 +86,7 @@ def _folder_candidates(root: Path, report: IngestReport, strict: bool) -> tuple[
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise PipelineError(f"{root} has no class folders: expected {root}/<class_name>/*.png "
-                            f"(one sub-folder per class; extensions {', '.join(IMAGE_EXTENSIONS)}).")
+                            f"(one sub-folder per class; extensions {', '.join(modalities.extensions())}).")
     out: list[Candidate] = []
     for stray in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
         report.reject(str(stray), "file outside any class folder",
@@ -104,25 +102,26 @@ def _folder_candidates(root: Path, report: IngestReport, strict: bool) -> tuple[
                           f"folder {base}", "copy the images into the data folder instead of linking them", strict)
             continue
         classes.append(class_dir.name)
-        out += [Candidate(str(f), class_dir.name, "", file=f)
-                for f in _image_files(class_dir, base, report, strict, IMAGE_EXTENSIONS + TEXT_EXTENSIONS)]
+        out += [Candidate(str(f), class_dir.name, "", modalities.for_file(f), file=f)
+                for f in _item_files(class_dir, base, report, strict, modalities.extensions())]
     return _one_modality(out, report, strict), classes
 
 
 def _one_modality(candidates: list[Candidate], report: IngestReport, strict: bool) -> list[Candidate]:
-    """A folder is a data set of images or of texts, whichever it holds more of; files of the other
-    kind are rejected."""
-    texts = sum(c.is_text for c in candidates) > len(candidates) / 2
+    """A folder is a data set of one modality, the one it holds most files of (a tie goes to the
+    modality registered first); files of another are rejected."""
+    counts = Counter(c.modality.name for c in candidates)
+    order = [m.name for m in modalities.modalities()]
+    chosen = min(counts, key=lambda name: (-counts[name], order.index(name))) if counts else None
     for c in candidates:
-        if c.is_text != texts:
-            report.reject(c.source, f"{'an image' if texts else 'a text file'} in a folder of "
-                          f"{'texts' if texts else 'images'}",
-                          "keep images and texts in separate data sets (or remove the file)", strict)
-    return [c for c in candidates if c.is_text == texts]
+        if c.modality.name != chosen:
+            report.reject(c.source, f"{c.modality.one} in a folder of {modalities.get(chosen).nouns}",
+                          "keep each kind of data in a data set of its own (or remove the file)", strict)
+    return [c for c in candidates if c.modality.name == chosen]
 
 
-def _image_files(folder: Path, base: Path, report: IngestReport, strict: bool,
-                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+def _item_files(folder: Path, base: Path, report: IngestReport, strict: bool,
+                extensions: tuple[str, ...]) -> list[Path]:
     """The files with ``extensions`` under a folder, recursively and sorted. Hidden files and folders
     are skipped (the folders listed in the report); links that lead outside ``base`` and links to
     folders are refused, never opened; other extensions are rejected."""
@@ -165,17 +164,19 @@ def _manifest_candidates(csv: Path, report: IngestReport, strict: bool) -> tuple
                             keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise PipelineError(f"manifest {csv} is not a readable CSV: {exc}") from None
-    if {"path", "text"} <= set(frame.columns):
-        raise PipelineError(f"manifest {csv} has both a `path` and a `text` column: a data set is images (path) "
-                            "or texts (text); keep one of the two columns.")
-    item = "text" if "text" in frame.columns else "path"
-    missing = {item, "label"} - set(frame.columns)
+    inline = next(((m, items) for m in modalities.modalities() if (items := m.inline_items(frame)) is not None), None)
+    if inline and "path" in frame.columns:
+        what = f"a `{inline[0].inline_column}` column" if inline[0].inline_column else f"the {inline[0].nouns} themselves"
+        raise PipelineError(f"manifest {csv} has both a `path` column and {what}: a data set is files (path) or "
+                            f"{inline[0].nouns} in the rows; keep one of the two.")
+    item = inline[0].noun if inline else "path"
+    missing = ({"label"} | (set() if inline else {"path"})) - set(frame.columns)
     if missing:
         raise PipelineError(f"manifest {csv} lacks column(s) {sorted(missing)}; it has {list(frame.columns)}. "
                             "Expected a header line `path,label[,split]` (images) or `text,label[,split]` (texts).")
     if frame.empty:
         raise PipelineError(f"manifest {csv} has a header but no rows: add one line `{item},label` per "
-                            f"{'text' if item == 'text' else 'image'}.")
+                            f"{item if inline else 'file'}.")
     base = csv.parent.resolve()
     out: list[Candidate] = []
     for line_no, row in enumerate(frame.itertuples(index=False), start=2):
@@ -192,8 +193,8 @@ def _manifest_candidates(csv: Path, report: IngestReport, strict: bool) -> tuple
             report.reject(where, f"label {label!r} has control characters (tab, newline, ...)",
                           "write the class name in plain characters", strict)
             continue
-        if item == "text":
-            out.append(Candidate(where, label, split, text=str(row.text)))
+        if inline:
+            out.append(Candidate(where, label, split, inline[0], value=inline[1][line_no - 2]))
             continue
         target = (base / str(row.path)).resolve()
         if "\\" in str(row.path) and not target.exists():  # a Windows path: images\cat\1.png
@@ -207,18 +208,25 @@ def _manifest_candidates(csv: Path, report: IngestReport, strict: bool) -> tuple
             report.reject(f"{where} ({row.path})", f"file not found{windows}",
                           f"fix the path: it must name a file under {base}", strict)
             continue
-        out.append(Candidate(str(target), label, split, file=target))
-    return out, sorted({c.label for c in out})
+        modality = modalities.for_file(target)
+        if modality is None:
+            report.reject(f"{where} ({row.path})", f"unsupported file extension {target.suffix or '(none)'!r}",
+                          f"use one of {', '.join(modalities.extensions())}", strict)
+            continue
+        out.append(Candidate(str(target), label, split, modality, file=target))
+    return _one_modality(out, report, strict), sorted({c.label for c in out})
 
 
-def _unlabeled_candidates(folder: Path, report: IngestReport, strict: bool) -> list[Candidate]:
-    """Every image file under data.unlabeled (recursively), for semi-supervised learning."""
+def _unlabeled_candidates(folder: Path, modality: Modality, report: IngestReport, strict: bool) -> list[Candidate]:
+    """Every file of the data set's modality under data.unlabeled (recursively), for semi-supervised
+    learning and for advise's picks."""
     if not folder.is_dir():
-        raise PipelineError(f"data.unlabeled: folder {folder} not found: give a folder of unlabelled images "
+        raise PipelineError(f"data.unlabeled: folder {folder} not found: give a folder of unlabelled {modality.nouns} "
                             "(any layout), or set semi_supervised.source: none")
-    out = [Candidate(str(f), "", UNLABELED, file=f) for f in _image_files(folder, folder.resolve(), report, strict)]
+    out = [Candidate(str(f), "", UNLABELED, modality, file=f)
+           for f in _item_files(folder, folder.resolve(), report, strict, modality.extensions)]
     if not out:
-        raise PipelineError(f"data.unlabeled: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+        raise PipelineError(f"data.unlabeled: no {modality.nouns} ({', '.join(modality.extensions)}) under {folder}")
     return out
 
 
@@ -325,12 +333,12 @@ def _run(params: Params, paths: Paths, report: IngestReport) -> dict:
     else:
         candidates, classes = _manifest_candidates(paths.resolve(d.path), report, strict)
 
+    modality = candidates[0].modality if candidates else modalities.get("image")
     if d.unlabeled and (params.semi_supervised.source == "folder" or params.advise.enabled):
-        candidates = candidates + _unlabeled_candidates(paths.resolve(d.unlabeled), report, strict)
-    texts = bool(candidates) and all(c.is_text for c in candidates)
-    items = "texts" if texts else "images"
+        candidates = candidates + _unlabeled_candidates(paths.resolve(d.unlabeled), modality, report, strict)
+    items = modality.folder
     with atomic.replace_dir(paths.prepared_dir) as staging:
-        rows = _validate_and_write(candidates, staging / items, params, report, strict)
+        rows = _validate_and_write(candidates, staging / items, modality, params, report, strict)
         frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
         unlabeled = frame[frame["split"] == UNLABELED]
         frame = frame[frame["split"] != UNLABELED].reset_index(drop=True)
@@ -346,62 +354,31 @@ def _run(params: Params, paths: Paths, report: IngestReport) -> dict:
         frame["path"] = f"data/prepared/{items}/" + frame["path"]
         atomic.write_parquet(staging / "manifest.parquet", frame)
         atomic.write_json(staging / "classes.json", classes)
+        modalities.record(staging, modality)
 
-    summary = {"selection_mode": mode, "modality": "text" if texts else "image", **_summary(frame, classes, report)}
+    summary = {"selection_mode": mode, "modality": modality.name, **_summary(frame, classes, report)}
     atomic.write_json(paths.ingest_report, summary)
     return summary
 
 
-def _validate_and_write(candidates, items_dir: Path, params: Params, report: IngestReport,
+def _validate_and_write(candidates, items_dir: Path, modality: Modality, params: Params, report: IngestReport,
                         strict: bool) -> list[dict]:
     from tqdm import tqdm
 
     items_dir.mkdir(parents=True)
     rows: list[dict] = []
-    seen: dict[str, dict] = {}  # image_id -> its row (duplicates are kept once)
+    seen: dict[str, dict] = {}  # item id -> its row (duplicates are kept once)
     for cand in tqdm(candidates, desc="ingest", unit="item", disable=len(candidates) < 200):
-        if cand.is_text:
-            try:
-                text = _load_text(cand)
-            except BadImage as bad:
-                report.reject(cand.source, bad.reason, bad.fix, strict)
-                continue
-            _keep(cand, text_id(text), {"height": 0, "width": 0, "orig_mode": "text", "note": ""}, seen, rows, report,
-                  lambda name: atomic.write_text(items_dir / name, text), ".txt")
-            continue
         try:
-            if cand.pixels is not None:
-                pixels = np.repeat(cand.pixels[..., None], 3, axis=2) if cand.pixels.ndim == 2 else cand.pixels
-                mode, note = ("L" if cand.pixels.ndim == 2 else "RGB"), ""
-            else:
-                loaded = load_image(cand.file, params.data.min_image_size, params.data.on_unusual_mode,
-                                    params.data.max_image_side)
-                pixels, mode, note = loaded.pixels, loaded.mode, loaded.note
-        except BadImage as bad:
+            item, fields = modality.load(cand.file if cand.file is not None else cand.value, params)
+        except BadItem as bad:
             report.reject(cand.source, bad.reason, bad.fix, strict)
             continue
-        if note:
-            report.converted.append({"file": cand.source, "note": note})
-        _keep(cand, image_id(pixels), {"height": pixels.shape[0], "width": pixels.shape[1], "orig_mode": mode,
-                                        "note": note}, seen, rows, report,
-              lambda name: atomic.write_png(items_dir / name, pixels), ".png")
+        if fields.get("note"):
+            report.converted.append({"file": cand.source, "note": fields["note"]})
+        _keep(cand, modality.content_id(item), fields, seen, rows, report,
+              lambda name, item=item: modality.write(items_dir / name, item), modality.suffix)
     return rows
-
-
-def _load_text(cand: Candidate) -> str:
-    """The candidate's text, decoded and normalised; BadImage (reason, fix) when it cannot be used."""
-    if cand.text is not None:
-        raw = cand.text
-    else:
-        data = cand.file.read_bytes()
-        if not_utf8(data):
-            raise BadImage(not_utf8(data), UTF8_FIX)
-        raw = data.decode("utf-8-sig")
-    text = normalize_text(raw)
-    if not text:
-        raise BadImage("empty text (nothing but whitespace)" if raw else "empty text",
-                       "write the text in the row (or remove the row)")
-    return text
 
 
 def _keep(cand: Candidate, iid: str, fields: dict, seen: dict[str, dict], rows: list[dict], report: IngestReport,

@@ -15,13 +15,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from .. import atomic
+from .. import atomic, modalities
 from ..config import Params
-from ..dataset import is_text, load_manifest
+from ..dataset import load_manifest
 from ..errors import PipelineError
 from ..features import featurized_backbones
 from ..heads import HeadRecipe, predict_proba, recipes, save_head
-from ..image.backbones import backbone_spec
 from ..paths import Paths
 from ..selection import Fold, best, bias_corrected, mean_oof, oof_matrix, summarise, tie_margin, top_scorer, undecidable
 from ..training_set import TTA, TrainingSet, fit_recipe
@@ -132,9 +131,9 @@ def _fit_and_write(params: Params, paths: Paths, data: TrainingSet, classes: lis
     started = time.perf_counter()
     head, pseudo = fit_recipe(data, refit, recipe, params, len(classes), params.seed, val)
     seconds = time.perf_counter() - started
-    text = is_text(load_manifest(paths)[0])
+    spec = modalities.of_dataset(paths).encoder_spec(params, data.backbone)
     meta = {"classes": classes, "backbone": params.backbone.model_dump(), "seed": params.seed,
-            "backbone_spec": backbone_spec(params, data.backbone, text), "recipe": recipe.as_dict(), "tta": tta}
+            "backbone_spec": spec, "recipe": recipe.as_dict(), "tta": tta}
     save_head(head, paths.head, paths.head_meta, meta)
     if selection["mode"] == "none":
         atomic.write_npz(paths.head_oof, y=np.zeros(0, np.int64), proba=np.zeros((0, len(classes)), np.float32))

@@ -4,8 +4,12 @@ Offline copies (stage augment) and the contrastive tuning's noisy views use the 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-from ..config import TextNoisePolicy
+from ..config import Params, TextNoisePolicy
+from ..dataset import copy_seed
+from ..paths import Paths
+from .files import read_text
 
 
 def augment_text(text: str, policy: TextNoisePolicy, seed: int) -> str:
@@ -40,3 +44,16 @@ def _typo(word: str, rng: np.random.Generator) -> str:
     if kind == 1:
         return word[:i] + word[i + 1:]
     return word[:i + 1] + word[i] + word[i + 1:]
+
+
+def preview(train: pd.DataFrame, params: Params, paths: Paths) -> None:
+    """Table PNG: one row per sample text (one per class first), the original then noisy copies."""
+    from ..plots import plot_text_table
+
+    picks = train.groupby("label_idx", sort=True).head(1).head(params.augment.preview_images)
+    rows = []
+    for row in picks.itertuples(index=False):
+        text = read_text(paths.resolve(row.path))
+        rows.append((row.label, [text] + [augment_text(text, params.augment.text, copy_seed(params.seed, row.image_id, c))
+                                          for c in range(2)]))
+    plot_text_table(rows, ["original", "noisy copy 1", "noisy copy 2"], paths.augment_preview)

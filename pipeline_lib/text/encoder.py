@@ -111,11 +111,8 @@ class TextEncoder:
         return self.st.encode(list(texts), batch_size=batch_size, show_progress_bar=len(texts) >= 64,
                               convert_to_numpy=True).astype(np.float32)
 
-    def embed(self, items: Sequence[str | Path], batch_size: int, device=None, desc: str = "featurize",
-              flip: bool = False) -> np.ndarray:
-        """Vectors of text files (the Encoder interface); ``flip`` has no meaning for text."""
-        if flip:
-            raise PipelineError("flip test-time augmentation is for images; set evaluate.tta: none for text")
+    def embed(self, items: Sequence[str | Path], batch_size: int, device=None, desc: str = "featurize") -> np.ndarray:
+        """Vectors of text files (the Encoder interface)."""
         return self.encode([read_text(p) for p in items], batch_size, desc)
 
 

@@ -127,7 +127,7 @@ def run(params, paths, train: pd.DataFrame, val: pd.DataFrame, n_classes: int, d
               "pairs": int(len(contrastive_pairs(y, params.finetune.text.pairs_per_example, params.seed)[0])),
               "decide_seconds": round(time.perf_counter() - started, 2)}
     if not report["kept"]:
-        clear_outputs(paths)
+        paths.clear_finetuned()
         atomic.write_json(paths.finetune_meta, {"enabled": True, "kept": False, "modality": "text"})
         return report
     started = time.perf_counter()
@@ -210,12 +210,3 @@ def _decision(params, y: np.ndarray, before: np.ndarray, after: np.ndarray, n_cl
     return {"kept": kept, "keep_level": s.keep_level, "reason": reason, "monitor": metric, f"cv_{metric}_probe": a[metric],
             f"cv_{metric}": b[metric], "cv_accuracy_probe": a["accuracy"], "cv_accuracy": b["accuracy"],
             "gain": gain["gain"], "gain_se": gain["se"], "kept_linear_probe": not kept}
-
-
-def clear_outputs(paths) -> None:
-    """Remove a fine-tuned model of either kind (a run that keeps none leaves none behind)."""
-    import shutil
-
-    shutil.rmtree(paths.finetuned_encoder, ignore_errors=True)
-    for f in (paths.finetuned_head, paths.finetune_oof, paths.finetuned_model):
-        f.unlink(missing_ok=True)

@@ -11,7 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import dir_hash
 from ..errors import PipelineError
+from ..modality import Generation
+from .files import read_text
 from .text_normalize import normalize_text
 
 
@@ -21,6 +24,10 @@ class GeneratedText:
     label_idx: int
     prompt: str  # the template or the prompt that produced it
     seed: int
+
+    @property
+    def item(self) -> str:
+        return self.text
 
 
 def description(descriptions: dict[str, str], label: str) -> str:
@@ -66,3 +73,34 @@ def sampled(settings, classes: list[str], descriptions: dict[str, str], per_clas
         texts = tokenizer.batch_decode(tokens[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         out += [GeneratedText(normalize_text(t), c, prompt, seed + c) for t in texts]
     return out, folder
+
+
+def template(params, paths, train, classes: list[str], device) -> Generation:
+    """synthetic.templates filled with each class's description: one text per (class, template)."""
+    return Generation(templated(classes, params.data.class_descriptions, params.synthetic.templates))
+
+
+def text_model(params, paths, train, classes: list[str], device) -> Generation:
+    """A local language model's samples per class (synthetic.text_model)."""
+    s = params.synthetic
+    items, folder = sampled(s.text_model, classes, params.data.class_descriptions, s.per_class, params.seed,
+                            paths.root, device)
+    return Generation(items, dir_hash(folder))
+
+
+GENERATORS = {"template": template, "text_model": text_model}
+
+
+def preview(frame, train, classes: list[str], params, paths) -> None:
+    """A table per class: real texts, then synthetic ones (kept first)."""
+    from ..plots import plot_text_table
+
+    k = min(params.synthetic.preview_per_class, 3)  # texts need the width of several images
+    rows, n_syn = [], k if len(frame) else 0
+    for c, label in enumerate(classes):
+        real = [read_text(paths.resolve(p)) for p in train.loc[train["label_idx"] == c, "path"][:k]]
+        syn = frame[frame["label_idx"] == c].sort_values("kept", ascending=False, kind="stable").head(n_syn)
+        synthetic = [read_text(paths.synthetic_dir / "texts" / f"{i}.txt") for i in syn["image_id"]]
+        rows.append((label, real + [""] * (k - len(real)) + synthetic + [""] * (n_syn - len(synthetic))))
+    plot_text_table(rows, [f"real {i + 1}" for i in range(k)] + [f"synthetic {i + 1}" for i in range(n_syn)],
+                    paths.synthetic_preview)

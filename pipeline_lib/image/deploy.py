@@ -1,0 +1,161 @@
+"""The deployable image classifier: logged to MLflow as a torch.export program with its
+preprocessing inside (log_model), loaded back (load_model), and predict's inputs (a folder of
+images, or a CSV with a `path` column) and predictions."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ..config import Params
+from ..errors import BadItem, PipelineError
+from ..paths import Paths
+from ..prediction import MAX_SIDE, LoadedModel, columns, table
+from .backbones import Preprocess
+from .files import IMAGE_EXTENSIONS, load_image
+
+
+def input_example(paths: Paths, resolution: int, n: int = 2) -> np.ndarray:
+    """A few real test images (the first of different classes), at most the model's resolution:
+    the model's input example (n > 1 keeps the exported batch dimension free)."""
+    import pandas as pd
+    import torch
+
+    from .backbones import Preprocess, read_image_tensor
+
+    manifest = pd.read_parquet(paths.manifest)
+    test = manifest[manifest["split"] == "test"].drop_duplicates("label").head(n)
+    if len(test) < n:
+        test = manifest[manifest["split"] == "test"].head(n)
+    images = [read_image_tensor(paths.resolve(p)) for p in test["path"]]
+    side = min(resolution, min(min(im.shape[1:]) for im in images))
+    return torch.stack([Preprocess(side).resize(im) for im in images]).numpy()
+
+
+def log_model(params: Params, paths: Paths, metrics: dict):
+    import mlflow
+    import torch
+    import torchvision
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    from .model import build_classifier
+
+    model = build_classifier(params, paths, metrics.get("candidate", "head"))
+    example = input_example(paths, params.backbone.resolution)
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(model.classes)))]))
+    res = params.backbone.resolution
+    info = mlflow.pytorch.log_model(
+        model, name="model", signature=signature,
+        serialization_format="pt2",  # torch.export graph: loading runs no pickled code
+        input_example=example,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                          f"torchvision=={torchvision.__version__.split('+')[0]}",
+                          f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"],
+        metadata={"classes": model.classes, "modality": "image", "input": "float32 RGB (N,3,H,W) in [0,1], any H and W (resized "
+                  f"inside to {res}x{res})", "resolution": res, "output": "class probabilities (N, n_classes)"},
+    )
+    mlflow.log_dict({"classes": model.classes}, "classes.json")
+    return info, model.classes
+
+
+def model_description(name: str, classes: list[str], params) -> str:
+    """The registered model's description: what it classifies, its input, how to load it."""
+    res = params.backbone.resolution
+    return (f"Image classifier over {len(classes)} classes: {', '.join(classes)}.\n\n"
+            f"Input: float32 RGB tensor (N, 3, H, W) with values in [0, 1], any H and W (resized inside to "
+            f"{res}x{res}). Output: class probabilities (N, {len(classes)}) in the order of `classes.json`.\n\n"
+            f"Load: `mlflow.pytorch.load_model('models:/{name}@champion')`, or predict on a folder of "
+            f"images with `python -m flows.predict <folder>` (the champion by default). ")
+
+
+def predict_prepared(model, metadata: dict, files: list[Path]) -> np.ndarray:
+    """A loaded image model's predicted class names for prepared images (the registry scores the
+    champion on the current test split)."""
+    from .backbones import Preprocess, load_batch
+
+    classes, preprocess = list(metadata["classes"]), Preprocess(int(metadata["resolution"]))
+    predicted: list[str] = []
+    with torch.no_grad():
+        for i in range(0, len(files), 64):
+            proba = model(load_batch(files[i:i + 64], preprocess))
+            predicted += [classes[j] for j in proba.argmax(1).tolist()]
+    return np.array(predicted)
+
+
+def load_model(model_uri: str, dst: str):
+    import mlflow
+
+    return mlflow.pytorch.load_model(model_uri, dst_path=dst)
+
+
+def list_inputs(source: Path) -> list[Path]:
+    """Every input file: the non-hidden files under a folder (other extensions are kept, to be
+    reported as skipped), or the paths of a CSV's ``path`` column (relative to the CSV)."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(f for f in source.rglob("*") if f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(source).parts))
+        if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in files):
+            raise PipelineError(f"predict: no images ({', '.join(IMAGE_EXTENSIONS)}) under {source}")
+        return files
+    if source.suffix.lower() == ".csv" and source.is_file():
+        try:
+            frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+        except UnicodeDecodeError:
+            raise PipelineError(f"predict: {source} is not UTF-8 text (UTF-16 from Excel?): save it as "
+                                "\"CSV UTF-8\" and try again") from None
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+            raise PipelineError(f"predict: {source} is not a readable CSV ({str(exc).splitlines()[0]}): "
+                                "give a header line `path` and one image path per line") from None
+        if "path" not in frame.columns:
+            raise PipelineError(f"predict: {source} has no `path` column (header found: {', '.join(frame.columns)})")
+        if frame.empty:
+            raise PipelineError(f"predict: {source} has a header but no rows: add one image path per line")
+        return [p if p.is_absolute() else source.parent / p for p in map(Path, frame["path"].astype(str))]
+    raise PipelineError(f"predict: {source} is neither a folder of images nor a .csv file with a `path` column")
+
+
+def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, top_k: int = 3,
+                  min_image_size: int = 8) -> tuple[pd.DataFrame, list[dict]]:
+    """Predictions for the readable files (in input order) and the list of skipped ones."""
+    if batch_size < 1 or top_k < 1:
+        raise PipelineError(f"predict: --batch-size ({batch_size}) and --top-k ({top_k}) must be at least 1")
+    preprocess = Preprocess(loaded.resolution)
+    rows, skipped = [], []
+    k = max(1, min(top_k, len(loaded.classes)))
+    with tqdm(total=len(files), desc="predict", unit="img") as bar:
+        for start in range(0, len(files), batch_size):
+            batch, kept = [], []
+            for f in files[start:start + batch_size]:
+                if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                    skipped.append({"path": str(f), "reason": f"not an image file type ({f.suffix or 'no extension'})",
+                                    "fix": f"give images of type {', '.join(IMAGE_EXTENSIONS)}"})
+                    continue
+                try:
+                    pixels = load_image(f, min_image_size, max_side=MAX_SIDE).pixels
+                except BadItem as exc:  # the fix without ingest's params (they do not apply here)
+                    skipped.append({"path": str(f), "reason": exc.reason,
+                                    "fix": re.sub(r",? or (lower|set) data\.\S+.*$", "", exc.fix)})
+                    continue
+                except OSError as exc:
+                    skipped.append({"path": str(f), "reason": str(exc), "fix": "check the file exists and is readable"})
+                    continue
+                tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)  # a writable copy
+                batch.append(preprocess.resize(tensor))
+                kept.append(f)
+            bar.update(min(batch_size, len(files) - start))
+            if not batch:
+                continue
+            with torch.no_grad():
+                raw = loaded.model(torch.stack(batch)).numpy().astype(np.float64)
+            rows += table(loaded, raw, [str(f) for f in kept], k)
+    return pd.DataFrame(rows, columns=columns("path", k)), skipped
+
+
