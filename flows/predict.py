@@ -44,4 +44,4 @@ if __name__ == "__main__":
     report = run(predict, source=args.source, out=args.out, model=args.model, top_k=args.top_k,
                  batch_size=args.batch_size)
     print(f"{report['predicted']} predictions -> {report['output']} ({len(report['skipped'])} skipped; "
-          f"{report.get('images_per_second', report.get('texts_per_second'))} per second; model {report['model']})")
+          f"{report.get('items_per_second')} per second; model {report['model']})")

@@ -16,21 +16,28 @@ SPLITS = ("train", "val", "test")
 UNLABELED = "unlabeled"  # split of the images under data.unlabeled (semi_supervised.source: folder)
 SYNTHETIC = "synthetic"  # generated training images (stage synthesize)
 AUGMENTED = "train_augmented"  # features of the offline augmented copies of the train images
-MANIFEST_COLUMNS = ["image_id", "path", "source", "label", "label_idx", "split", "height", "width",
+MANIFEST_COLUMNS = ["item_id", "path", "source", "label", "label_idx", "split", "height", "width",
                     "orig_mode", "note"]
 PROVENANCE_COLUMNS = ["generator", "prompt", "seed", "model_hash", "confidence", "kept", "dropped_because"]
+
+
+def read_manifest(path) -> pd.DataFrame:
+    """A manifest parquet; one written before items had a neutral name (``image_id``) is read with
+    its id column renamed ``item_id``."""
+    frame = pd.read_parquet(path)
+    return frame.rename(columns={"image_id": "item_id"}) if "image_id" in frame.columns else frame
 
 
 def load_manifest(paths: Paths) -> tuple[pd.DataFrame, list[str]]:
     if not paths.manifest.exists():
         raise PipelineError(f"{paths.manifest} not found: run the ingest stage first (dvc repro ingest).")
-    return pd.read_parquet(paths.manifest), json.loads((paths.prepared_dir / "classes.json").read_text())
+    return read_manifest(paths.manifest), json.loads((paths.prepared_dir / "classes.json").read_text())
 
 
 def load_augmented(paths: Paths) -> pd.DataFrame:
     if not paths.augmented_manifest.exists():
         return pd.DataFrame(columns=MANIFEST_COLUMNS)
-    return pd.read_parquet(paths.augmented_manifest)
+    return read_manifest(paths.augmented_manifest)
 
 
 def unlabeled_pool(manifest: pd.DataFrame, params) -> pd.DataFrame:
@@ -58,7 +65,7 @@ def load_synthetic(paths: Paths, kept_only: bool = True) -> pd.DataFrame:
     """The synthetic images' manifest (only those used for training, by default)."""
     if not paths.synthetic_manifest.exists():
         return pd.DataFrame(columns=MANIFEST_COLUMNS + PROVENANCE_COLUMNS)
-    frame = pd.read_parquet(paths.synthetic_manifest)
+    frame = read_manifest(paths.synthetic_manifest)
     return frame[frame["kept"].astype(bool)].reset_index(drop=True) if kept_only else frame
 
 

@@ -35,12 +35,12 @@ class FeatureCache:
         for tmp in self.tmp_dir.iterdir():
             remove_orphan(tmp, tmp.name.split(".", 1)[0])
 
-    def _path(self, image_id: str) -> Path:
-        return self.dir / image_id[:2] / f"{image_id}.npy"
+    def _path(self, item_id: str) -> Path:
+        return self.dir / item_id[:2] / f"{item_id}.npy"
 
-    def get(self, image_id: str, dim: int | None = None) -> np.ndarray | None:
+    def get(self, item_id: str, dim: int | None = None) -> np.ndarray | None:
         """The cached vector, or None when absent, unreadable or (with ``dim``) of another size."""
-        path = self._path(image_id)
+        path = self._path(item_id)
         try:
             vec = np.load(path, allow_pickle=False)
         except (FileNotFoundError, ValueError, OSError, EOFError):
@@ -51,13 +51,13 @@ class FeatureCache:
         self.hits += 1
         return vec
 
-    def put(self, image_id: str, vector: np.ndarray) -> None:
-        path = self._path(image_id)
+    def put(self, item_id: str, vector: np.ndarray) -> None:
+        path = self._path(item_id)
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(exist_ok=True)
-            tmp = new_temp(self.tmp_dir, f"{os.getpid()}.{image_id}.")
+            tmp = new_temp(self.tmp_dir, f"{os.getpid()}.{item_id}.")
             with open(tmp, "wb") as fh:
                 np.save(fh, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
             os.replace(tmp, path)  # no fsync per entry (unlike atomic.atomic_path): see the module doc

@@ -30,9 +30,10 @@ def _array(npz, base: str, backbone: str | None) -> str | None:
 
 
 def load_features(paths: Paths, split: str, backbone: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features, labels, image ids) of a split; ``backbone``: whose features (default: the first)."""
+    """(features, labels, item ids) of a split; ``backbone``: whose features (default: the first).
+    Feature files written before items had a neutral name keep their ids under ``image_id``."""
     with np.load(paths.features(split), allow_pickle=False) as npz:
-        return npz[_array(npz, "X", backbone)], npz["y"], npz["image_id"]
+        return npz[_array(npz, "X", backbone)], npz["y"], npz["item_id" if "item_id" in npz.files else "image_id"]
 
 
 def load_flipped(paths: Paths, split: str, backbone: str | None = None) -> np.ndarray | None:

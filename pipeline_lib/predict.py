@@ -95,7 +95,7 @@ def write_predictions(loaded: LoadedModel, files: list, out: Path, batch_size: i
             frame.to_csv(tmp, index=False)
     report = {"model": loaded.uri, "inputs": len(files), "predicted": len(frame), "skipped": skipped,
               "temperature": loaded.temperature, "seconds": round(seconds, 2),
-              f"{modality.nouns}_per_second":
+              "items_per_second":
                   round(len(frame) / seconds, 1) if seconds > 0 else None, "output": str(out)}
     report_file = out.with_name(out.stem + ".report.json")
     atomic.write_json(report_file, report)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from .config import Params
 from .paths import Paths
@@ -89,7 +88,9 @@ def register_and_promote(model_uri: str, params: Params, paths: Paths, challenge
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:
         champion = None
-    test = pd.read_parquet(paths.manifest).query("split == 'test'")
+    from .dataset import read_manifest
+
+    test = read_manifest(paths.manifest).query("split == 'test'")
     truth = test["label"].to_numpy().astype(str)
     challenger_pred, _ = predictions_on_test(model_uri, paths)
     champion_pred, why_not = predictions_on_test(f"models:/{name}@{CHAMPION}", paths) if champion else (None, None)

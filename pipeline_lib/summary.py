@@ -39,7 +39,7 @@ def stage_line(stage: str, report: dict, paths: Paths) -> str:
     elif stage == "augment":
         line = f"{r.get('augmented_images', 0)} augmented copies of {r.get('real_train_images', 0)} training {noun}"
     elif stage == "featurize":
-        line = (f"{r.get('images', 0)} {noun} through {r.get('backbone')}: {r.get('computed', 0)} computed, "
+        line = (f"{r.get('items', r.get('images', 0))} {noun} through {r.get('backbone')}: {r.get('computed', 0)} computed, "
                 f"{r.get('cache_hits', 0)} from the cache")
     elif stage == "train_head" and r.get("selection_mode") == "none":
         line = f"head {r.get('winner')}: untested, too few labels to choose on {r.get('n_train')} {noun}"

@@ -269,9 +269,10 @@ def _log_stage(client, experiment_id: str, parent_id: str, params: Params, paths
 
 def _log_datasets(paths: Paths, params: Params, version: str) -> None:
     import mlflow
-    import pandas as pd
 
-    manifest = pd.read_parquet(paths.manifest)
+    from .dataset import read_manifest
+
+    manifest = read_manifest(paths.manifest)
     name = Path(params.data.path).stem or "data"
     for split, context in SPLITS_CONTEXT.items():
         rows = manifest.loc[manifest["split"] == split, ["path", "label"]].reset_index(drop=True)

@@ -33,12 +33,12 @@ class TrainingSet:
         self.aug = (np.zeros((0, X.shape[1]), np.float32), np.zeros(0, np.int64), np.zeros(0, int))
         if params.train_head.use_augmented:
             Xa, ya, aug_ids = load_features(paths, AUGMENTED, backbone)
-            frame = load_augmented(paths).drop_duplicates("image_id").set_index("image_id")
+            frame = load_augmented(paths).drop_duplicates("item_id").set_index("item_id")
             source = frame.loc[list(aug_ids), "source"].str.slice(len("augment:")).str.split("#").str[0]
             row_of = {iid: i for i, iid in enumerate(ids)}
             self.aug = (Xa, ya, np.array([row_of.get(s, -1) for s in source], dtype=int))
         self.X_syn, self.y_syn, syn_ids = load_features(paths, SYNTHETIC, backbone)
-        frame = load_synthetic(paths).drop_duplicates("image_id").set_index("image_id")
+        frame = load_synthetic(paths).drop_duplicates("item_id").set_index("item_id")
         derived = pd.Series(derived_from_labels(frame, params), index=frame.index)
         self.syn_derived = np.array([bool(derived.get(i, False)) for i in syn_ids], dtype=bool)
         self.backbone = backbone or featurized_backbones(paths)[0]

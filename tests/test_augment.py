@@ -66,7 +66,7 @@ def test_stage_writes_copies_preview_and_featurize_caches_them(tmp_path):
     assert set(aug["split"]) == {"train"} and aug["source"].str.startswith("augment:").all()
     assert paths.augment_preview.stat().st_size > 5_000
     first = featurize.run(parse_params(raw), paths)
-    assert first["computed"] == first["images"]
+    assert first["computed"] == first["items"]
     X, y, _ = load_features(paths, AUGMENTED)
     assert len(X) == report["augmented_images"]
 

@@ -20,7 +20,7 @@ def test_dask_featurize_equals_single_process(tmp_path, prefect_api):
                featurize={"executor": "dask", "dask_workers": 2, "shard_size": 5})
     params, paths = load_params(root), Paths.for_root(root)
     run_stages(params, paths, last="augment")
-    n_images = len({key for key, _, _ in featurize.feature_keys(params, featurize.all_images(paths),
+    n_images = len({key for key, _, _ in featurize.feature_keys(params, featurize.all_items(paths),
                                                                 modalities.of_dataset(paths))})  # + mirrored
 
     run_cmd(["python", "-m", "flows.featurize"], root, {"PREFECT_API_URL": prefect_api})
@@ -34,5 +34,5 @@ def test_dask_featurize_equals_single_process(tmp_path, prefect_api):
     assert featurize.run(local, paths)["computed"] == n_images
     for split, arrays in on_dask.items():
         single = np.load(paths.features(split))
-        assert arrays["image_id"].tolist() == single["image_id"].tolist()
+        assert arrays["item_id"].tolist() == single["item_id"].tolist()
         np.testing.assert_allclose(arrays["X"], single["X"], rtol=1e-4, atol=1e-5)

@@ -130,9 +130,9 @@ def test_more_shots_reuse_the_cache(project):
     report = json.loads((root / "reports/featurize.json").read_text())
     # the 10 new real training images come from the unlabelled pool advise had embedded: only their
     # mirror images (flip TTA) are new; the DDPM retrained on the new data draws new synthetic images
-    synthetic = {f"{i}.npy" for i in pd.read_parquet(root / "data/synthetic/manifest.parquet")["image_id"]}
+    synthetic = {f"{i}.npy" for i in pd.read_parquet(root / "data/synthetic/manifest.parquet")["item_id"]}
     new = 10 + len(synthetic - cached)
-    assert report["computed"] == new and report["cache_hits"] == report["images"] - new
+    assert report["computed"] == new and report["cache_hits"] == report["items"] - new
     assert len(set(_cache_files(root)) - cached) == new
 
 
@@ -168,10 +168,10 @@ def test_mlflow_has_one_run_per_execution_with_a_working_model(reproduced):
     assert run.data.tags["prefect.flow_run_id"]  # the evaluate flow run that logged it
 
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
-    manifest = pd.read_parquet(root / "data/prepared/manifest.parquet").set_index("image_id")
+    manifest = pd.read_parquet(root / "data/prepared/manifest.parquet").set_index("item_id")
     preds = pd.read_csv(root / "reports/predictions.csv").head(8)
     resize = Preprocess(32).resize
-    images = torch.stack([resize(read_image_tensor(root / manifest.loc[i, "path"])) for i in preds["image_id"]])
+    images = torch.stack([resize(read_image_tensor(root / manifest.loc[i, "path"])) for i in preds["item_id"]])
     with torch.no_grad():
         proba = model(images).numpy()
     classes = json.loads((root / "data/prepared/classes.json").read_text())
@@ -187,10 +187,10 @@ def test_synthetic_param_change_reruns_synthesize_and_downstream_only_and_reuses
     report = json.loads((root / "reports/synthesize.json").read_text())
     assert report["generated"] == 30 and report["ddpm_reused"]
     manifest = pd.read_parquet(root / "data/prepared/manifest.parquet")
-    synthetic = set(pd.read_parquet(root / "data/synthetic/manifest.parquet")["image_id"])
-    assert not synthetic & set(manifest["image_id"])  # never in train/val/test of the real manifest
+    synthetic = set(pd.read_parquet(root / "data/synthetic/manifest.parquet")["item_id"])
+    assert not synthetic & set(manifest["item_id"])  # never in train/val/test of the real manifest
     for split in ("val", "test"):
-        assert not synthetic & set(np.load(root / f"data/features/{split}.npz")["image_id"])
+        assert not synthetic & set(np.load(root / f"data/features/{split}.npz")["item_id"])
 
 
 def test_pipeline_flow_runs_the_stale_part_and_records_it_for_dvc(project):
@@ -204,10 +204,10 @@ def test_pipeline_flow_runs_the_stale_part_and_records_it_for_dvc(project):
 
 def test_predict_with_the_registered_model_matches_evaluate_and_skips_bad_files(project):
     root, env = project
-    manifest = pd.read_parquet(root / "data/prepared/manifest.parquet").set_index("image_id")
+    manifest = pd.read_parquet(root / "data/prepared/manifest.parquet").set_index("item_id")
     expected = pd.read_csv(root / "reports/predictions.csv").head(12)
     (root / "broken.png").write_bytes(b"\x89PNG not really")
-    listing = pd.DataFrame({"path": [str(root / manifest.loc[i, "path"]) for i in expected["image_id"]]
+    listing = pd.DataFrame({"path": [str(root / manifest.loc[i, "path"]) for i in expected["item_id"]]
                             + ["broken.png", "missing.png"]})
     listing.to_csv(root / "to_predict.csv", index=False)
     out = run_cmd(["python", "-m", "flows.predict", "to_predict.csv", "--model",

@@ -114,7 +114,7 @@ def test_featurize_reuses_cached_vectors_when_the_split_changes(tmp_path):
     paths = Paths.for_root(tmp_path)
     ingest.run(parse_params(raw), paths)
     first = featurize.run(parse_params(raw), paths)
-    n_used = first["images"]
+    n_used = first["items"]
     assert first["computed"] == n_used and first["cache_hits"] == 0
     X1, y1, ids1 = load_features(paths, "test")
 
@@ -123,7 +123,7 @@ def test_featurize_reuses_cached_vectors_when_the_split_changes(tmp_path):
     second = featurize.run(parse_params(raw), paths)
     # the 3 new training images were embedded before as the unlabelled pool advise suggests from:
     # only their mirror images (flip TTA) are new
-    assert second["images"] == n_used + 3
+    assert second["items"] == n_used + 3
     assert second["computed"] == 3 and second["cache_hits"] == n_used
     X2, _, ids2 = load_features(paths, "test")
     np.testing.assert_array_equal(ids1, ids2)
@@ -131,7 +131,7 @@ def test_featurize_reuses_cached_vectors_when_the_split_changes(tmp_path):
 
     manifest = pd.read_parquet(paths.manifest)
     Xtr, ytr, idtr = load_features(paths, "train")
-    assert len(Xtr) == 9 and set(idtr) == set(manifest.loc[manifest.split == "train", "image_id"])
+    assert len(Xtr) == 9 and set(idtr) == set(manifest.loc[manifest.split == "train", "item_id"])
 
 
 def test_full_disk_under_the_feature_cache_is_a_clear_error(tmp_path, tmpfs):
@@ -156,7 +156,7 @@ def test_features_match_a_direct_forward_pass(tmp_path, backbone_small):
     ingest.run(parse_params(raw), paths)
     featurize.run(parse_params(raw), paths)
     X, _, ids = load_features(paths, "train")
-    manifest = pd.read_parquet(paths.manifest).set_index("image_id")
+    manifest = pd.read_parquet(paths.manifest).set_index("item_id")
     images = torch.stack([read_image_tensor(tmp_path / manifest.loc[i, "path"]) for i in ids])
     np.testing.assert_allclose(X, backbone_small(images).numpy(), rtol=1e-4, atol=1e-5)
 

@@ -241,8 +241,8 @@ def test_evaluate_tta_from_cached_mirror_features_equals_the_network_path(prepar
     finetune.run(params, paths)
     probas = model_probabilities(params, paths)
     assert set(probas) >= {"head", "head_tta"}
-    manifest = pd.read_parquet(paths.manifest).set_index("image_id")
-    test_ids = np.load(paths.features("test"))["image_id"]
+    manifest = pd.read_parquet(paths.manifest).set_index("item_id")
+    test_ids = np.load(paths.features("test"))["item_id"]
     tuned = load_finetuned(params, paths)
     images = Images(manifest.loc[list(test_ids)].reset_index(), paths, tuned.preprocess)
     head, _ = load_head(paths.head, paths.head_meta)

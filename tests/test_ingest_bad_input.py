@@ -45,7 +45,7 @@ def test_clean_folder_is_ingested_with_rgb_images(tmp_path, raw):
     assert img.mode == "RGB"
     pixels = np.asarray(img)
     assert (pixels[..., 0] == pixels[..., 1]).all()  # grey replicated
-    assert manifest["image_id"].iloc[0] == image_id(pixels)
+    assert manifest["item_id"].iloc[0] == image_id(pixels)
 
 
 BAD_FILES = {
@@ -185,7 +185,7 @@ def test_duplicates_across_train_and_test_are_reported_as_leakage(tmp_path):
     assert report["n_leakage"] == 1 and report["leakage"][0]["splits"] == ["test", "train"]
     assert report["n_duplicates"] == 1
     manifest = pd.read_parquet(tmp_path / "data/prepared/manifest.parquet")
-    assert manifest["image_id"].is_unique
+    assert manifest["item_id"].is_unique
     kept = manifest[manifest["source"].str.endswith("bag_0.png")]
     assert len(kept) == 1 and kept["split"].item() == "test"
 

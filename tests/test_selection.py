@@ -147,7 +147,7 @@ def test_selection_never_reads_test_features(cv_project):
     X, y, ids = load_features(paths, "test")
     saved = paths.features("test").read_bytes()
     try:
-        np.savez(paths.features("test"), X=np.full_like(X, np.nan), y=np.zeros_like(y), image_id=ids)
+        np.savez(paths.features("test"), X=np.full_like(X, np.nan), y=np.zeros_like(y), item_id=ids)
         train_head.run(params, paths)
         assert paths.selection_report.read_text() == before
     finally:
@@ -280,7 +280,7 @@ def test_fine_tuning_adds_the_probes_confident_pseudo_labels_never_labelled_imag
     head, _ = load_head(paths.head, paths.head_meta)
     rows, info = finetune._pseudo_labelled(params, paths, head, real, None, 3)
     assert len(rows) == info["finetune_pseudo_labels"] > 0 and set(rows["split"]) == {"unused"}
-    truth = manifest.set_index("image_id").loc[rows["image_id"], "label_idx"].to_numpy()
+    truth = manifest.set_index("item_id").loc[rows["item_id"], "label_idx"].to_numpy()
     assert info["finetune_pseudo_label_accuracy"] == pytest.approx((truth == rows["label_idx"].to_numpy()).mean())
     off = parse_params({**raw, "semi_supervised": {**raw["semi_supervised"], "finetune": False}})
     assert finetune._pseudo_labelled(off, paths, head, real, None, 3)[0].empty
@@ -337,7 +337,7 @@ def test_finetune_and_evaluates_choices_never_read_test_items(cv_project, monkey
             size = Image.open(f).size
             Image.fromarray(np.random.default_rng(k).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(f)
         noise = np.random.default_rng(0).normal(0, 1, X.shape).astype(X.dtype)
-        np.savez(paths.features("test"), X=noise, y=np.zeros_like(y), image_id=ids)
+        np.savez(paths.features("test"), X=noise, y=np.zeros_like(y), item_id=ids)
         poisoned_ft = finetune.run(params, paths)
         for key in ("kept", "gain", "gain_naive", "best_epoch", "wise_alpha", "curve"):
             assert poisoned_ft[key] == clean_ft[key], key

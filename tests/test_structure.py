@@ -221,6 +221,20 @@ def tiny_text_project(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def tiny_vectors_project(tmp_path_factory):
+    """A copy of the project on the test-only vectors modality (tests/modality_vectors.py)."""
+    import tests.modality_vectors  # noqa: F401 - registers the modality
+    from tests.helpers import copy_project, set_params
+    from tests.test_modality_plugin import vectors
+
+    root = copy_project(tmp_path_factory.mktemp("tiny-vectors") / "project")
+    vectors(6).to_csv(root / "vectors.csv", index=False)
+    set_params(root, data={"source": "manifest", "path": "vectors.csv", "shots_per_class": None},
+               selection={"folds": 2, "repeats": 1}, evaluate={"bootstrap": 0}, mlflow={"log_model": False})
+    return root
+
+
 def _reads(project: Path) -> dict[str, set]:
     """The params keys each stage reads when it runs on ``project``."""
     import contextlib
@@ -240,11 +254,11 @@ def _reads(project: Path) -> dict[str, set]:
 
 
 @pytest.fixture(scope="module")
-def reads(tiny_project, tiny_text_project) -> dict[str, dict[str, set]]:
-    return {"image": _reads(tiny_project), "text": _reads(tiny_text_project)}
+def reads(tiny_project, tiny_text_project, tiny_vectors_project) -> dict[str, dict[str, set]]:
+    return {"image": _reads(tiny_project), "text": _reads(tiny_text_project), "vectors": _reads(tiny_vectors_project)}
 
 
-@pytest.mark.parametrize("branch", ["image", "text"])
+@pytest.mark.parametrize("branch", ["image", "text", "vectors"])
 def test_each_stage_declares_the_params_it_reads(reads, branch):
     """Every params key a stage reads (recorded on the tiny project of each modality) is among its
     dvc.yaml params (or explained in NOT_RESULTS): otherwise changing it would leave the stage's
@@ -261,7 +275,7 @@ def test_no_stage_declares_a_param_it_never_reads(reads):
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     unread = {}
     for stage, spec in dvc.items():
-        seen = reads["image"][stage] | reads["text"][stage]
+        seen = set().union(*(branch[stage] for branch in reads.values()))
         seen |= {declared for key, declared in COVERED_BY.items() if key in seen}
         never = [p for p in spec.get("params", []) if p not in READ_ELSEWHERE.get(stage, {})
                  and not any(k == p or k.startswith(p + ".") for k in seen)]

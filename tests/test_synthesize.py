@@ -57,7 +57,7 @@ def test_stable_diffusion_text_to_image_with_provenance(project, tiny_sd):
     assert all((project / p).exists() for p in frame["path"])
     assert paths.synthetic_preview.stat().st_size > 5_000
     again = load_synthetic(paths, kept_only=False) if synthesize.run(params, paths) else None
-    assert again["image_id"].tolist() == frame["image_id"].tolist()  # seeded: the same images
+    assert again["item_id"].tolist() == frame["item_id"].tolist()  # seeded: the same images
 
 
 def test_a_class_with_no_labelled_image_is_learnt_from_generated_ones(project, tiny_sd):
@@ -127,7 +127,7 @@ def test_ddpm_trains_samples_is_reused_and_synthetic_stays_out_of_val_and_test(p
 
     for stage in (augment, featurize):
         stage.run(params, paths)
-    synthetic_ids = set(load_synthetic(paths)["image_id"])
+    synthetic_ids = set(load_synthetic(paths)["item_id"])
     for split in ("train", "val", "test"):
         assert not synthetic_ids & set(load_features(paths, split)[2])
     assert set(load_features(paths, "synthetic")[2]) == synthetic_ids

@@ -98,7 +98,7 @@ def test_cache_is_keyed_by_text_content(trained, tmp_path):
     other = Paths.for_root(tmp_path)
     run_stages(parse_params(raw), other, last="featurize")
     report = json.loads(other.featurize_report.read_text())
-    assert report["computed"] == 1 and report["cache_hits"] == report["images"] - 1
+    assert report["computed"] == 1 and report["cache_hits"] == report["items"] - 1
 
 
 def test_text_noise_is_seeded_and_only_perturbs_the_texts_own_words():
@@ -195,9 +195,9 @@ def test_logged_pyfunc_model_round_trips_and_matches_evaluate(logged):
     params, paths, run_id = logged
     mlflow.set_tracking_uri(paths.mlflow_uri)
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    manifest = pd.read_parquet(paths.manifest).set_index("image_id")
+    manifest = pd.read_parquet(paths.manifest).set_index("item_id")
     expected = pd.read_csv(paths.predictions)
-    texts = [read_text(paths.resolve(manifest.loc[i, "path"])) for i in expected["image_id"]]
+    texts = [read_text(paths.resolve(manifest.loc[i, "path"])) for i in expected["item_id"]]
     out = model.predict(pd.DataFrame({"text": texts}))
     assert out["label"].tolist() == expected["predicted"].tolist()
     np.testing.assert_allclose(out["confidence"], expected["confidence"], atol=1e-4)

@@ -120,9 +120,9 @@ def test_kept_tuned_encoder_is_evaluated_logged_and_served(toy_project, monkeypa
     mlflow.set_tracking_uri(paths.mlflow_uri)
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     expected = pd.read_csv(paths.predictions)
-    manifest = pd.read_parquet(paths.manifest).set_index("image_id")
+    manifest = pd.read_parquet(paths.manifest).set_index("item_id")
     out = model.predict(pd.DataFrame({"text": [read_text(paths.resolve(manifest.loc[i, "path"]))
-                                               for i in expected["image_id"]]}))
+                                               for i in expected["item_id"]]}))
     assert out["label"].tolist() == expected["predicted"].tolist() and len(expected) == 6
     np.testing.assert_allclose(out["confidence"], expected["confidence"], atol=1e-4)
     info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
@@ -170,4 +170,4 @@ def test_a_local_text_generator_writes_texts_with_their_provenance(tmp_path):
     again = tmp_path / "again"
     params2, paths2 = _project(again if again.mkdir() is None else again, _toy(), **{"synthetic": params.synthetic.model_dump()})
     run_stages(params2, paths2, last="synthesize")
-    assert load_synthetic(paths2, kept_only=False)["image_id"].tolist() == frame["image_id"].tolist()  # seeded
+    assert load_synthetic(paths2, kept_only=False)["item_id"].tolist() == frame["item_id"].tolist()  # seeded

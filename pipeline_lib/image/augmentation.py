@@ -51,7 +51,7 @@ def preview(train: pd.DataFrame, params: Params, paths: Paths) -> None:
     rows = []
     for row in picks.itertuples(index=False):
         pixels = read_rgb(paths.resolve(row.path))
-        copies = [augment_image(pixels, params.augment.policy, copy_seed(params.seed, row.image_id, c))
+        copies = [augment_image(pixels, params.augment.policy, copy_seed(params.seed, row.item_id, c))
                   for c in range(n_cols)]
         rows.append((row.label, [pixels, *copies]))
     plot_image_grid(rows, ["original"] + [f"aug {c}" for c in range(n_cols)], paths.augment_preview)

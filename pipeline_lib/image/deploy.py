@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Params
+from ..dataset import read_manifest
 from ..errors import BadItem, PipelineError
 from ..paths import Paths
 from ..prediction import MAX_SIDE, LoadedModel, columns, table
@@ -23,12 +24,11 @@ from .files import IMAGE_EXTENSIONS, load_image
 def input_example(paths: Paths, resolution: int, n: int = 2) -> np.ndarray:
     """A few real test images (the first of different classes), at most the model's resolution:
     the model's input example (n > 1 keeps the exported batch dimension free)."""
-    import pandas as pd
     import torch
 
     from .backbones import Preprocess, read_image_tensor
 
-    manifest = pd.read_parquet(paths.manifest)
+    manifest = read_manifest(paths.manifest)
     test = manifest[manifest["split"] == "test"].drop_duplicates("label").head(n)
     if len(test) < n:
         test = manifest[manifest["split"] == "test"].head(n)

@@ -70,7 +70,7 @@ def _pseudo_labelled(params: Params, paths: Paths, head: Head, real: pd.DataFram
     U, truth, ids = load_features(paths, UNLABELED, backbone)
     counts = np.bincount(real["label_idx"].to_numpy().astype(int), minlength=n_classes)
     chosen, pred, info = pseudo_labels(head, U, truth, counts, params)
-    rows = load_manifest(paths)[0].set_index("image_id").loc[list(ids[chosen])].reset_index()
+    rows = load_manifest(paths)[0].set_index("item_id").loc[list(ids[chosen])].reset_index()
     if rows["split"].isin(["train", "val", "test"]).any():
         raise PipelineError("an unlabelled image is also a labelled one: run `dvc repro featurize` again.")
     return rows.assign(label_idx=pred[chosen]), {f"finetune_{k}": v for k, v in info.items()}

@@ -111,7 +111,7 @@ class ImageModality(Modality):
         from .generators import class_prompt
         from .zero_shot import clip_zero_shot
 
-        where = manifest.set_index("image_id")["path"]
+        where = manifest.set_index("item_id")["path"]
         images = [read_rgb(paths.resolve(where[i])) for i in load_features(paths, "test")[2]]
         prompts = [class_prompt(params.synthetic.stable_diffusion, c) for c in classes]
         proba = clip_zero_shot(paths.resolve(params.evaluate.zero_shot_model), prompts, images)

@@ -73,7 +73,7 @@ def _ddpm_model(params: Params, paths: Paths, train: pd.DataFrame, real: dict, n
 
     p = params.synthetic.ddpm
     key = hashlib.sha256(json.dumps({
-        "images": sorted(zip(train["image_id"], train["label_idx"].astype(int).tolist())),
+        "images": sorted(zip(train["item_id"], train["label_idx"].astype(int).tolist())),
         "ddpm": p.model_dump(exclude={"checkpoint_every"}), "seed": params.seed}, sort_keys=True).encode()).hexdigest()[:16]
     cached = paths.ddpm_cache / key
     reused = (cached / "training.json").exists()
@@ -105,7 +105,7 @@ def preview(frame: pd.DataFrame, train: pd.DataFrame, classes: list[str], params
     for c, label in enumerate(classes):
         reals = real[c][:k]
         syn_rows = frame[frame["label_idx"] == c].sort_values("kept", ascending=False, kind="stable").head(k)
-        syns = [read_rgb(paths.synthetic_dir / "images" / f"{i}.png") for i in syn_rows["image_id"]]
+        syns = [read_rgb(paths.synthetic_dir / "images" / f"{i}.png") for i in syn_rows["item_id"]]
         sample = (reals + syns)[0] if reals + syns else np.zeros((8, 8, 3), np.uint8)
         blank = np.full_like(sample, 255)
         pad = lambda imgs, n: imgs + [blank] * (n - len(imgs))  # noqa: E731

@@ -45,7 +45,7 @@ def run(params: Params, paths: Paths) -> dict:
     parts = [load_features(paths, split, name) for split in ("train", "val")]
     X, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(int)
     ids = np.concatenate([p[2] for p in parts])
-    rows = manifest.set_index("image_id")
+    rows = manifest.set_index("item_id")
     describe = _describer(paths, rows, modalities.of_dataset(paths))
 
     deployed = _deployed(paths)

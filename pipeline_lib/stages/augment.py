@@ -30,16 +30,16 @@ def run(params: Params, paths: Paths) -> dict:
         for row in train.itertuples(index=False):
             item = modality.read(paths.resolve(row.path))
             for c in range(k):
-                out = modality.augment(item, params, copy_seed(params.seed, row.image_id, c))
+                out = modality.augment(item, params, copy_seed(params.seed, row.item_id, c))
                 iid = modality.content_id(out)
-                if iid == row.image_id:  # no transform fired: the real item is already in train
+                if iid == row.item_id:  # no transform fired: the real item is already in train
                     continue
                 name = f"{modality.folder}/{iid}{modality.suffix}"
                 modality.write(staging / name, out)
-                rows.append({"image_id": iid, "path": f"data/augmented/{name}", "source": f"augment:{row.image_id}#{c}",
+                rows.append({"item_id": iid, "path": f"data/augmented/{name}", "source": f"augment:{row.item_id}#{c}",
                              "label": row.label, "label_idx": row.label_idx, "split": "train",
-                             **modality.fields(out), "note": f"copy {c} of {row.image_id}"})
-        frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).drop_duplicates("image_id")
+                             **modality.fields(out), "note": f"copy {c} of {row.item_id}"})
+        frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).drop_duplicates("item_id")
         atomic.write_parquet(staging / "manifest.parquet", frame)
     modality.augment_preview(train, params, paths)
     report = {"copies_per_image": k, "real_train_images": int(len(train)), "augmented_images": int(len(frame)),

@@ -28,7 +28,7 @@ def _examples(confusions: list[dict], modality, paths: Paths, manifest: pd.DataF
               confidence, n: int = 2) -> None:
     """Each worst-confused pair gets its most confidently wrong test items, quoted as the modality
     quotes them (a text's start; an image is not quoted)."""
-    where = manifest.set_index("image_id")["path"]
+    where = manifest.set_index("item_id")["path"]
     for pair in confusions:
         rows = np.flatnonzero((actual == pair["actual"]) & (predicted == pair["predicted"]))
         rows = rows[np.argsort(-confidence[rows], kind="stable")][:n]
@@ -74,7 +74,7 @@ def model_probabilities(params: Params, paths: Paths) -> dict[str, dict[str, np.
     flipped = {split: load_flipped(paths, split, name) for split in splits}
     if params.evaluate.tta == "hflip" and all(f is not None for f in flipped.values()):
         out["head_tta"] = {split: (out["head"][split] + predict_proba(head, flipped[split])) / 2 for split in splits}
-    manifest = load_manifest(paths)[0].set_index("image_id")
+    manifest = load_manifest(paths)[0].set_index("item_id")
     rows = {split: manifest.loc[list(load_features(paths, split, name)[2])].reset_index() for split in splits}
     out.update(modalities.of_dataset(paths).finetuned_probabilities(params, paths, rows, name))
     return out
@@ -157,7 +157,7 @@ def oof_probabilities(paths: Paths, candidate: str) -> tuple[np.ndarray, np.ndar
 def run(params: Params, paths: Paths) -> dict:
     manifest, classes = load_manifest(paths)
     _, y_val, _ = load_features(paths, "val")
-    _, y, image_ids = load_features(paths, "test")
+    _, y, item_ids = load_features(paths, "test")
     probas = model_probabilities(params, paths)
     cv_mode = len(y_val) == 0
     val_scores = {name: (float((p["val"].argmax(1) == y_val).mean()) if len(y_val) else 0.0,
@@ -178,7 +178,7 @@ def run(params: Params, paths: Paths) -> dict:
             probas["head"]["test"].argmax(1) == y, probas["finetune"]["test"].argmax(1) == y)}
     cm = confusion_matrix(y, pred, labels=list(range(len(classes))))
     metrics["top_confusions"] = top_confusions(cm, classes, params.evaluate.top_confusions)
-    _examples(metrics["top_confusions"], modalities.of_dataset(paths), paths, manifest, image_ids, np.array(classes)[y],
+    _examples(metrics["top_confusions"], modalities.of_dataset(paths), paths, manifest, item_ids, np.array(classes)[y],
               np.array(classes)[pred], proba.max(1))
     if params.evaluate.bootstrap:
         metrics["ci"] = {"level": params.evaluate.ci_level, "resamples": params.evaluate.bootstrap,
@@ -200,7 +200,7 @@ def run(params: Params, paths: Paths) -> dict:
     atomic.write_json(paths.metrics, metrics)
     names = np.array(classes)
     with atomic.atomic_path(paths.predictions) as tmp:
-        pd.DataFrame({"image_id": image_ids, "actual": names[y], "predicted": names[pred],
+        pd.DataFrame({"item_id": item_ids, "actual": names[y], "predicted": names[pred],
                       "confidence": proba.max(1).round(6)}).to_csv(tmp, index=False)
     with atomic.atomic_path(paths.per_class_csv) as tmp:
         pd.DataFrame(metrics["per_class"]).T.rename_axis("class").reset_index().to_csv(tmp, index=False)

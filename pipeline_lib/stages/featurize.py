@@ -27,7 +27,7 @@ from ..paths import Paths
 from ..runtime import pick_device, use
 
 
-def all_images(paths: Paths, params: Params | None = None) -> pd.DataFrame:
+def all_items(paths: Paths, params: Params | None = None) -> pd.DataFrame:
     """Every image featurize embeds: train/val/test, the augmented copies, the synthetic images and
     the unlabelled ones (split UNLABELED: dataset.unlabeled_pool)."""
     manifest, _ = load_manifest(paths)
@@ -42,10 +42,10 @@ def all_images(paths: Paths, params: Params | None = None) -> pd.DataFrame:
 def feature_keys(params: Params, manifest: pd.DataFrame, modality: Modality) -> list[tuple[str, str, bool]]:
     """(cache key, path, mirrored) of every vector featurize needs: each item's, and with flip TTA
     (a modality with mirror images) the mirror image's of every train/val/test item."""
-    keys = [(iid, rel, False) for iid, rel in zip(manifest["image_id"], manifest["path"])]
+    keys = [(iid, rel, False) for iid, rel in zip(manifest["item_id"], manifest["path"])]
     if flips(params, modality):
         keys += [(iid + FLIP, rel, True) for iid, rel, split in
-                 zip(manifest["image_id"], manifest["path"], manifest["split"]) if split in SPLITS]
+                 zip(manifest["item_id"], manifest["path"], manifest["split"]) if split in SPLITS]
     return keys
 
 
@@ -57,7 +57,7 @@ def flips(params: Params, modality: Modality) -> bool:
 def plan_shards(params: Params, paths: Paths, shard_size: int) -> list[list[tuple[str, str, bool, str]]]:
     """The vectors not cached yet, as (cache key, image path, mirrored, backbone) shards for workers."""
     todo = []
-    manifest = all_images(paths, params)
+    manifest = all_items(paths, params)
     modality = modalities.of_dataset(paths)
     for name in modality.encoder_names(params):
         backbone = modality.load_encoder(params, paths.root, name)
@@ -102,16 +102,16 @@ def _vectors(params: Params, paths: Paths, manifest: pd.DataFrame, modality: Mod
     seconds = time.perf_counter() - started
     report = {
         "backbone_key": backbone.key, "weights_sha256": backbone.weights_sha256, "feature_dim": backbone.feature_dim,
-        "images": len(vectors), "mirrored": sum(k.endswith(FLIP) for k in vectors), "cache_hits": cache.hits,
+        "items": len(vectors), "mirrored": sum(k.endswith(FLIP) for k in vectors), "cache_hits": cache.hits,
         "computed": computed, "seconds": round(seconds, 3),
-        "images_per_second": round(computed / seconds, 1) if computed and seconds > 0 else None}
+        "items_per_second": round(computed / seconds, 1) if computed and seconds > 0 else None}
     report.update(modality.feature_notes(backbone, [path for _, path, flip in items if not flip]))
     return vectors, report
 
 
 def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
     _, classes = load_manifest(paths)
-    manifest = all_images(paths, params)
+    manifest = all_items(paths, params)
     device = use(params.runtime)
     modality = modalities.of_dataset(paths)
     names = modality.encoder_names(params)
@@ -123,7 +123,7 @@ def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
         vectors, per_backbone[name] = _vectors(params, paths, manifest, modality, backbone, device)
         empty = np.zeros((0, backbone.feature_dim), np.float32)
         for split, out in arrays.items():
-            ids = manifest.loc[manifest["split"] == split, "image_id"]
+            ids = manifest.loc[manifest["split"] == split, "item_id"]
             out["X" + array_suffix(name, names)] = np.stack([vectors[i] for i in ids]).astype(np.float32) if len(ids) else empty
             if split in flip_splits:
                 out["X_flip" + array_suffix(name, names)] = (np.stack([vectors[i + FLIP] for i in ids]).astype(np.float32)
@@ -132,11 +132,11 @@ def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
     for split, out in arrays.items():
         part = manifest[manifest["split"] == split]
         atomic.write_npz(paths.features(split), y=part["label_idx"].to_numpy(np.int64),
-                         image_id=part["image_id"].to_numpy(dtype=str), backbones=np.array(names), **out)
+                         item_id=part["item_id"].to_numpy(dtype=str), backbones=np.array(names), **out)
     first = per_backbone[names[0]]
     leaks = near_duplicate_leaks(params, manifest, arrays, "X" + array_suffix(names[0], names))
     report = {"backbone": names[0], "modality": modality.name, **first, "device": str(device),
-              "images": sum(r["images"] for r in per_backbone.values()),
+              "items": sum(r["items"] for r in per_backbone.values()),
               "cache_hits": sum(r["cache_hits"] for r in per_backbone.values()),
               "computed": sum(r["computed"] for r in per_backbone.values()),
               "computed_by_workers": computed_by_workers,

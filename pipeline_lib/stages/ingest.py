@@ -349,7 +349,7 @@ def _run(params: Params, paths: Paths, report: IngestReport) -> dict:
         _require_splits(frame, classes)
         classes = classes + _zero_shot_classes(d.zero_shot_classes, classes)
         frame = pd.concat([frame, unlabeled.assign(label_idx=-1)], ignore_index=True)
-        frame = frame.sort_values(["split", "label_idx", "image_id"], kind="stable").reset_index(drop=True)
+        frame = frame.sort_values(["split", "label_idx", "item_id"], kind="stable").reset_index(drop=True)
         _remove_orphans(staging / items, set(frame["path"]))
         frame["path"] = f"data/prepared/{items}/" + frame["path"]
         atomic.write_parquet(staging / "manifest.parquet", frame)
@@ -400,7 +400,7 @@ def _keep(cand: Candidate, iid: str, fields: dict, seen: dict[str, dict], rows: 
         return
     name = f"{iid}{suffix}"
     write(name)
-    row = {"image_id": iid, "path": name, "source": cand.source, "label": cand.label, "label_idx": -1,
+    row = {"item_id": iid, "path": name, "source": cand.source, "label": cand.label, "label_idx": -1,
            "split": cand.split, **fields}
     seen[iid] = row
     rows.append(row)

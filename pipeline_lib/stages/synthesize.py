@@ -64,7 +64,7 @@ def run(params: Params, paths: Paths) -> dict:
             rows.append({**_row(s.generator, classes, g, iid, f"data/synthetic/{name}", generation.model_hash,
                                 **modality.fields(g.item)), "empty": _empty(g.item)})
         frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS + PROVENANCE_COLUMNS[:4] + ["empty"])
-        frame = frame.drop_duplicates("image_id").reset_index(drop=True)
+        frame = frame.drop_duplicates("item_id").reset_index(drop=True)
         empty = frame.pop("empty").astype(bool)
         frame = select(frame, params, paths, staging, train, len(classes))
         frame.loc[empty.to_numpy(), ["kept", "dropped_because"]] = [False, "empty"]
@@ -89,7 +89,7 @@ def _empty(item) -> bool:
 
 def _row(generator: str, classes: list[str], g, item_id: str, path: str, model_hash: str, **shape) -> dict:
     """A synthetic manifest row with its provenance (``g``: a generated image or text)."""
-    return {"image_id": item_id, "path": path, "source": f"{generator}:{classes[g.label_idx]}#{g.seed}",
+    return {"item_id": item_id, "path": path, "source": f"{generator}:{classes[g.label_idx]}#{g.seed}",
             "label": classes[g.label_idx], "label_idx": g.label_idx, "split": SYNTHETIC, **shape, "note": "",
             "generator": generator, "prompt": g.prompt, "seed": g.seed, "model_hash": model_hash}
 
@@ -147,8 +147,8 @@ def _probe(frame: pd.DataFrame, params: Params, paths: Paths, staging, train: pd
                                        params.featurize.batch_size, device, desc="synthesize: probe features")
         return np.stack([vectors[i] for i in ids])
 
-    X_train = features(train["image_id"].tolist(), [paths.resolve(p) for p in train["path"]])
-    X_syn = features(frame["image_id"].tolist(), [staging / Path(p).relative_to("data/synthetic") for p in frame["path"]])
+    X_train = features(train["item_id"].tolist(), [paths.resolve(p) for p in train["path"]])
+    X_syn = features(frame["item_id"].tolist(), [staging / Path(p).relative_to("data/synthetic") for p in frame["path"]])
     # the probe: a linear head of the middle strength of train_head.C on the real training images
     recipe = HeadRecipe("linear", params.train_head.C[len(params.train_head.C) // 2])
     probe = fit_head(X_train, train["label_idx"].to_numpy(), n_classes, recipe, params.train_head, params.seed).head

@@ -54,6 +54,6 @@ def preview(train: pd.DataFrame, params: Params, paths: Paths) -> None:
     rows = []
     for row in picks.itertuples(index=False):
         text = read_text(paths.resolve(row.path))
-        rows.append((row.label, [text] + [augment_text(text, params.augment.text, copy_seed(params.seed, row.image_id, c))
+        rows.append((row.label, [text] + [augment_text(text, params.augment.text, copy_seed(params.seed, row.item_id, c))
                                           for c in range(2)]))
     plot_text_table(rows, ["original", "noisy copy 1", "noisy copy 2"], paths.augment_preview)

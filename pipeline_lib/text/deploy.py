@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from .. import atomic
 from ..config import Params
+from ..dataset import read_manifest
 from ..errors import PipelineError
 from ..paths import Paths
 from ..prediction import LoadedModel, columns, table
@@ -36,7 +37,7 @@ def log_model(params: Params, paths: Paths, metrics: dict):
     head, meta = load_head(*((paths.finetuned_head, paths.finetune_meta) if tuned else (paths.head, paths.head_meta)))
     spec = meta["backbone_spec"]
     encoder = paths.finetuned_encoder if tuned else resolve_encoder(spec["name"], paths.root)
-    manifest = pd.read_parquet(paths.manifest)
+    manifest = read_manifest(paths.manifest)
     test = manifest[manifest["split"] == "test"].drop_duplicates("label").head(2)
     example = pd.DataFrame({"text": [read_text(paths.resolve(p)) for p in test["path"]]})
     here = Path(__file__).resolve().parent

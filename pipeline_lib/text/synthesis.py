@@ -100,7 +100,7 @@ def preview(frame, train, classes: list[str], params, paths) -> None:
     for c, label in enumerate(classes):
         real = [read_text(paths.resolve(p)) for p in train.loc[train["label_idx"] == c, "path"][:k]]
         syn = frame[frame["label_idx"] == c].sort_values("kept", ascending=False, kind="stable").head(n_syn)
-        synthetic = [read_text(paths.synthetic_dir / "texts" / f"{i}.txt") for i in syn["image_id"]]
+        synthetic = [read_text(paths.synthetic_dir / "texts" / f"{i}.txt") for i in syn["item_id"]]
         rows.append((label, real + [""] * (k - len(real)) + synthetic + [""] * (n_syn - len(synthetic))))
     plot_text_table(rows, [f"real {i + 1}" for i in range(k)] + [f"synthetic {i + 1}" for i in range(n_syn)],
                     paths.synthetic_preview)
