@@ -22,7 +22,8 @@ from .config import Params
 DOC = Path(__file__).resolve().parents[1] / "docs" / "params.md"
 HEADER = """# Parameters (`params.yaml`)
 
-Generated from the schema in `pipeline_lib/config.py` by `python -m pipeline_lib.params_doc` (a
+Generated from the schema in `pipeline_lib/config.py` and the modalities' sections
+(`pipeline_lib/image/params.py`, `pipeline_lib/text/params.py`) by `python -m pipeline_lib.params_doc` (a
 test fails when this file is out of date). Every value is validated: a wrong key or value stops
 with a message naming the key and the allowed values. Change one for an experiment without
 editing the file: `dvc exp run -S finetune.epochs=20`.
@@ -64,7 +65,8 @@ def _rows(model: type[BaseModel], prefix: str, sections: list) -> list[str]:
             continue
         description = " ".join((field.description or "").split())
         if not description:
-            raise ValueError(f"{key} has no description: add a docstring under the field in pipeline_lib/config.py")
+            raise ValueError(f"{key} has no description: add a docstring under the field in its schema module "
+                             "(pipeline_lib/config.py, or the modality's params.py)")
         default = field.default_factory() if field.default_factory is not None else field.default
         rows.append(f"| `{key}` | {_default(default)} | {_allowed(field)} | {description} |")
     return rows

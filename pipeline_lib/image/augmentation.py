@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..config import AugmentPolicy, Params
+from ..config import Params
 from ..dataset import copy_seed
 from ..paths import Paths
 from .files import read_rgb
+from .params import AugmentPolicy
 
 
 def make_policy(policy: AugmentPolicy, height: int, width: int, seed: int | None = None):

@@ -25,8 +25,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from ..atomic import dir_hash
-from ..config import DdpmParams, StableDiffusionParams
 from ..errors import PipelineError
+from .params import DdpmParams, StableDiffusionParams
 
 
 def quiet_hf() -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..config import Params, TextNoisePolicy
+from ..config import Params
 from ..dataset import copy_seed
 from ..paths import Paths
 from .files import read_text
+from .params import TextNoisePolicy
 
 
 def augment_text(text: str, policy: TextNoisePolicy, seed: int) -> str:
