@@ -295,12 +295,24 @@ def _decide(params, paths, real_train, synthetic, y_all, n_classes, device, chec
     gain = _corrected_gain(params, y_ok, progress, results if best_epoch > 0 else {}, alpha, n_classes)
     kept = best_epoch > 0 and keep(gain["gain"], gain["se"], s.keep_level)
     before, after = progress.curve[0], scores(y_ok, best_proba[ok], n_classes)
+    report = _cv_report(params, kept, gain, before, after, progress, alpha, wise, len(folds), cv_seconds, resumed_from,
+                        synthetic, in_folds, info)
+    return {"report": report, "best_proba": torch.from_numpy(best_proba), "scored": progress.extra["scored"]}, \
+        progress.history
+
+
+def _cv_report(params: Params, kept: bool, gain: dict, before: dict, after: dict, progress: Progress, alpha: float,
+               wise: dict, folds: int, cv_seconds: float, resumed_from: int, synthetic: pd.DataFrame,
+               in_folds: pd.DataFrame, info: dict) -> dict:
+    """The CV decision's report: the keep-or-not sentence, the curve, the corrected gain and its SE."""
+    p, s, metric = params.finetune, params.selection, params.selection.metric
+    best_epoch = progress.best_epoch
     reason = (f"fine-tuning {'kept' if kept else 'not kept'}: CV {metric} {before[metric]:.3f} (probe) -> "
               f"{after[metric]:.3f} at epoch {best_epoch}" + (f", WiSE-FT alpha {alpha:g}" if best_epoch else "")
               + f"; gain {gain['gain']:+.3f} ± {gain['se']:.3f} (SE) after removing the optimism of choosing the "
               f"epoch and alpha ({gain['optimism']:+.3f}); needs > {keep_threshold(s.keep_level):.2f} SE "
               f"(one-sided, level {s.keep_level:g})")
-    report = {"enabled": True, "mode": "cv", "kept": bool(kept), "reason": reason, "folds": len(folds),
+    report = {"enabled": True, "mode": "cv", "kept": bool(kept), "reason": reason, "folds": folds,
               "monitor": metric, "best_epoch": best_epoch, "epochs_run": progress.epoch, "wise_alpha": alpha,
               "wise_scores": wise, f"cv_{metric}_probe": before[metric], f"cv_{metric}": after[metric],
               "cv_accuracy_probe": before["accuracy"], "cv_accuracy": after["accuracy"],
@@ -314,8 +326,7 @@ def _decide(params, paths, real_train, synthetic, y_all, n_classes, device, chec
               "curve": progress.curve, **info}
     if "target_images" in info and progress.history:
         report["domain_accuracy_last_epoch"] = progress.history[-1].get("domain_accuracy")
-    return {"report": report, "best_proba": torch.from_numpy(best_proba), "scored": progress.extra["scored"]}, \
-        progress.history
+    return report
 
 
 def _corrected_gain(params: Params, y: np.ndarray, progress: Progress, alphas: dict, alpha: float,

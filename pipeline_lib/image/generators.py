@@ -118,23 +118,7 @@ def train_ddpm(images: np.ndarray, labels: np.ndarray, n_classes: int, p: DdpmPa
     unet.train()
     with tqdm(total=p.train_steps, initial=first, desc="synthesize: train ddpm", unit="step") as bar:
         for step in range(first, p.train_steps):
-            idx = torch.randint(0, len(data), (min(p.batch_size, len(data)),), generator=gen)
-            x0, cls = data[idx], y[idx].clone()
-            if p.hflip:
-                flip = torch.rand(len(idx), generator=gen) < 0.5
-                x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-            cls[torch.rand(len(idx), generator=gen) < 0.1] = n_classes  # label dropout for guidance
-            noise = torch.randn(x0.shape, generator=gen)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
-            noisy = scheduler.add_noise(x0, noise, t)
-            pred = unet(noisy.to(device), t.to(device), class_labels=cls.to(device)).sample
-            loss = F.mse_loss(pred, noise.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
+            losses.append(_ddpm_step(unet, opt, sched, scheduler, data, y, gen, p, n_classes, device))
             bar.update(1)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
@@ -149,6 +133,29 @@ def train_ddpm(images: np.ndarray, labels: np.ndarray, n_classes: int, p: DdpmPa
             "device": str(device)}
     (out_dir / "training.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def _ddpm_step(unet, opt, sched, scheduler, data: torch.Tensor, y: torch.Tensor, gen: torch.Generator, p: DdpmParams,
+               n_classes: int, device) -> float:
+    """One training step on a random batch (flipped at random with p.hflip; 10 % of the labels
+    dropped for classifier-free guidance); returns the loss."""
+    idx = torch.randint(0, len(data), (min(p.batch_size, len(data)),), generator=gen)
+    x0, cls = data[idx], y[idx].clone()
+    if p.hflip:
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+    cls[torch.rand(len(idx), generator=gen) < 0.1] = n_classes  # label dropout for guidance
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+    noisy = scheduler.add_noise(x0, noise, t)
+    pred = unet(noisy.to(device), t.to(device), class_labels=cls.to(device)).sample
+    loss = F.mse_loss(pred, noise.to(device))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
 
 
 def _save_ddpm_checkpoint(path: Path, step: int, unet, opt, sched, gen: torch.Generator, losses: list) -> None:

@@ -50,36 +50,10 @@ def run(params: Params, paths: Paths) -> dict:
 
     deployed = _deployed(paths)
     too_few = undecidable(y)
-    if too_few:  # no fold scores anything: no curve, no out-of-fold probabilities
-        curve, fitted, forecast = None, None, None
-        plot_message(f"No learning curve: {too_few}.", paths.advice_curve_png)
-    else:
-        fit = advise.head_fitter(recipe, params.train_head, n_classes)
-        curve = advise.learning_curve(X, y, n_classes, fit, a.fractions, a.repeats, params.selection.folds,
-                                      params.seed, metric)
-        n = len(y)
-        marks_at = [n, 2 * n, 4 * n]
-        grid = np.unique(np.r_[np.geomspace(curve.sizes.min(), 4 * n, 40), marks_at])
-        fitted = advise.extrapolate(curve.sizes, curve.scores, grid.tolist(), params.seed)
-        at = {k: fitted["at"].index(float(v)) for k, v in zip(("now", "x2", "x4"), marks_at)}
-        forecast = {k: {"labels": marks_at[j], "predicted": fitted["predicted"][i], "low": fitted["low"][i],
-                        "high": fitted["high"][i]} for j, (k, i) in enumerate(at.items())}
-        plot_learning_curve_fit(curve.sizes, curve.scores, fitted, {
-            f["labels"]: (f["predicted"], f["low"], f["high"], k) for k, f in forecast.items()}, metric,
-            paths.advice_curve_png, title=f"learning curve of the head {recipe.name} on your {n} labelled items"
-            + ("\n(fine-tuning is deployed: it scored above this head in CV)" if deployed == "finetune" else ""))
-
+    curve, fitted, forecast = _curve(params, paths, X, y, recipe, n_classes, too_few, deployed)
     label_next = _label_next(params, paths, head, name, X, y, ids, describe, classes)
     oof = curve.oof if curve is not None else np.full((len(y), n_classes), np.nan)
-    suspects = advise.suspect_labels(y, oof)
-    suspect_rows = [{"rank": r + 1, **describe(ids[i]), "given_label": classes[y[i]],
-                     "suggested_label": classes[s], "p_given": round(float(pg), 4), "p_suggested": round(float(ps), 4),
-                     "flagged": bool(f)}
-                    for r, (i, s, pg, ps, f) in enumerate(zip(*(suspects[k][:a.suspects] for k in (
-                        "index", "suggested", "p_given", "p_suggested", "flagged"))))]
-    with atomic.atomic_path(paths.suspect_labels_csv) as tmp:
-        pd.DataFrame(suspect_rows, columns=["rank", "item", "path", "given_label", "suggested_label", "p_given",
-                                            "p_suggested", "flagged"]).to_csv(tmp, index=False)
+    suspect_rows = _suspects(paths, y, oof, ids, describe, classes, a.suspects)
     conflicts = [{"first": describe(ids[i])["item"], "second": describe(ids[j])["item"], "labels": [classes[y[i]],
                   classes[y[j]]], "similarity": round(s, 4)}
                  for i, j, s in advise.conflicting_duplicates(X, y, a.duplicate_similarity)[:a.suspects]]
@@ -101,6 +75,46 @@ def run(params: Params, paths: Paths) -> dict:
     atomic.write_json(paths.advise_report, report)
     atomic.write_text(paths.advice_md, _markdown(report, suspect_rows, paths))
     return report
+
+
+def _curve(params: Params, paths: Paths, X: np.ndarray, y: np.ndarray, recipe: HeadRecipe, n_classes: int,
+           too_few: str | None, deployed: str):
+    """The head's learning curve on the labelled items, its extrapolation and the forecast at 1x,
+    2x and 4x the labels (plotted); (None, None, None) when too few labels decide nothing."""
+    a, metric = params.advise, params.selection.metric
+    if too_few:  # no fold scores anything: no curve, no out-of-fold probabilities
+        plot_message(f"No learning curve: {too_few}.", paths.advice_curve_png)
+        return None, None, None
+    fit = advise.head_fitter(recipe, params.train_head, n_classes)
+    curve = advise.learning_curve(X, y, n_classes, fit, a.fractions, a.repeats, params.selection.folds,
+                                  params.seed, metric)
+    n = len(y)
+    marks_at = [n, 2 * n, 4 * n]
+    grid = np.unique(np.r_[np.geomspace(curve.sizes.min(), 4 * n, 40), marks_at])
+    fitted = advise.extrapolate(curve.sizes, curve.scores, grid.tolist(), params.seed)
+    at = {k: fitted["at"].index(float(v)) for k, v in zip(("now", "x2", "x4"), marks_at)}
+    forecast = {k: {"labels": marks_at[j], "predicted": fitted["predicted"][i], "low": fitted["low"][i],
+                    "high": fitted["high"][i]} for j, (k, i) in enumerate(at.items())}
+    plot_learning_curve_fit(curve.sizes, curve.scores, fitted, {
+        f["labels"]: (f["predicted"], f["low"], f["high"], k) for k, f in forecast.items()}, metric,
+        paths.advice_curve_png, title=f"learning curve of the head {recipe.name} on your {n} labelled items"
+        + ("\n(fine-tuning is deployed: it scored above this head in CV)" if deployed == "finetune" else ""))
+    return curve, fitted, forecast
+
+
+def _suspects(paths: Paths, y: np.ndarray, oof: np.ndarray, ids, describe, classes: list[str], listed: int) -> list[dict]:
+    """The labels that look wrong (the out-of-fold probabilities disagree), most doubtful first;
+    written to suspect_labels.csv."""
+    suspects = advise.suspect_labels(y, oof)
+    rows = [{"rank": r + 1, **describe(ids[i]), "given_label": classes[y[i]],
+             "suggested_label": classes[s], "p_given": round(float(pg), 4), "p_suggested": round(float(ps), 4),
+             "flagged": bool(f)}
+            for r, (i, s, pg, ps, f) in enumerate(zip(*(suspects[k][:listed] for k in (
+                "index", "suggested", "p_given", "p_suggested", "flagged"))))]
+    with atomic.atomic_path(paths.suspect_labels_csv) as tmp:
+        pd.DataFrame(rows, columns=["rank", "item", "path", "given_label", "suggested_label", "p_given",
+                                    "p_suggested", "flagged"]).to_csv(tmp, index=False)
+    return rows
 
 
 def _describer(paths: Paths, rows: pd.DataFrame, modality):
