@@ -139,27 +139,43 @@ class Modality:
         return {}
 
     # ---- the deployable model: evaluate (log), registry, predict ----------------------------------
+    def deploy(self):
+        """The module that holds this modality's deployable model: ``log_model``,
+        ``model_description``, ``load_model``, ``read_inputs``, ``predict``, ``predict_prepared``
+        (the methods below call it); None: the subclass overrides those methods itself."""
+        return None
+
+    def _deployer(self):
+        module = self.deploy()
+        if module is None:
+            raise NotImplementedError(f"the {self.name} modality has no deployable model: give it deploy() or "
+                                      "override log_model, load_model, read_inputs, predict and predict_prepared")
+        return module
+
     def log_model(self, params, paths, metrics: dict):
         """Log the deployed classifier to the active MLflow run: (model info, classes). Its
         metadata must carry ``modality: <name>`` and ``classes``."""
-        raise NotImplementedError
+        return self._deployer().log_model(params, paths, metrics)
 
     def model_description(self, name: str, classes: list[str], params) -> str:
         """The registered model's description: the input contract and how to load it."""
-        return f"{self.noun.capitalize()} classifier over {len(classes)} classes: {', '.join(classes)}."
+        module = self.deploy()
+        if module is None:
+            return f"{self.noun.capitalize()} classifier over {len(classes)} classes: {', '.join(classes)}. "
+        return module.model_description(name, classes, params)
 
-    def load_model(self, model_uri: str, metadata: dict, dst: str):
-        raise NotImplementedError
+    def load_model(self, model_uri: str, dst: str):
+        return self._deployer().load_model(model_uri, dst)
 
     def read_inputs(self, source: Path) -> list:
         """What predict's ``source`` holds for this modality."""
-        raise NotImplementedError
+        return self._deployer().read_inputs(source)
 
     def predict(self, loaded, inputs: list, batch_size: int, top_k: int) -> tuple[pd.DataFrame, list[dict]]:
         """(the predictions table, the skipped inputs with reason and fix) for predict."""
-        raise NotImplementedError
+        return self._deployer().predict(loaded, inputs, batch_size, top_k)
 
     def predict_prepared(self, model, metadata: dict, files: list[Path]) -> np.ndarray:
         """A loaded model's predicted class names for prepared items (the registry scores the
         champion on the current test split)."""
-        raise NotImplementedError
+        return self._deployer().predict_prepared(model, metadata, files)

@@ -159,3 +159,4 @@ def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, 
     return pd.DataFrame(rows, columns=columns("path", k)), skipped
 
 
+read_inputs, predict = list_inputs, predict_files  # the names pipeline_lib.modality.Modality calls

@@ -118,35 +118,10 @@ class ImageModality(Modality):
         return {"clip_zero_shot": {"test_accuracy": float((proba.argmax(1) == y_test).mean()), "prompts": prompts}}
 
     # ---- the deployable model
-    def log_model(self, params, paths, metrics):
-        from .deploy import log_model
+    def deploy(self):
+        from . import deploy
 
-        return log_model(params, paths, metrics)
-
-    def model_description(self, name, classes, params) -> str:
-        from .deploy import model_description
-
-        return model_description(name, classes, params)
-
-    def load_model(self, model_uri: str, dst: str):
-        from .deploy import load_model
-
-        return load_model(model_uri, dst)
-
-    def read_inputs(self, source: Path) -> list:
-        from .deploy import list_inputs
-
-        return list_inputs(source)
-
-    def predict(self, loaded, inputs, batch_size, top_k):
-        from .deploy import predict_files
-
-        return predict_files(loaded, inputs, batch_size, top_k)
-
-    def predict_prepared(self, model, metadata, files):
-        from .deploy import predict_prepared
-
-        return predict_prepared(model, metadata, files)
+        return deploy
 
 
 IMAGE = ImageModality()

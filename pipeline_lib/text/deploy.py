@@ -128,3 +128,4 @@ def predict_texts(loaded: LoadedModel, items: list[tuple[str, str]], batch_size:
     return pd.DataFrame(rows, columns=columns("source", k) + ["text"]), skipped
 
 
+read_inputs, predict = list_texts, predict_texts  # the names pipeline_lib.modality.Modality calls
