@@ -1,13 +1,12 @@
 """Batch prediction with a registered model: ``models:/<name>@champion`` by default.
 
-Inputs of an image model: a folder of images (searched recursively) or a CSV with a ``path``
-column (relative to the CSV's folder). Every file is decoded and validated as ingest does;
-unreadable ones are skipped and listed with the reason in the report, never fatal. Inputs of a
-text model: a CSV with a ``text`` column, or a text file with one example per line (an empty
-row or line is skipped and listed). The logged model carries the
-preprocessing (normalisation inside; inputs are resized here exactly as training resized them),
-the class names and the resolution in its metadata. When the model's run holds an evaluation
-with a fitted temperature, ``confidence`` and the top-k probabilities are temperature-scaled;
+What the input is depends on the model's modality (its MLflow metadata; pipeline_lib.modalities):
+an image model takes a folder of images (searched recursively) or a CSV with a ``path`` column
+(relative to the CSV's folder), each file decoded and validated as ingest does; a text model a CSV
+with a ``text`` column, or a text file with one example per line. An input that cannot be used is
+skipped and listed with the reason in the report, never fatal. The logged model carries its
+preprocessing and the class names. When the model's run holds an evaluation with a fitted
+temperature, ``confidence`` and the top-k probabilities are temperature-scaled;
 ``raw_confidence`` is the model's own probability (what evaluate's predictions.csv shows).
 """
 
