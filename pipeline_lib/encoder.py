@@ -28,6 +28,9 @@ class Encoder(Protocol):
     def key(self) -> str:
         """Cache key: changes whenever the vectors would (model, weights hash, preprocessing)."""
 
+    def to(self, device) -> "Encoder":
+        """The encoder on ``device`` (returns itself)."""
+
     def embed(self, items: Sequence[str | Path], batch_size: int, device: torch.device,
               desc: str = "featurize") -> np.ndarray:
         """One vector per item (a file), batched, with a progress bar. (An image backbone also has

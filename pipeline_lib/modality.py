@@ -44,7 +44,6 @@ class Modality:
     inline_column: str = ""  # the manifest column that holds the items themselves ("text"), if one does
     mirror_tta: bool = False  # a mirror image exists (flip test-time augmentation)
     one: str = "an item"  # one item, in messages: "an image", "a text file"
-    input_help: str = "a CSV"  # what predict takes, for messages
 
     @property
     def nouns(self) -> str:

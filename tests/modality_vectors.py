@@ -91,7 +91,6 @@ class VectorsModality(Modality):
     one = "a vector"
     folder = "vectors"
     suffix = ".npy"
-    input_help = "a CSV of the training data's numeric columns"
 
     def inline_items(self, frame):
         features = _numeric(frame)

@@ -22,7 +22,6 @@ class ImageModality(Modality):
     suffix = ".png"
     extensions = IMAGE_EXTENSIONS
     mirror_tta = True
-    input_help = "a folder of images, or a CSV with a `path` column"
     generators = synthesis.GENERATORS
 
     # ---- items

@@ -24,7 +24,6 @@ class TextModality(Modality):
     suffix = ".txt"
     extensions = TEXT_EXTENSIONS
     inline_column = "text"
-    input_help = "a CSV with a `text` column, or a text file with one example per line"
     generators = synthesis.GENERATORS
 
     # ---- items
