@@ -13,7 +13,7 @@ The old rule: the best epoch's gain > 0.5 SE. The new rule: the BBC-CV gain > z(
 
 images: real cells through the pipeline's own stages (default params, full Fashion-MNIST draws of
 k labelled images per class, 2,000 test images). Each cell is refitted whatever the rule says
-(``finetune.keep`` forced), so its test gain is known; the report's gains give both rules'
+(``pipeline_lib.image.finetune.keep`` forced), so its test gain is known; the report's gains give both rules'
 decisions. Variants: ``real`` (default fine-tuning), and null controls whose answer is known:
 ``lr0`` (learning rate 0: it is the probe), ``shuffled`` (fine-tuned on permuted labels: harmful),
 ``lr30`` (backbone learning rate x30: harmful). One JSON line per cell, then per variant and k:
@@ -80,8 +80,8 @@ def simulate(cells: int, level: float) -> None:
 
 
 def _shuffling(monkeypatch_target, seed: int):
-    """The finetune stage with every training frame's labels permuted (a null control harness)."""
-    from pipeline_lib.stages import finetune
+    """Image fine-tuning with every training frame's labels permuted (a null control harness)."""
+    from pipeline_lib.image import finetune
 
     original = finetune._prepare
 
@@ -128,7 +128,7 @@ def image_cell(root, base: dict, variant: str, shots: int, seed: int, level: flo
     params = parse_params(raw)
     started = time.perf_counter()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(io.StringIO()):
-        from pipeline_lib.stages import finetune
+        from pipeline_lib.image import finetune
 
         mp.setattr(finetune, "keep", lambda *a: True)  # refit whatever the rule says: the test gain is known
         if variant == "shuffled":

@@ -9,6 +9,7 @@ from pipeline_lib.config import parse_params
 from pipeline_lib.dataset import AUGMENTED, load_manifest
 from pipeline_lib.features import load_features
 from pipeline_lib.heads import HeadRecipe, fit_head, load_head, predict_proba
+from pipeline_lib.image import finetune as image_finetune
 from pipeline_lib.paths import Paths
 from pipeline_lib.selection import best, oof_matrix, paired_bootstrap, stratified_folds, summarise
 from pipeline_lib.stages import evaluate, finetune, ingest, run_stages, train_head
@@ -170,7 +171,7 @@ def test_finetune_at_learning_rate_zero_is_never_kept_and_the_head_is_deployed(c
 
 def test_kept_finetune_is_refitted_on_every_label_and_evaluated(cv_project, monkeypatch):
     params, paths = cv_project
-    monkeypatch.setattr(finetune, "keep", lambda *a: True)  # the decision itself: tests/test_decisions.py
+    monkeypatch.setattr(image_finetune, "keep", lambda *a: True)  # the decision itself: tests/test_decisions.py
     report = finetune.run(params, paths)
     assert report["kept"] and paths.finetuned_model.exists() and report["reason"].startswith("fine-tuning kept")
     assert report["n_train"] == 14 and report["refit_epochs"] == report["best_epoch"] > 0
@@ -243,7 +244,7 @@ def test_cv_finetune_stopped_after_an_epoch_resumes_to_the_same_result(cv_projec
     import torch
 
     params, paths = cv_project
-    monkeypatch.setattr(finetune, "keep", lambda *a: True)  # the refit is resumed too
+    monkeypatch.setattr(image_finetune, "keep", lambda *a: True)  # the refit is resumed too
     full = finetune.run(params, paths)
     assert full["kept"]
     weights = torch.load(paths.finetuned_model, weights_only=True)
@@ -251,7 +252,7 @@ def test_cv_finetune_stopped_after_an_epoch_resumes_to_the_same_result(cv_projec
     with pytest.raises(Interrupted):
         finetune.run(params, paths)
     monkeypatch.undo()
-    monkeypatch.setattr(finetune, "keep", lambda *a: True)
+    monkeypatch.setattr(image_finetune, "keep", lambda *a: True)
     ckpt = paths.finetune_checkpoint(finetune.config_hash(params, paths))
     assert ckpt.exists()
     resumed = finetune.run(params, paths)
@@ -278,12 +279,12 @@ def test_fine_tuning_adds_the_probes_confident_pseudo_labels_never_labelled_imag
     manifest = load_manifest(paths)[0]
     real = manifest[manifest["split"] == "train"]
     head, _ = load_head(paths.head, paths.head_meta)
-    rows, info = finetune._pseudo_labelled(params, paths, head, real, None, 3)
+    rows, info = image_finetune._pseudo_labelled(params, paths, head, real, None, 3)
     assert len(rows) == info["finetune_pseudo_labels"] > 0 and set(rows["split"]) == {"unused"}
     truth = manifest.set_index("item_id").loc[rows["item_id"], "label_idx"].to_numpy()
     assert info["finetune_pseudo_label_accuracy"] == pytest.approx((truth == rows["label_idx"].to_numpy()).mean())
     off = parse_params({**raw, "semi_supervised": {**raw["semi_supervised"], "finetune": False}})
-    assert finetune._pseudo_labelled(off, paths, head, real, None, 3)[0].empty
+    assert image_finetune._pseudo_labelled(off, paths, head, real, None, 3)[0].empty
 
 
 def test_one_label_per_class_decides_nothing_and_says_so(tmp_path):
