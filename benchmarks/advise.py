@@ -26,10 +26,11 @@ import pandas as pd
 from _common import full_data_npz
 
 from pipeline_lib import advise
-from pipeline_lib.config import Paths, parse_params  # noqa: E402
+from pipeline_lib.config import parse_params  # noqa: E402
 from pipeline_lib.dataset import UNLABELED  # noqa: E402
 from pipeline_lib.features import load_features  # noqa: E402
 from pipeline_lib.heads import HeadRecipe, predict_proba  # noqa: E402
+from pipeline_lib.paths import Paths  # noqa: E402
 from pipeline_lib.stages import run_stages  # noqa: E402
 from pipeline_lib.stats import macro_f1_from_labels  # noqa: E402
 from pipeline_lib.text import drug_reviews  # noqa: E402

@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 from _common import apply_overrides
 
-from pipeline_lib.config import Paths, parse_params  # noqa: E402
+from pipeline_lib.config import parse_params  # noqa: E402
 from pipeline_lib.features import load_features  # noqa: E402
+from pipeline_lib.paths import Paths  # noqa: E402
 from pipeline_lib.stages import run_stages  # noqa: E402
 from pipeline_lib.text import drug_reviews  # noqa: E402
 

@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from .errors import PipelineError
 from .image.params import AugmentPolicy, BackboneParams, DdpmParams, StableDiffusionParams
 from .params_base import Section as _Section
-from .paths import Paths, project_root  # noqa: F401 - Paths lives in pipeline_lib.paths; imported here by older code
+from .paths import project_root
 from .text.params import TextFinetuneParams, TextGeneratorParams, TextNoisePolicy, TextParams
 
 PARAMS_FILE = "params.yaml"

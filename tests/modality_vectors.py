@@ -22,8 +22,10 @@ import torch
 from torch import nn
 
 from pipeline_lib import atomic, modalities
+from pipeline_lib.dataset import read_manifest
 from pipeline_lib.errors import BadItem, PipelineError
 from pipeline_lib.modality import Modality
+from pipeline_lib.paths import Paths
 from pipeline_lib.prediction import columns, table
 
 RESERVED = {"label", "split"}
@@ -120,7 +122,7 @@ class VectorsModality(Modality):
         return ["identity"]
 
     def load_encoder(self, params, root, name: str):
-        manifest = pd.read_parquet(Path(root or ".") / "data" / "prepared" / "manifest.parquet")
+        manifest = read_manifest(Paths.for_root(root).manifest)  # the width ingest recorded: the vector length
         return IdentityEncoder(int(manifest["width"].iloc[0]))
 
     def log_model(self, params, paths, metrics):

@@ -205,7 +205,8 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(prepared, tmp_path):
     script.write_text(
         "import json, sys\n"
         "from pipeline_lib.stages import finetune\n"
-        "from pipeline_lib.config import Paths, parse_params\n"
+        "from pipeline_lib.config import parse_params\n"
+        "from pipeline_lib.paths import Paths\n"
         "finetune.run(parse_params(json.loads(sys.argv[1])), Paths.for_root(sys.argv[2]))\n")
     raw = json.loads(json.dumps(RAW))
     raw["data"]["path"] = str(prepared / "raw")

@@ -70,8 +70,8 @@ def toy_project(tmp_path):
 
 
 def test_folds_are_checkpointed_and_a_rerun_tunes_only_what_is_missing(toy_project, monkeypatch):
-    from pipeline_lib.dataset import load_manifest
     from pipeline_lib.atomic import Checkpoint
+    from pipeline_lib.dataset import load_manifest
 
     params, paths = toy_project
     calls = []
@@ -92,8 +92,8 @@ def test_folds_are_checkpointed_and_a_rerun_tunes_only_what_is_missing(toy_proje
 
 def test_tuning_at_learning_rate_zero_is_a_null_control_never_kept(toy_project):
     """lr 0 leaves the encoder as it was: the tuned vectors are the frozen ones, the gain is 0."""
-    from pipeline_lib.dataset import load_manifest
     from pipeline_lib.atomic import Checkpoint
+    from pipeline_lib.dataset import load_manifest
 
     params, paths = toy_project
     text = params.finetune.text.model_copy(update={"lr": 0.0})
