@@ -2,6 +2,7 @@
 # make test  - set up .venv (once) and run the test suite (what CI runs)
 # make test-fast - the tests without the end-to-end ones (no `dvc repro`, no servers)
 # make lint  - ruff: pyflakes, pycodestyle, import order (config in pyproject.toml)
+# make label-studio - a local Label Studio for the labelling loop (its own venv; docs/labelling.md)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,7 +23,8 @@ FASTAI_VENV := .venv-fastai
 # fastai beside the project's own torch/torchvision (its pins would pull another torch): benchmark only
 FASTAI_PKGS := fastai==2.8.12 fastcore fastdownload fastprogress fasttransform 'plum-dispatch<2.10' cloudpickle
 
-.PHONY: install run pipeline test test-fast lint bench bench-fastai mlflow-ui mlflow-server clean
+.PHONY: install run pipeline test test-fast lint bench bench-fastai mlflow-ui mlflow-server clean \
+	label-studio label-studio-install
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,7 +47,7 @@ pipeline: install
 	$(PY) -m flows.pipeline
 	@$(PY) -m pipeline_lib.summary
 
-test: install
+test: install label-studio-install
 	$(PY) -m pytest
 
 test-fast: install
@@ -59,6 +61,26 @@ bench: install
 	$(PY) benchmarks/accuracy_vs_shots.py
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/baseline_scratch.py
+
+# Label Studio (Community Edition, Apache-2.0) in a venv of its own: its Django pins would clash with
+# MLflow's and Prefect's. The project talks to it over its REST API (pipeline_lib/label/studio.py).
+LS_VENV := .venv-label-studio
+LS_VERSION := 1.23.2
+LS_PORT ?= 8080
+
+$(LS_VENV)/.stamp:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q label-studio==$(LS_VERSION)
+	@touch $@
+
+label-studio-install: $(LS_VENV)/.stamp
+
+# serves data/prepared to the browser (label.images: local_files); data in .label-studio/ (sqlite)
+label-studio: label-studio-install
+	LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false DJANGO_DB=sqlite \
+	LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=$(CURDIR) \
+	LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true \
+	$(LS_VENV)/bin/label-studio start --no-browser --host 127.0.0.1 --port $(LS_PORT) --data-dir $(CURDIR)/.label-studio
 
 $(FASTAI_VENV)/.stamp: $(STAMP)
 	$(PYTHON) -m venv $(FASTAI_VENV)

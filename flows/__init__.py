@@ -13,4 +13,5 @@ except ModuleNotFoundError:  # `dvc repro` runs `python` from PATH: outside the 
     sys.exit(f"error: Prefect is not installed for {sys.executable}. Run the pipeline from the project's venv: "
              "`source .venv/bin/activate` then `dvc repro` (or `make run`).")
 
-OTHER_FLOWS = ("pipeline", "retrain", "predict")  # the whole DAG, scheduled retraining, batch prediction
+OTHER_FLOWS = ("pipeline", "retrain", "predict", "label")  # the whole DAG, scheduled retraining, batch
+# prediction, the labelling loop with Label Studio

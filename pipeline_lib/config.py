@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import PipelineError
 from .image.params import AugmentPolicy, BackboneParams, DdpmParams, StableDiffusionParams
+from .label.params import LabelParams
 from .params_base import Section as _Section
 from .paths import project_root
 from .text.params import TextFinetuneParams, TextGeneratorParams, TextNoisePolicy, TextParams
@@ -367,6 +368,7 @@ class Params(_Section):
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     advise: AdviseParams = AdviseParams()
+    label: LabelParams = LabelParams()
     mlflow: MlflowParams = MlflowParams()
     runtime: RuntimeParams = RuntimeParams()
 

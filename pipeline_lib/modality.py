@@ -101,6 +101,18 @@ class Modality:
         start), or None: the item is not quoted (an image)."""
         return None
 
+    # ---- labelling in Label Studio: python -m flows.label -----------------------------------------
+    #: the Label Studio object tag that shows an item ("Image", "Text"); None: not labelled there
+    label_studio_tag: str | None = None
+
+    def label_studio_value(self, paths, path: str, params) -> str:
+        """What a task holds for the prepared item at ``path``: the tag's value."""
+        raise NotImplementedError
+
+    def label_studio_folder(self, paths, params) -> Path | None:
+        """A folder the server must be allowed to serve files from (a local storage), or None."""
+        return None
+
     # ---- encoders: featurize, train_head ----------------------------------------------------------
     def encoder_names(self, params) -> list[str]:
         raise NotImplementedError

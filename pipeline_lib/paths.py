@@ -246,6 +246,11 @@ class Paths:
     def retrain_history(self) -> Path:
         return self.reports_dir / "retrain_history.jsonl"
 
+    # the labelling loop (python -m flows.label)
+    @property
+    def label_lock(self) -> Path:
+        return self.root / ".cache" / "label.lock"
+
     # tracking and state
     @property
     def mlflow_uri(self) -> str:

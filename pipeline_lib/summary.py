@@ -115,6 +115,8 @@ def summary(paths: Paths) -> str:
         f"Reports: {paths.reports_dir}/ (metrics.json, confusion_matrix.png, ingest.json)",
     ]
     run = json.loads(paths.mlflow_run.read_text()) if paths.mlflow_run.exists() else {}
+    if run.get("labelling_round"):
+        lines.append(run["labelling_round"]["sentence"])
     if run.get("tracking_uri", "").startswith(("http://", "https://")):
         lines.append(f"MLflow: this run {run['run_url']}")
     else:

@@ -25,6 +25,7 @@ import yaml
 from . import atomic
 from .config import Params
 from .errors import PipelineError, TransientError, is_unreachable
+from .label import rounds
 from .paths import Paths
 from .stages import STAGES
 
@@ -242,6 +243,15 @@ def describe(params: Params, metrics: dict, ingest: dict, ran: list[str], versio
     return "\n".join(lines)
 
 
+def rounds_metrics(labelled: dict) -> dict[str, float]:
+    """A labelling round's figures as the parent run's metrics (labelling.*)."""
+    flat = {"labels_added": labelled["labels_added"], "fixes": labelled["fixes"], "cv_before": labelled["cv_before"],
+            "cv_after": labelled["cv_after"], "test_macro_f1_before": labelled["test_macro_f1_before"],
+            "forecast_cv": (labelled.get("forecast") or {}).get("predicted"),
+            "accuracy_change_vs_champion": (labelled.get("vs_champion") or {}).get("accuracy_change")}
+    return {f"labelling.{k}": float(v) for k, v in flat.items() if _number(v)}
+
+
 def _log_stage(client, experiment_id: str, parent_id: str, params: Params, paths: Paths, stage: str,
                ran: bool) -> None:
     from mlflow.entities import Metric, Param
@@ -326,10 +336,16 @@ def _log_pipeline_run(params: Params, paths: Paths, run_name: str | None, tags: 
         decision = None
         if params.mlflow.log_model:
             decision = _register(params, paths, metrics, version, commit, parent_id)
-        mlflow.set_tag("mlflow.note.content", describe(params, metrics, ingest, ran, version, decision))
+        labelled = rounds.result(paths.resolve(params.label.folder), metrics, ingest, decision)
+        if labelled:
+            mlflow.log_metrics(rounds_metrics(labelled))
+            mlflow.set_tag("labelling.round", labelled["sentence"])
+        mlflow.set_tag("mlflow.note.content", describe(params, metrics, ingest, ran, version, decision)
+                       + (f"\n- **Labelling loop:** {labelled['sentence']}" if labelled else ""))
     atomic.write_json(paths.mlflow_run, {"run_id": parent_id, "experiment_id": experiment_id,
                                          "tracking_uri": paths.mlflow_uri, **ui_urls(paths.mlflow_uri, experiment_id, parent_id),
-                                         "model_version": (decision or {}).get("challenger_version")})
+                                         "model_version": (decision or {}).get("challenger_version"),
+                                         "promotion": decision, "labelling_round": labelled})
     return parent_id
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 from pathlib import Path
 from typing import Iterator
 
@@ -51,3 +52,13 @@ def commit_stage(root: Path, stage: str) -> None:
     """Store the stage's outputs in the DVC cache and its hashes in dvc.lock, as `dvc repro` does."""
     with _repo(root) as repo:
         repo.commit(stage, force=True)
+
+
+@task(cache_policy=NONE, name="dvc_add")
+def track(root: Path, path: Path) -> bool:
+    """`dvc add path` in a DVC project (the labels are versioned like the data); False elsewhere."""
+    if not (root / ".dvc").is_dir():
+        return False
+    with _repo(root) as repo, contextlib.redirect_stdout(io.StringIO()):  # DVC's "to track the changes with git"
+        repo.add([str(path)])
+    return True

@@ -96,3 +96,20 @@ def logged(tmp_path_factory):
             run_stage(stage, params, paths)
         second = tracking.log_pipeline_run(params, paths)
     return root, first, second, mlflow.MlflowClient(uri)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """One real Label Studio server for the session (its own venv, sqlite, a temporary data dir),
+    serving local files under the session's temporary folder, where the test projects live. Skipped
+    where it is not installed, except in CI (CI=true), where its absence fails."""
+    from tests import label_studio_server
+
+    missing = label_studio_server.available()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    server = label_studio_server.start(tmp_path_factory.mktemp("label-studio"), tmp_path_factory.getbasetemp())
+    yield server
+    server.stop()

@@ -49,6 +49,18 @@ class ImageModality(Modality):
     def fields(self, item: np.ndarray) -> dict:
         return {"height": item.shape[0], "width": item.shape[1], "orig_mode": "RGB", "note": ""}
 
+    # ---- Label Studio
+    label_studio_tag = "Image"
+
+    def label_studio_value(self, paths, path: str, params) -> str:
+        """A local-files address the server serves (label.images: local_files) or the PNG itself."""
+        from .labelling import image_address
+
+        return image_address(paths, path, params.label)
+
+    def label_studio_folder(self, paths, params) -> Path | None:
+        return paths.prepared_dir.resolve() / self.folder if params.label.images == "local_files" else None
+
     def augment(self, item, params, seed: int):
         from .augmentation import augment_image
 

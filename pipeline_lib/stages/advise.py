@@ -112,7 +112,7 @@ def _suspects(paths: Paths, y: np.ndarray, oof: np.ndarray, ids, describe, class
             for r, (i, s, pg, ps, f) in enumerate(zip(*(suspects[k][:listed] for k in (
                 "index", "suggested", "p_given", "p_suggested", "flagged"))))]
     with atomic.atomic_path(paths.suspect_labels_csv) as tmp:
-        pd.DataFrame(rows, columns=["rank", "item", "path", "given_label", "suggested_label", "p_given",
+        pd.DataFrame(rows, columns=["rank", "item_id", "item", "path", "given_label", "suggested_label", "p_given",
                                     "p_suggested", "flagged"]).to_csv(tmp, index=False)
     return rows
 
@@ -122,12 +122,12 @@ def _describer(paths: Paths, rows: pd.DataFrame, modality):
     "path": the prepared copy}."""
     def describe(item_id: str) -> dict:
         row = rows.loc[item_id]
-        return {"item": modality.show(paths, row), "path": str(row["path"])}
+        return {"item_id": item_id, "item": modality.show(paths, row), "path": str(row["path"])}
 
     return describe
 
 
-LABEL_NEXT_COLUMNS = ["rank", "item", "path", "suggested_label", "confidence", "margin", "reason"]
+LABEL_NEXT_COLUMNS = ["rank", "item_id", "item", "path", "suggested_label", "confidence", "margin", "reason"]
 
 
 def _label_next(params: Params, paths: Paths, head, name, X, y, ids, describe, classes) -> dict:

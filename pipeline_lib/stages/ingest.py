@@ -27,6 +27,7 @@ from ..config import Params
 from ..dataset import MANIFEST_COLUMNS, SPLITS, UNLABELED
 from ..errors import BadItem, PipelineError
 from ..image import fashion_mnist
+from ..label import labels as loop_labels
 from ..modality import Modality
 from ..paths import Paths
 from ..text.files import decode_utf8
@@ -52,6 +53,7 @@ class IngestReport:
     dropped_classes: list[dict] = field(default_factory=list)
     converted: list[dict] = field(default_factory=list)
     hidden_skipped: list[str] = field(default_factory=list)  # hidden folders (.ipynb_checkpoints, .trash)
+    labelling: dict = field(default_factory=dict)  # the labelling loop's labels applied (label.folder)
 
     def reject(self, source: str, reason: str, fix: str, strict: bool) -> None:
         if strict:
@@ -346,9 +348,11 @@ def _run(params: Params, paths: Paths, report: IngestReport) -> dict:
         classes = sorted(frame["label"].unique(), key=classes.index) if len(frame) else []
         frame["label_idx"] = frame["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
         frame["split"], mode = split_labelled(frame, d, params.selection.cv_below, params.seed)
+        frame = pd.concat([frame, unlabeled.assign(label_idx=-1)], ignore_index=True)
+        frame, classes, report.labelling = loop_labels.apply(  # after the test split: never in test
+            frame, classes, loop_labels.read_labels(paths.resolve(params.label.folder)), d.min_per_class)
         _require_splits(frame, classes)
         classes = classes + _zero_shot_classes(d.zero_shot_classes, classes)
-        frame = pd.concat([frame, unlabeled.assign(label_idx=-1)], ignore_index=True)
         frame = frame.sort_values(["split", "label_idx", "item_id"], kind="stable").reset_index(drop=True)
         _remove_orphans(staging / items, set(frame["path"]))
         frame["path"] = f"data/prepared/{items}/" + frame["path"]
@@ -480,6 +484,7 @@ def _problems(report: IngestReport) -> dict:
         "dropped_classes": report.dropped_classes,
         "converted": report.converted,
         "hidden_skipped": report.hidden_skipped,
+        "labelling": report.labelling,
     }
 
 

@@ -75,6 +75,12 @@ class TextModality(Modality):
         """The text itself."""
         return read_text(paths.resolve(row["path"]))
 
+    label_studio_tag = "Text"
+
+    def label_studio_value(self, paths, path: str, params) -> str:
+        """The text itself, inline in the task."""
+        return read_text(paths.resolve(path))
+
     def quote(self, path: Path) -> str | None:
         return read_text(path)[:300]
 
