@@ -34,7 +34,7 @@ HIDDEN = [f"tasks:{c}" for c in ("inner_id", "total_annotations", "cancelled_ann
                                  "annotations_ids", "annotations_results", "predictions_results",
                                  "predictions_model_versions", "file_upload", "storage_filename", "created_at",
                                  "updated_at", "updated_by", "avg_lead_time", "draft_exists", "annotators",
-                                 "data.item_id", "data.rank", "data.confidence", "data.p_given")]
+                                 "data", "data.item_id", "data.rank", "data.confidence", "data.p_given")]
 
 
 @dataclass(frozen=True)
