@@ -16,6 +16,7 @@ from prefect import flow, unmapped
 
 from pipeline_lib.config import Params
 from pipeline_lib.paths import Paths
+from pipeline_lib.runtime import available_cpus
 from tasks.stages import STAGE_TASKS, embed_shard_task, load_params_task, plan_shards_task
 
 
@@ -44,7 +45,7 @@ def dask_runner(params: Params):
     if address:
         return DaskTaskRunner(address=address)
     n = params.featurize.dask_workers
-    threads = max(1, (params.runtime.num_threads or os.cpu_count() or 1) // n)
+    threads = max(1, (params.runtime.num_threads or available_cpus()) // n)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
                                           "env": {"OMP_NUM_THREADS": str(threads)}, "dashboard_address": None})

@@ -62,7 +62,29 @@ def pick_device(preference: str = "auto") -> "torch.device":
 
 
 def configure_threads(num_threads: int) -> None:
-    """torch's intra-op CPU threads (0 = one per core)."""
+    """torch's intra-op CPU threads (0 = one per CPU this process may use)."""
     import torch
 
-    torch.set_num_threads(num_threads or os.cpu_count() or 1)
+    torch.set_num_threads(num_threads or available_cpus())
+
+
+def available_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota (v2
+    ``cpu.max``, v1 ``cpu.cfs_quota_us``), as containers and CI runners set them; never
+    ``os.cpu_count()`` alone, which counts the host's cores."""
+    import math
+    from pathlib import Path
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    root = Path(cgroup)
+    try:
+        if (root / "cpu.max").exists():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        if quota not in ("max", "-1") and int(period) > 0:
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
