@@ -102,8 +102,9 @@ def report(cells: list[dict], rounds: int) -> None:
     print("\nTest macro-F1 (%, mean ± std over seeds) after each round:")
     print("round | labels/class | loop (advise) | random | loop - random (per seed)")
     for r in range(rounds + 1):
-        loop = [c["rounds"][r]["macro_f1"] for c in cells if c["arm"] == "loop"]
-        rand = [c["rounds"][r]["macro_f1"] for c in cells if c["arm"] == "random"]
+        seeds = {c["seed"] for c in cells if c["arm"] == "loop"} & {c["seed"] for c in cells if c["arm"] == "random"}
+        loop = [c["rounds"][r]["macro_f1"] for c in cells if c["arm"] == "loop" and c["seed"] in seeds]
+        rand = [c["rounds"][r]["macro_f1"] for c in cells if c["arm"] == "random" and c["seed"] in seeds]
         diffs = " ".join(f"{(a - b) * 100:+.1f}" for a, b in zip(loop, rand))
         print(f"{r:5d} | {cells[0]['shots'] + r * cells[0]['batch'] / 10:12.0f} | {mean_std(loop)} | {mean_std(rand)} | {diffs}")
     after = [x for c in cells for x in c["rounds"][1:]]
@@ -133,7 +134,11 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=2000, help="unlabelled images (a multiple of 10)")
     parser.add_argument("--test", type=int, default=2000, help="test images (a multiple of 10)")
     parser.add_argument("--out", type=Path, default=None, help="append each arm's rounds to this JSONL file")
+    parser.add_argument("--report", type=Path, default=None, help="only print the report of a JSONL file (--out)")
     args = parser.parse_args()
+    if args.report:
+        cells = [json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]
+        return report(cells, min(len(c["rounds"]) for c in cells) - 1)
     missing = label_studio_server.available()
     if missing:
         sys.exit(f"error: {missing}")
