@@ -130,3 +130,32 @@ def test_no_server_and_no_token_are_one_line_each(monkeypatch):
     with pytest.raises(TransientError, match=f"Label Studio does not answer at {url}") as err:
         studio.Client.connect(url)
     assert "secret-token-value" not in str(err.value)
+
+
+def test_each_modality_gives_label_studio_its_item(tmp_path):
+    import base64
+
+    from pipeline_lib import modalities
+    from pipeline_lib.config import parse_params
+    from pipeline_lib.paths import Paths
+
+    paths = Paths(tmp_path)
+    (tmp_path / "data/prepared/texts").mkdir(parents=True)
+    (tmp_path / "data/prepared/texts/t.txt").write_text("The pills stopped my headaches.")
+    params = parse_params({})
+    text = modalities.get("text")
+    assert text.label_studio_tag == "Text"
+    assert text.label_studio_value(paths, "data/prepared/texts/t.txt", params) == "The pills stopped my headaches."
+    image = modalities.get("image")
+    (tmp_path / "data/prepared/images").mkdir(parents=True)
+    png = tmp_path / "data/prepared/images/a b.png"
+    image.write(png, __import__("numpy").zeros((4, 4, 3), "uint8"))
+    assert image.label_studio_value(paths, "data/prepared/images/a b.png", params) == \
+        "/data/local-files/?d=data/prepared/images/a%20b.png"
+    assert image.label_studio_folder(paths, params) == tmp_path.resolve() / "data/prepared/images"
+    inline = parse_params({"label": {"images": "inline"}})
+    uri = image.label_studio_value(paths, "data/prepared/images/a b.png", inline)
+    assert base64.b64decode(uri.split(",", 1)[1]) == png.read_bytes() and image.label_studio_folder(paths, inline) is None
+    elsewhere = parse_params({"label": {"document_root": "data/prepared/images"}})
+    with pytest.raises(PipelineError, match="label.document_root .* does not hold"):
+        image.label_studio_value(paths, "data/prepared/images/a b.png", elsewhere)
