@@ -118,3 +118,6 @@ def test_bad_input_is_one_line_each(loop_project, tmp_path):
     assert busy.returncode == 2 and "another label pull is in progress" in busy.stderr
     before = os.listdir(root / "data/labels")
     assert "nothing new" in _label(root, env, "pull").stdout and os.listdir(root / "data/labels") == before
+
+    personal = _api(server, "POST", "/api/token/")["token"]  # a personal access token (JWT) works as well
+    assert "nothing new" in _label(root, {**env, "LABEL_STUDIO_API_KEY": personal}, "pull").stdout
