@@ -159,3 +159,31 @@ def test_each_modality_gives_label_studio_its_item(tmp_path):
     elsewhere = parse_params({"label": {"document_root": "data/prepared/images"}})
     with pytest.raises(PipelineError, match="label.document_root .* does not hold"):
         image.label_studio_value(paths, "data/prepared/images/a b.png", elsewhere)
+
+
+def test_ingest_applies_the_loop_labels_and_a_new_class_needs_no_test_item(tmp_path):
+    """The real ingest on a folder data set plus data.unlabeled: the loop's labels move pool items
+    to train (one of them of a class the source does not have), the test split stays as drawn."""
+    from pipeline_lib.config import parse_params
+    from pipeline_lib.dataset import read_manifest
+    from pipeline_lib.paths import Paths
+    from pipeline_lib.stages import ingest
+    from tests.helpers import write_folder_dataset
+
+    write_folder_dataset(tmp_path / "raw", per_class=6, classes=("trouser", "bag"))
+    write_folder_dataset(tmp_path / "pool", per_class=3, classes=("sneaker", "bag"), seed=1)
+    raw = {"data": {"source": "folder", "path": "raw", "unlabeled": "pool", "shots_per_class": None,
+                    "test_fraction": 0.34}, "label": {"folder": "labels"}}
+    params, paths = parse_params(raw), Paths(tmp_path)
+    before = ingest.run(params, paths)
+    manifest = read_manifest(paths.manifest)
+    pool = manifest[manifest["split"] == "unlabeled"]
+    truth = {row.item_id: row.source.split("/")[-2] for row in pool.itertuples()}
+    (tmp_path / "labels").mkdir()
+    labels.write_labels(tmp_path / "labels", _labels(*[(iid, cls, "label", "p") for iid, cls in truth.items()]))
+    after = ingest.run(params, paths)
+    relabelled = read_manifest(paths.manifest).set_index("item_id").loc[list(truth)]
+    assert set(relabelled["split"]) == {"train"} and relabelled["label"].tolist() == list(truth.values())
+    assert after["classes"] == ["bag", "trouser", "sneaker"] and after["labelling"]["labels"] == 6
+    assert after["counts"]["test"] == before["counts"]["test"] and after["counts"]["train"] == before["counts"]["train"] + 6
+    assert after["per_class"]["sneaker"] == {"test": 0, "train": 3}  # evaluate lists it as unmeasured

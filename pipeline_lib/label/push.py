@@ -101,8 +101,7 @@ def push(params: Params, paths: Paths, client: Client, kind: Kind = LABEL_NEXT, 
         raise PipelineError(f"{modality.nouns} cannot be labelled in Label Studio by this pipeline (the "
                             f"{modality.name} modality names no Label Studio tag)")
     suggestions = _suggestions(paths, kind)
-    manifest, classes = load_manifest(paths)
-    classes = [c for c in classes if c in set(manifest["label"])]  # zero-shot classes have no labels yet
+    _, classes = load_manifest(paths)  # zero-shot classes too: labels are what they lack
     project = project_for(client, params, kind, classes, modality.label_studio_tag, new_classes)
     folder = modality.label_studio_folder(paths, params)
     if folder is not None:

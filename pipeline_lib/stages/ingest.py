@@ -349,9 +349,10 @@ def _run(params: Params, paths: Paths, report: IngestReport) -> dict:
         frame["label_idx"] = frame["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
         frame["split"], mode = split_labelled(frame, d, params.selection.cv_below, params.seed)
         frame = pd.concat([frame, unlabeled.assign(label_idx=-1)], ignore_index=True)
+        source_classes = classes  # a class only the labelling loop has has no test item (like zero-shot ones)
         frame, classes, report.labelling = loop_labels.apply(  # after the test split: never in test
             frame, classes, loop_labels.read_labels(paths.resolve(params.label.folder)), d.min_per_class)
-        _require_splits(frame, classes)
+        _require_splits(frame, source_classes)
         classes = classes + _zero_shot_classes(d.zero_shot_classes, classes)
         frame = frame.sort_values(["split", "label_idx", "item_id"], kind="stable").reset_index(drop=True)
         _remove_orphans(staging / items, set(frame["path"]))
