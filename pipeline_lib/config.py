@@ -136,6 +136,9 @@ class RuntimeParams(_Section):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto` (CUDA when available), `cpu`, `cuda`"""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """mixed precision of forward passes and fine-tuning: `auto` (CUDA: bf16 where the GPU supports it, else fp16 with
+    a gradient scaler; CPU: fp32), or one of them; features are always stored as fp32"""
     num_threads: int = Field(0, ge=0)
     """torch CPU threads, 0 = one per core (with the OpenMP wait policy `PASSIVE`: see docs/benchmarks.md)"""
 

@@ -28,8 +28,9 @@ class Encoder(Protocol):
     def key(self) -> str:
         """Cache key: changes whenever the vectors would (model, weights hash, preprocessing)."""
 
-    def to(self, device) -> "Encoder":
-        """The encoder on ``device`` (returns itself)."""
+    def to(self, device, precision: str = "auto") -> "Encoder":
+        """The encoder on ``device``, its forward passes under runtime.precision's autocast (its
+        vectors stay fp32); returns itself."""
 
     def embed(self, items: Sequence[str | Path], batch_size: int, device: torch.device,
               desc: str = "featurize") -> np.ndarray:

@@ -61,6 +61,48 @@ def pick_device(preference: str = "auto") -> "torch.device":
     return torch.device("cuda")
 
 
+def resolve_precision(device, precision: str = "auto") -> str:
+    """What runtime.precision means on ``device``: "fp32", "bf16" or "fp16". On CUDA ``auto`` is
+    bf16 where the GPU supports it, else fp16; on the CPU ``auto`` is fp32 (bf16 autocast measured
+    slower there: docs/benchmarks.md, "Mixed precision on the CPU")."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def precision_tag(encoder) -> str:
+    """What an encoder's cache key adds for its precision: nothing for fp32 (the vectors cached
+    before mixed precision existed stay valid), "|bf16" or "|fp16" otherwise."""
+    precision = getattr(encoder, "precision", "fp32")
+    return "" if precision in ("fp32", "auto") else f"|{precision}"
+
+
+def autocast(device, precision: str = "auto"):
+    """The autocast context of runtime.precision on ``device`` (a no-op for fp32)."""
+    import contextlib
+
+    import torch
+
+    resolved = resolve_precision(device, precision)
+    if resolved == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if resolved == "bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def grad_scaler(device, precision: str = "auto"):
+    """A gradient scaler where fp16 training needs one (CUDA), else None."""
+    import torch
+
+    if torch.device(device).type == "cuda" and resolve_precision(device, precision) == "fp16":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
 def configure_threads(num_threads: int) -> None:
     """torch's intra-op CPU threads (0 = one per CPU this process may use)."""
     import torch

@@ -34,3 +34,38 @@ def test_cuda_without_a_gpu_is_one_clear_error():
     with pytest.raises(PipelineError, match="runtime.device: cuda requested but no CUDA device"):
         pick_device("cuda")
     assert pick_device("auto").type == "cpu"
+
+
+def test_precision_resolves_per_device_and_autocast_honours_it():
+    import contextlib
+
+    import torch
+
+    from pipeline_lib.runtime import autocast, grad_scaler, resolve_precision
+
+    assert resolve_precision("cpu") == "fp32" and resolve_precision("cpu", "bf16") == "bf16"
+    assert isinstance(autocast("cpu"), contextlib.nullcontext) and grad_scaler("cpu", "fp16") is None
+    with autocast("cpu", "bf16"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert (torch.ones(2, 3) @ torch.ones(3, 2)).dtype == torch.bfloat16
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_the_backbone_follows_device_and_precision_and_its_vectors_stay_fp32(backbone_small):
+    import torch
+
+    images = torch.rand(4, 3, 32, 32)
+    seen = []
+    hook = backbone_small.model.register_forward_hook(lambda m, i, out: seen.append((out.dtype, out.device.type)))
+    try:
+        fp32 = backbone_small.to(torch.device("cpu"), "fp32")(images)
+        fp32_key = backbone_small.key
+        bf16 = backbone_small.to(torch.device("cpu"), "bf16")(images)
+        assert backbone_small.key != fp32_key  # bf16 vectors are cached apart from fp32 ones
+        assert backbone_small.to(torch.device("cpu"), "auto").key == fp32_key  # auto is fp32 on the CPU
+    finally:
+        hook.remove()
+        backbone_small.to(torch.device("cpu"))
+    assert seen == [(torch.float32, "cpu"), (torch.bfloat16, "cpu")]
+    assert fp32.dtype == bf16.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(fp32, bf16).min() > 0.98

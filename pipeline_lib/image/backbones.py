@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from ..errors import PipelineError
+from ..runtime import autocast, precision_tag, resolve_precision
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -295,16 +296,18 @@ class Backbone:
         mean, std = self.preprocess.norm
         return hashlib.sha256(
             f"{self.name}|{self.weights.sha256}|res={self.preprocess.resolution}|{self.blocks_tag}"
-            f"mean={mean}|std={std}|bilinear-antialias".encode()).hexdigest()[:16]
+            f"mean={mean}|std={std}|bilinear-antialias{precision_tag(self)}".encode()).hexdigest()[:16]
 
-    def to(self, device: torch.device) -> "Backbone":
+    def to(self, device: torch.device, precision: str = "auto") -> "Backbone":
         self.model.to(device)
         self.preprocess.to(device)
+        self.precision = resolve_precision(device, precision)
         return self
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(self.preprocess(images))
+        with autocast(images.device, getattr(self, "precision", "auto")):
+            return self.model(self.preprocess(images)).float()
 
     def blocks(self) -> list[nn.Module]:
         """The blocks fine-tuning can unfreeze, input side first (BLOCK_SPLITS)."""

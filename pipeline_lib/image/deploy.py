@@ -82,17 +82,26 @@ def predict_prepared(model, metadata: dict, files: list[Path]) -> np.ndarray:
 
     classes, preprocess = list(metadata["classes"]), Preprocess(int(metadata["resolution"]))
     predicted: list[str] = []
+    device = _device_of(model)
     with torch.no_grad():
         for i in range(0, len(files), 64):
-            proba = model(load_batch(files[i:i + 64], preprocess))
+            proba = model(load_batch(files[i:i + 64], preprocess).to(device)).cpu()
             predicted += [classes[j] for j in proba.argmax(1).tolist()]
     return np.array(predicted)
 
 
-def load_model(model_uri: str, dst: str):
+def load_model(model_uri: str, dst: str, device: str = "auto"):
+    """The logged classifier on ``device`` (runtime.device's values: auto = CUDA when available)."""
     import mlflow
 
-    return mlflow.pytorch.load_model(model_uri, dst_path=dst)
+    from ..runtime import pick_device
+
+    target = pick_device(device)
+    return mlflow.pytorch.load_model(model_uri, dst_path=dst, map_location=target).to(target).eval()
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 def list_inputs(source: Path) -> list[Path]:
@@ -154,7 +163,7 @@ def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, 
             if not batch:
                 continue
             with torch.no_grad():
-                raw = loaded.model(torch.stack(batch)).numpy().astype(np.float64)
+                raw = loaded.model(torch.stack(batch).to(_device_of(loaded.model))).float().cpu().numpy().astype(np.float64)
             rows += table(loaded, raw, [str(f) for f in kept], k)
     return pd.DataFrame(rows, columns=columns("path", k)), skipped
 

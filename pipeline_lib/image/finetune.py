@@ -128,13 +128,13 @@ def _holdout(params, paths, real_train, synthetic, val_frame, device, checkpoint
     progress = restore(saved, "holdout", [trainer])
     resumed_from = progress.epoch
     if resumed_from == 0:  # epoch 0 is the linear probe itself: fine-tuning must beat it on val
-        loss0, acc0 = evaluate(model, val, p.batch_size, device)
+        loss0, acc0 = evaluate(model, val, p.batch_size, device, params.runtime.precision)
         progress.best, progress.best_weights = (acc0, loss0), [snapshot(model.state_dict())]
         progress.extra = {"start": snapshot(model.state_dict()), "before": (acc0, loss0)}
 
     def validate(epoch, rows):
         with trainer.scored() as scored:
-            loss, acc = evaluate(scored, val, p.batch_size, device)
+            loss, acc = evaluate(scored, val, p.batch_size, device, params.runtime.precision)
         return acc, loss, {**rows[0], "val_loss": loss, "val_accuracy": acc}
 
     started = time.perf_counter()
@@ -145,7 +145,7 @@ def _holdout(params, paths, real_train, synthetic, val_frame, device, checkpoint
     if progress.best_epoch > 0:
         def score(a):
             model.load_state_dict(interpolate(start, best, a))
-            loss, acc = evaluate(model, val, p.batch_size, device)
+            loss, acc = evaluate(model, val, p.batch_size, device, params.runtime.precision)
             return _monitored(p.monitor, acc, loss), loss, acc
 
         alpha, results = pick_alpha(p.wise_alphas, score)
@@ -194,10 +194,11 @@ class _Pooled:
         for k, (trainer, fold, images) in enumerate(zip(self.trainers, self.folds, self.held)):
             if weights is not None:
                 trainer.model.load_state_dict(weights[k])
-                out[fold.held] = predict_proba(trainer.model, images, self.batch_size, self.device)
+                out[fold.held] = predict_proba(trainer.model, images, self.batch_size, self.device,
+                                                precision=trainer.precision)
                 continue
             with trainer.scored() as scored:
-                out[fold.held] = predict_proba(scored, images, self.batch_size, self.device)
+                out[fold.held] = predict_proba(scored, images, self.batch_size, self.device, precision=trainer.precision)
         return out
 
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..atomic import Checkpoint
 from ..config import Params
+from ..runtime import autocast, grad_scaler
 from ..stats import nll
 from .augmentation import make_policy
 from .backbones import backbone_param_groups, unfreeze
@@ -63,9 +64,10 @@ def better(monitor: str, new: tuple[float, float], best: tuple[float, float]) ->
     return acc > best_acc + 1e-9 or (abs(acc - best_acc) <= 1e-9 and loss < best_loss - 1e-6)
 
 
-def evaluate(model: FinetuneModel, data: Images, batch_size: int, device) -> tuple[float, float]:
+def evaluate(model: FinetuneModel, data: Images, batch_size: int, device, precision: str = "auto"
+             ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy on a split."""
-    proba = predict_proba(model, data, batch_size, device)
+    proba = predict_proba(model, data, batch_size, device, precision=precision)
     y = data.labels.numpy()
     return nll(proba, y), float((proba.argmax(1) == y).mean()) if len(y) else 0.0
 
@@ -189,6 +191,8 @@ class Trainer:
         self.trainable = [q for g in groups for q in g["params"]]
         self.ema = WeightAverage(model, p.ema) if p.ema > 0 else None
         self.sizes = {img.shape[:2] for img in train.pixels + (target.pixels if target is not None else [])}
+        self.precision = params.runtime.precision
+        self.scaler = grad_scaler(device, self.precision)  # fp16 on CUDA only
 
     def scored(self):
         """The weights to score and keep: the averaged ones with finetune.ema, else the model's."""
@@ -205,10 +209,18 @@ class Trainer:
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
         if self.p.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.p.grad_clip)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
@@ -227,12 +239,13 @@ class Trainer:
                 idx = order[i:i + p.batch_size]
                 x, y, w = train.batch(idx, policies).to(device), train.labels[idx].to(device), train.weights[idx].to(device)
                 x, loss_fn = self.mixup.mix(x, epoch, i) if self.mixup is not None else (x, weighted_ce)
-                feats = model.features(x)
-                logits = model.head(feats)
-                loss = loss_fn(logits, y, w, p.label_smoothing)
-                if self.dann is not None:
-                    progress = ((epoch - 1) * self.steps_per_epoch + step) / max(1, p.epochs * self.steps_per_epoch)
-                    loss = loss + self.dann.loss(model, feats, progress, policies)
+                with autocast(device, self.precision):
+                    feats = model.features(x)
+                    logits = model.head(feats)
+                    loss = loss_fn(logits.float(), y, w, p.label_smoothing)
+                    if self.dann is not None:
+                        progress = ((epoch - 1) * self.steps_per_epoch + step) / max(1, p.epochs * self.steps_per_epoch)
+                        loss = loss + self.dann.loss(model, feats, progress, policies)
                 self._step(loss)
                 total += loss.item() * len(idx)
                 correct += int((logits.argmax(1) == y).sum())

@@ -101,16 +101,22 @@ class ImageModality(Modality):
 
     def finetuned_probabilities(self, params, paths, rows, name) -> dict:
         """The fine-tuned network on each split's images, and with flip TTA on their mirror images."""
+        from ..runtime import pick_device
         from .networks import Images, load_finetuned
         from .networks import predict_proba as network_proba
 
-        tuned = load_finetuned(params, paths)
+        device, precision = pick_device(params.runtime.device), params.runtime.precision
+        tuned = load_finetuned(params, paths, device)
         if tuned is None:
             return {}
         images = {split: Images(frame, paths, tuned.preprocess) for split, frame in rows.items()}
-        out = {"finetune": {split: network_proba(tuned, data) for split, data in images.items()}}
+
+        def proba(data, mirrored=False):
+            return network_proba(tuned, data, device=device, mirrored=mirrored, precision=precision)
+
+        out = {"finetune": {split: proba(data) for split, data in images.items()}}
         if params.evaluate.tta == "hflip":
-            out["finetune_tta"] = {split: (out["finetune"][split] + network_proba(tuned, data, mirrored=True)) / 2
+            out["finetune_tta"] = {split: (out["finetune"][split] + proba(data, mirrored=True)) / 2
                                    for split, data in images.items()}
         return out
 

@@ -12,6 +12,7 @@ from torch import nn
 from ..config import Params
 from ..heads import Head, load_head
 from ..paths import Paths
+from ..runtime import autocast
 from .backbones import Preprocess, chosen_backbone
 from .files import read_rgb
 
@@ -44,9 +45,9 @@ class FinetuneModel(nn.Module):
 def class_proba(model: FinetuneModel, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """Class probabilities of a batch; ``tta``: averaged with those of the mirror images (the one
     implementation of flip test-time augmentation on images)."""
-    proba = torch.softmax(model(images), dim=1)
+    proba = torch.softmax(model(images).float(), dim=1)
     if tta:
-        proba = (proba + torch.softmax(model(images.flip(-1)), dim=1)) / 2
+        proba = (proba + torch.softmax(model(images.flip(-1)).float(), dim=1)) / 2
     return proba
 
 
@@ -82,16 +83,16 @@ class Images:
 
 
 def predict_proba(model: FinetuneModel, data: Images, batch_size: int = 64, device="cpu",
-                  tta: bool = False, mirrored: bool = False) -> np.ndarray:
-    """Class probabilities; ``tta`` averages them with those of the horizontally flipped image;
-    ``mirrored``: those of the flipped image alone."""
+                  tta: bool = False, mirrored: bool = False, precision: str = "auto") -> np.ndarray:
+    """Class probabilities (fp32, under runtime.precision's autocast); ``tta`` averages them with
+    those of the horizontally flipped image; ``mirrored``: those of the flipped image alone."""
     model.eval()
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, precision):
         for i in range(0, len(data), batch_size):
             x = data.batch(list(range(i, min(i + batch_size, len(data))))).to(device)
             proba = class_proba(model, x.flip(-1) if mirrored else x, tta)
-            out.append(proba.cpu().numpy())
+            out.append(proba.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.head.config["n_classes"]), np.float32)
 
 
@@ -106,13 +107,13 @@ def build_model(params: Params, paths: Paths, head: Head | None = None) -> tuple
     return FinetuneModel(bb.preprocess, bb.model, head, bn_train=params.finetune.batchnorm == "train"), meta
 
 
-def load_finetuned(params: Params, paths: Paths) -> FinetuneModel | None:
-    """The fine-tuned classifier (eval mode, CPU), or None when finetune is disabled."""
+def load_finetuned(params: Params, paths: Paths, device="cpu") -> FinetuneModel | None:
+    """The fine-tuned classifier (eval mode, on ``device``), or None when finetune is disabled."""
     if not paths.finetuned_model.exists():
         return None
     meta = json.loads(paths.finetune_meta.read_text())
     head = Head(**meta["head"])
     bb = chosen_backbone(params, paths)
     model = FinetuneModel(bb.preprocess, bb.model, head)
-    model.load_state_dict(torch.load(paths.finetuned_model, map_location="cpu", weights_only=True))
-    return model.eval()
+    model.load_state_dict(torch.load(paths.finetuned_model, map_location=device, weights_only=True))
+    return model.to(device).eval()

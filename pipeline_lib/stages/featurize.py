@@ -119,7 +119,7 @@ def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
     arrays: dict[str, dict[str, np.ndarray]] = {split: {} for split in (*SPLITS, AUGMENTED, SYNTHETIC, UNLABELED)}
     per_backbone = {}
     for name in names:
-        backbone = modality.load_encoder(params, paths.root, name).to(device)
+        backbone = modality.load_encoder(params, paths.root, name).to(device, params.runtime.precision)
         vectors, per_backbone[name] = _vectors(params, paths, manifest, modality, backbone, device)
         empty = np.zeros((0, backbone.feature_dim), np.float32)
         for split, out in arrays.items():

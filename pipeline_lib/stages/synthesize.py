@@ -139,7 +139,7 @@ def _probe(frame: pd.DataFrame, params: Params, paths: Paths, staging, train: pd
 
     device = pick_device(params.runtime.device)
     modality = modalities.of_dataset(paths)
-    backbone = modality.load_encoder(params, paths.root, modality.encoder_names(params)[0]).to(device)
+    backbone = modality.load_encoder(params, paths.root, modality.encoder_names(params)[0]).to(device, params.runtime.precision)
     cache = FeatureCache(paths.cache_dir(params), backbone.key)
 
     def features(ids, files) -> np.ndarray:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import PipelineError
+from ..runtime import autocast, precision_tag, resolve_precision
 from .files import read_text
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -86,10 +87,12 @@ class TextEncoder:
     @property
     def key(self) -> str:
         """Identifies the vectors: model, weights, window, pooling and normalisation (in the folder)."""
-        return hashlib.sha256(f"text|{self.name}|{self.weights_sha256}|max_length={self.max_length}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"text|{self.name}|{self.weights_sha256}|max_length={self.max_length}"
+                              f"{precision_tag(self)}".encode()).hexdigest()[:16]
 
-    def to(self, device) -> "TextEncoder":
+    def to(self, device, precision: str = "auto") -> "TextEncoder":
         self.st.to(device)
+        self.precision = resolve_precision(device, precision)
         return self
 
     def blocks(self) -> list[nn.Module]:
@@ -108,8 +111,9 @@ class TextEncoder:
         """Vectors of texts in memory; sentence-transformers batches them by length."""
         if not len(texts):
             return np.zeros((0, self.feature_dim), np.float32)
-        return self.st.encode(list(texts), batch_size=batch_size, show_progress_bar=len(texts) >= 64,
-                              convert_to_numpy=True).astype(np.float32)
+        with autocast(self.st.device, getattr(self, "precision", "auto")):
+            return self.st.encode(list(texts), batch_size=batch_size, show_progress_bar=len(texts) >= 64,
+                                  convert_to_numpy=True).astype(np.float32)
 
     def embed(self, items: Sequence[str | Path], batch_size: int, device=None, desc: str = "featurize") -> np.ndarray:
         """Vectors of text files (the Encoder interface)."""

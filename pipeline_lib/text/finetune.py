@@ -57,7 +57,8 @@ def contrastive_pairs(y: np.ndarray, per_example: int, seed: int) -> tuple[np.nd
 
 
 def tune(folder: Path, max_length: int | None, texts: Sequence[str], y: np.ndarray, settings, seed: int,
-         device: str = "cpu", noise: Callable[[str, int], str] | None = None, desc: str = "contrastive"):
+         device: str = "cpu", noise: Callable[[str, int], str] | None = None, desc: str = "contrastive",
+         precision: str = "auto"):
     """A copy of the encoder in ``folder`` tuned on pairs of ``texts``: CosineSimilarityLoss,
     AdamW at ``settings.lr`` with 10 % linear warm-up, ``settings.epochs`` passes over the pairs.
     ``noise(text, index)``, when given, perturbs the second text of each pair (seeded by the pair's
@@ -83,12 +84,23 @@ def tune(folder: Path, max_length: int | None, texts: Sequence[str], y: np.ndarr
             output_dir=tmp, num_train_epochs=settings.epochs, per_device_train_batch_size=settings.batch_size,
             learning_rate=settings.lr, warmup_steps=int(0.1 * steps), weight_decay=0.0, seed=seed, data_seed=seed,
             save_strategy="no", logging_strategy="no", report_to="none", use_cpu=str(device) == "cpu",
-            dataloader_num_workers=0, disable_tqdm=False)
+            dataloader_num_workers=0, disable_tqdm=False, **_mixed_precision(device, precision))
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs,
                                              loss=CosineSimilarityLoss(model))
         trainer.train()
     model.eval()
     return model
+
+
+def _mixed_precision(device, precision: str) -> dict:
+    """The Hugging Face trainer's flags for runtime.precision (mixed precision on CUDA only: its CPU
+    path is fp32 or a bf16 that is not autocast)."""
+    from ..runtime import resolve_precision
+
+    if str(device) == "cpu":
+        return {}
+    resolved = resolve_precision(device, precision)
+    return {"bf16": resolved == "bf16", "fp16": resolved == "fp16"}
 
 
 # ---- the stage's phases (pipeline_lib.stages.finetune calls run for a text data set) ------------
@@ -189,7 +201,8 @@ class _Job:
     def fit(self, texts: list[str], y: np.ndarray, recipe, desc: str, offset: int = 0):
         """The encoder tuned on ``texts`` (and the synthetic ones) and the recipe's head fitted on their tuned vectors."""
         model = tune(self.folder, self.max_length, texts + self.syn_texts, np.concatenate([y, self.syn_y]),
-                     self.params.finetune.text, self.params.seed + offset, str(self.device), self.noise, desc)
+                     self.params.finetune.text, self.params.seed + offset, str(self.device), self.noise, desc,
+                     self.params.runtime.precision)
         return model, self.head(encode(model, texts), y, recipe, offset, encode(model, self.syn_texts))
 
 

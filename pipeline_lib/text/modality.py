@@ -122,7 +122,10 @@ class TextModality(Modality):
         from .encoder import encode, load_sentence_model, texts_of
 
         head, meta = load_head(paths.finetuned_head, paths.finetune_meta)
-        model = load_sentence_model(paths.finetuned_encoder, meta["backbone_spec"].get("max_length"))
+        from ..runtime import pick_device
+
+        model = load_sentence_model(paths.finetuned_encoder, meta["backbone_spec"].get("max_length"),
+                                    str(pick_device(params.runtime.device)))
         return {"finetune": {split: predict_proba(head, encode(model, texts_of(paths, frame)))
                              for split, frame in rows.items()}}
 

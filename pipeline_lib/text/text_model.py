@@ -30,9 +30,10 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         with open(context.artifacts["settings"], encoding="utf-8") as fh:
             settings = json.load(fh)
         self.classes, self.batch_size = settings["classes"], settings.get("batch_size", 64)
-        self.encoder = SentenceTransformer(context.artifacts["encoder"], device="cpu", local_files_only=True)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.encoder = SentenceTransformer(context.artifacts["encoder"], device=device, local_files_only=True)
         self.encoder.max_seq_length = settings["max_length"]
-        self.head = torch.export.load(context.artifacts["head"]).module()
+        self.head = torch.export.load(context.artifacts["head"]).module()  # on the CPU: the vectors come back
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
