@@ -63,8 +63,10 @@ def pick_device(preference: str = "auto") -> "torch.device":
 
 def resolve_precision(device, precision: str = "auto") -> str:
     """What runtime.precision means on ``device``: "fp32", "bf16" or "fp16". On CUDA ``auto`` is
-    bf16 where the GPU supports it, else fp16; on the CPU ``auto`` is fp32 (bf16 autocast measured
-    slower there: docs/benchmarks.md, "Mixed precision on the CPU")."""
+    bf16 where the GPU supports it, else fp16; on the CPU ``auto`` stays fp32: bf16 autocast is
+    faster only on CPUs with native bf16 (AMX / AVX512-BF16, benchmarks/precision.py) and its
+    accuracy is not yet measured end to end (docs/benchmarks.md, "Mixed precision on the CPU");
+    ask for it with runtime.precision: bf16."""
     import torch
 
     if precision != "auto":
