@@ -96,8 +96,8 @@ def load_model(model_uri: str, dst: str, device: str = "auto"):
 
     from ..runtime import pick_device
 
-    target = pick_device(device)
-    return mlflow.pytorch.load_model(model_uri, dst_path=dst, map_location=target).to(target).eval()
+    # the logged module comes from torch.export: it has no .to()/.eval(); torch.load maps its tensors
+    return mlflow.pytorch.load_model(model_uri, dst_path=dst, map_location=pick_device(device))
 
 
 def _device_of(model) -> torch.device:
