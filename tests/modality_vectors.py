@@ -57,7 +57,7 @@ class IdentityEncoder:
     def key(self) -> str:
         return f"identity-{self.feature_dim}"
 
-    def to(self, device) -> "IdentityEncoder":
+    def to(self, device, precision="auto") -> "IdentityEncoder":
         return self
 
     def embed(self, items, batch_size, device=None, desc="featurize") -> np.ndarray:
