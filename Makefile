@@ -1,6 +1,6 @@
 # make run   - set up .venv (once) and run the whole pipeline with `dvc repro` on the embedded sample
 # make test  - set up .venv (once) and run the test suite (what CI runs)
-# make test-fast - the tests without the end-to-end ones (no `dvc repro`, no servers)
+# make test-fast - the unit tests only (no stage runs, no `dvc repro`, no servers): under a minute
 # make lint  - ruff: pyflakes, pycodestyle, import order (config in pyproject.toml)
 # make label-studio - a local Label Studio for the labelling loop (its own venv; docs/labelling.md)
 SHELL := /bin/bash
@@ -47,11 +47,15 @@ pipeline: install
 	$(PY) -m flows.pipeline
 	@$(PY) -m pipeline_lib.summary
 
+# parallel test workers (pytest-xdist): each takes a module at a time and its share of the cores
+# (tests/conftest.py sets OMP_NUM_THREADS); 2 fits 2 cores and 8 GB
+TEST_WORKERS ?= 2
+
 test: install label-studio-install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: install
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -m "not e2e and not pipeline"
 
 lint: install
 	$(VENV)/bin/ruff check .

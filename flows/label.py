@@ -25,7 +25,7 @@ def label_push(root: str | None = None, review: bool = False, new_classes: bool 
     params = load_params(paths.root)
     client = connect_task(params.label.url)
     result = push_task(params, paths, client, review, new_classes)
-    get_run_logger().info("push: %s", {k: v for k, v in result.items()})
+    get_run_logger().info("push: %s", result)
     return result
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 
 from prefect import flow, get_run_logger
 
+from pipeline_lib import atomic
 from pipeline_lib.config import load_params
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.paths import Paths
@@ -49,7 +49,7 @@ def pipeline(root: str | None = None, force: bool = False, stale: list[str] | No
             ran.append(stage)
         else:
             logger.info("stage %s is up to date, skipped", stage)
-    metrics = json.loads(paths.metrics.read_text()) if paths.metrics.exists() else {}
+    metrics = atomic.read_json(paths.metrics)
     logger.info("ran %s; test accuracy %s", ran or "nothing", metrics.get("accuracy"))
     return {"ran": ran, "accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1")}
 

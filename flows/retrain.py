@@ -43,9 +43,8 @@ def retrain(root: str | None = None, force: bool = False, wait_seconds: float = 
 
 def _append_history(paths: Paths, result: dict) -> None:
     """reports/retrain_history.jsonl: one line per retrain run, skipped ones included."""
-    old = paths.retrain_history.read_text() if paths.retrain_history.exists() else ""
-    line = json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}, default=str)
-    atomic.write_text(paths.retrain_history, old + line + "\n")
+    atomic.append_line(paths.retrain_history,
+                       json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}, default=str))
 
 
 if __name__ == "__main__":

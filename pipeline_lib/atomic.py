@@ -146,6 +146,21 @@ def write_json(target: str | Path, obj: Any) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def append_line(target: str | Path, line: str) -> None:
+    """Add one line to a small log file (JSONL histories) atomically: the file is rewritten whole,
+    so a reader sees it with or without the new line, never half of it."""
+    target = Path(target)
+    old = target.read_text() if target.exists() else ""
+    write_text(target, old + line.rstrip("\n") + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    """The JSON written by write_json at ``path``, {} where there is none yet (a stage that has not
+    run): what every reader of another stage's optional report does."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def write_npz(target: str | Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)

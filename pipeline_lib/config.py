@@ -140,7 +140,8 @@ class RuntimeParams(_Section):
     """mixed precision of forward passes and fine-tuning: `auto` (CUDA: bf16 where the GPU supports it, else fp16 with
     a gradient scaler; CPU: fp32), or one of them; features are always stored as fp32"""
     num_threads: int = Field(0, ge=0)
-    """torch CPU threads, 0 = one per core (with the OpenMP wait policy `PASSIVE`: see docs/benchmarks.md)"""
+    """torch CPU threads, 0 = `OMP_NUM_THREADS` if set, else one per core this process may use (affinity, cgroup
+    quota); OpenMP waits passively: see docs/benchmarks.md"""
 
 
 class TrainHeadParams(_Section):

@@ -23,6 +23,7 @@ class Encoder(Protocol):
     weights_sha256: str  # of the weights file(s): in the cache key and the reports
     model: nn.Module  # the frozen network (what fine-tuning trains)
     preprocess: nn.Module  # raw input batch -> the network's input (inside the deployed model)
+    precision: str  # of its forward passes: "fp32" until to() resolves runtime.precision on the device
 
     @property
     def key(self) -> str:

@@ -78,7 +78,8 @@ def resolve_precision(device, precision: str = "auto") -> str:
 
 def precision_tag(encoder) -> str:
     """What an encoder's cache key adds for its precision: nothing for fp32 (the vectors cached
-    before mixed precision existed stay valid), "|bf16" or "|fp16" otherwise."""
+    before mixed precision existed stay valid), "|bf16" or "|fp16" otherwise. An encoder of a plugin
+    modality written before precision existed has no such attribute: fp32."""
     precision = getattr(encoder, "precision", "fp32")
     return "" if precision in ("fp32", "auto") else f"|{precision}"
 
@@ -106,10 +107,19 @@ def grad_scaler(device, precision: str = "auto"):
 
 
 def configure_threads(num_threads: int) -> None:
-    """torch's intra-op CPU threads (0 = one per CPU this process may use)."""
+    """torch's intra-op CPU threads: ``num_threads``, or for 0 the environment's OMP_NUM_THREADS
+    when set (a scheduler, or parallel test workers sharing the cores), else one per CPU this
+    process may use."""
     import torch
 
-    torch.set_num_threads(num_threads or available_cpus())
+    torch.set_num_threads(num_threads or _env_threads() or available_cpus())
+
+
+def _env_threads() -> int:
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return 0
 
 
 def available_cpus(cgroup: str = "/sys/fs/cgroup") -> int:

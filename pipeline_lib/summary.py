@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from . import atomic
 from .paths import Paths
 
 
@@ -107,14 +108,14 @@ def summary(paths: Paths) -> str:
         example = (pair.get("examples") or [""])[0]
         lines.append(f"  {pair['actual']} taken for {pair['predicted']}: {pair['count']}x"
                      + (f' — e.g. "{example[:90]}{"…" if len(example) > 90 else ""}"' if example else ""))
-    advice = json.loads(paths.stage_report("advise").read_text()) if paths.stage_report("advise").exists() else {}
+    advice = atomic.read_json(paths.stage_report("advise"))
     if advice.get("enabled"):
         lines.append(f"Advice ({paths.advice_md.relative_to(paths.root)}):")
         lines += [f"  {sentence}" for sentence in advice["summary"]]
     lines += [
         f"Reports: {paths.reports_dir}/ (metrics.json, confusion_matrix.png, ingest.json)",
     ]
-    run = json.loads(paths.mlflow_run.read_text()) if paths.mlflow_run.exists() else {}
+    run = atomic.read_json(paths.mlflow_run)
     if run.get("labelling_round"):
         lines.append(run["labelling_round"]["sentence"])
     if run.get("tracking_uri", "").startswith(("http://", "https://")):

@@ -12,7 +12,6 @@ the figures of its report, its artifacts, and the times it really ran (stamped o
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import subprocess
 import time
@@ -62,9 +61,6 @@ def metric_key(name: str) -> str:
     stay in the JSON artifacts."""
     return re.sub(r"[^\w.\-/ :]+", "_", name)
 
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _number(value) -> bool:
@@ -121,7 +117,7 @@ def evaluate_metrics(metrics: dict) -> dict[str, float]:
 
 def stage_artifacts(paths: Paths, stage: str) -> list[tuple[Path, str]]:
     """The files a stage's MLflow run carries (those that exist), each with its artifact folder."""
-    synthesized = bool(_read_json(paths.synthesize_report).get("generated"))
+    synthesized = bool(atomic.read_json(paths.synthesize_report).get("generated"))
     files = {
         "ingest": [paths.ingest_report],
         "synthesize": [paths.synthesize_report] + ([paths.synthetic_preview] if synthesized else []),
@@ -257,7 +253,7 @@ def _log_stage(client, experiment_id: str, parent_id: str, params: Params, paths
     from mlflow.entities import Metric, Param
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    report = _read_json(paths.stage_report(stage))
+    report = atomic.read_json(paths.stage_report(stage))
     run = client.create_run(experiment_id, start_time=_ms(report.get("started_at")), run_name=stage,
                             tags={MLFLOW_PARENT_RUN_ID: parent_id, "run_kind": STAGE, "stage": stage,
                                   "stage.status": "ran" if ran else "up to date (outputs of an earlier run)"})
@@ -299,8 +295,8 @@ def _log_pipeline_run(params: Params, paths: Paths, run_name: str | None, tags: 
 
     experiment_id = _experiment(params, paths)
     client = mlflow.MlflowClient()
-    metrics, ingest = _read_json(paths.metrics), _read_json(paths.ingest_report)
-    reports = {stage: _read_json(paths.stage_report(stage)) for stage in LOGGED_BY_EVALUATE}
+    metrics, ingest = atomic.read_json(paths.metrics), atomic.read_json(paths.ingest_report)
+    reports = {stage: atomic.read_json(paths.stage_report(stage)) for stage in LOGGED_BY_EVALUATE}
     previous_end = _previous_end(experiment_id)
     ran = [s for s in LOGGED_BY_EVALUATE if (_ms(reports[s].get("finished_at")) or 0) > previous_end]
     starts = [_ms(reports[s].get("started_at")) for s in ran if reports[s].get("started_at")]
@@ -383,7 +379,7 @@ def log_advice(params: Params, paths: Paths) -> str | None:
     Returns the parent run's id, or None when no execution was logged."""
     import mlflow
 
-    logged, report = _read_json(paths.mlflow_run), _read_json(paths.stage_report("advise"))
+    logged, report = atomic.read_json(paths.mlflow_run), atomic.read_json(paths.stage_report("advise"))
     if not logged.get("run_id") or not report.get("enabled"):
         return None
     mlflow.set_tracking_uri(paths.mlflow_uri)

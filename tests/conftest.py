@@ -8,7 +8,33 @@ from pipeline_lib.runtime import process_environment
 
 process_environment()  # telemetry off for everything the tests start
 
+# parallel workers (pytest-xdist, `make test`) share the cores: each worker and the stages it starts
+# (they inherit the environment) get its share of threads instead of all of them (runtime.py)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    from pipeline_lib.runtime import available_cpus
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // _WORKERS)))
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# The tiers (pyproject.toml's markers): `e2e` (dvc repro, servers) and `pipeline` (stages run in
+# process on a tiny project) are left out by `make test-fast`, which keeps the unit tests. A test
+# that uses one of these fixtures runs stages (or a flow against a Prefect server): `pipeline`.
+PIPELINE_FIXTURES = {"logged", "prefect_api", "tiny_project", "tiny_text_project", "tiny_vectors_project",
+                     "cv_project", "prepared", "trained", "sample_project", "toy_project", "project", "tiny_sd"}
+# the modules that run longest first: with `-n 2 --dist loadscope` each is one work unit, and
+# starting the longest ones first keeps both workers busy to the end (measured: docs/testing.md)
+SLOWEST_FIRST = ["test_e2e_dvc", "test_label_studio_e2e", "test_e2e_text", "test_mlflow_server", "test_faults",
+                 "test_modality_plugin"]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.pipeline)
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
 
 
 @pytest.fixture(scope="session")

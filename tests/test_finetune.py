@@ -212,14 +212,15 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(prepared, tmp_path):
     raw["data"]["path"] = str(prepared / "raw")
     raw["finetune"].update(overrides)
     ckpt = paths.finetune_checkpoint(finetune.config_hash(params, paths))
+    log = tmp_path / "run_finetune.log"
     proc = subprocess.Popen([sys.executable, str(script), json.dumps(raw), str(prepared)],
-                            cwd=os.getcwd(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=os.getcwd(), stdout=subprocess.DEVNULL, stderr=log.open("w"))
     deadline = time.monotonic() + 300
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {log.read_text()[-2000:]}"
     killed_at = torch.load(ckpt, weights_only=True)["progress"]["epoch"]
     assert 1 <= killed_at < 25 and not paths.finetuned_model.exists()
 

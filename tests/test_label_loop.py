@@ -48,8 +48,14 @@ def test_a_new_class_joins_only_with_enough_labels():
     loop = _labels(("c", "bird", "label", "p"), ("d", "bird", "label", "p"))
     frame, classes, done = labels.apply(_frame(), ["cat", "dog"], loop, min_per_class=3)
     assert classes == ["cat", "dog"] and done["labels"] == 0
-    assert set(frame.loc[frame["item_id"].isin(["c", "d"]), "split"]) == {"unused"}
+    assert frame.equals(_frame())  # the pool items wait in the pool as they were
     assert all("fewer than data.min_per_class=3" in i["why"] for i in done["ignored"])
+    # a fix to a class that cannot join yet leaves the item with its label from the source
+    fixes = _labels(("c", "bird", "label", "p"), ("a", "bird", "fix", "p"), ("e", "dog", "fix", "p"))
+    frame, classes, done = labels.apply(_frame(), ["cat", "dog"], fixes, min_per_class=3)
+    assert frame.set_index("item_id").loc["a", ["label", "split", "label_idx"]].tolist() == ["cat", "train", 0]
+    assert done["labels"] == 0 and done["fixes"] == [{"item_id": "e", "old_label": "cat", "label": "dog"}]
+    assert {i["item_id"] for i in done["ignored"]} == {"a", "c"}
     frame, classes, done = labels.apply(_frame(), ["cat", "dog"], loop, min_per_class=2)
     assert classes == ["cat", "dog", "bird"] and done["labels"] == 2
     assert set(frame.loc[frame["item_id"].isin(["c", "d"]), "label_idx"]) == {2}

@@ -52,6 +52,7 @@ def test_false_promotions_under_the_null_are_rare():
     assert old / 400 > 0.45 and new / 400 < 0.06
 
 
+@pytest.mark.pipeline  # runs stages in its body
 def test_better_model_is_promoted_worse_is_not(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     write_folder_dataset(tmp_path / "raw", per_class=30)  # 18 test images: enough for a paired test to decide

@@ -161,6 +161,7 @@ def test_generator_none_writes_every_declared_output(project):
     assert load_synthetic(paths).empty
 
 
+@pytest.mark.pipeline  # runs stages in its body
 def test_ddpm_training_resumes_from_its_checkpoint_to_the_same_model(tmp_path):
     from pipeline_lib.config import DdpmParams
     from pipeline_lib.image.generators import dir_hash, train_ddpm

@@ -49,6 +49,7 @@ def test_pairs_are_balanced_seeded_and_never_a_text_with_itself():
     assert not np.array_equal(a, text_finetune.contrastive_pairs(y, 3, seed=2)[0])
 
 
+@pytest.mark.pipeline  # runs stages in its body
 def test_contrastive_tuning_pulls_each_class_together():
     frame = _toy(test_per_class=0)
     texts, y = frame["text"].tolist(), pd.factorize(frame["label"])[0]
@@ -130,6 +131,7 @@ def test_kept_tuned_encoder_is_evaluated_logged_and_served(toy_project, monkeypa
     assert json.loads(paths.finetune_meta.read_text())["backbone_spec"]["tuned"] is True
 
 
+@pytest.mark.pipeline  # runs stages in its body
 def test_template_texts_teach_a_class_without_labels_and_stay_out_of_val_and_test(tmp_path):
     from pipeline_lib.dataset import load_synthetic
     from pipeline_lib.stages import run_stages
@@ -153,6 +155,7 @@ def test_template_texts_teach_a_class_without_labels_and_stay_out_of_val_and_tes
     assert [meta["classes"][i] for i in predict_proba(head, X).argmax(1)] == ["cancel", "shipping"]
 
 
+@pytest.mark.pipeline  # runs stages in its body
 def test_a_local_text_generator_writes_texts_with_their_provenance(tmp_path):
     from pipeline_lib.dataset import load_synthetic
     from pipeline_lib.stages import run_stages

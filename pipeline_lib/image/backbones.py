@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from .. import atomic
 from ..errors import PipelineError
 from ..runtime import autocast, precision_tag, resolve_precision
 
@@ -281,6 +282,7 @@ class Backbone:
     feature_dim: int
     weights: WeightsSpec
     cut: int | None = None  # the first N blocks kept (backbone.blocks), None = the whole network
+    precision: str = "fp32"  # of the forward passes (set by to(): runtime.precision resolved on the device)
 
     @property
     def weights_sha256(self) -> str:
@@ -306,7 +308,7 @@ class Backbone:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        with autocast(images.device, getattr(self, "precision", "auto")):
+        with autocast(images.device, self.precision):
             return self.model(self.preprocess(images)).float()
 
     def blocks(self) -> list[nn.Module]:
@@ -420,9 +422,7 @@ def backbone_spec(params, name: str) -> dict:
 
 def chosen_backbone(params, paths) -> Backbone:
     """The backbone train_head chose (models/head.json), or the first candidate for an older head."""
-    import json
-
-    meta = json.loads(paths.head_meta.read_text()) if paths.head_meta.exists() else {}
+    meta = atomic.read_json(paths.head_meta)
     spec = meta.get("backbone_spec") or backbone_spec(params, params.backbone.names[0])
     return load_backbone(spec["name"], spec["weights"], spec["resolution"], paths.root, blocks=spec["blocks"])
 

@@ -24,6 +24,7 @@ COLUMNS = ["item_id", "label", "kind", "old_label", "item", "project", "task_id"
            "pulled_at"]
 KINDS = ("label", "fix", "confirmed")
 POOL_SPLITS = ("unused", "unlabeled")  # where an item waits for a label
+ORIGINAL = ["label", "split", "note"]  # what apply() may change in a manifest row
 
 
 def labels_file(folder: Path) -> Path:
@@ -67,7 +68,7 @@ def apply(frame: pd.DataFrame, classes: list[str], labels: pd.DataFrame, min_per
     done = {"labels": 0, "fixes": [], "confirmed": 0, "ignored": []}
     if labels.empty:
         return frame, classes, done
-    frame = frame.copy()
+    frame, original = frame.copy(), frame[ORIGINAL].copy()
     where = {iid: i for i, iid in enumerate(frame["item_id"])}
     for row in labels.itertuples(index=False):
         i = where.get(row.item_id)
@@ -87,24 +88,28 @@ def apply(frame: pd.DataFrame, classes: list[str], labels: pd.DataFrame, min_per
         elif row.label != current:
             frame.loc[i, ["label", "note"]] = [row.label, f"label fixed in Label Studio (was {current})"]
             done["fixes"].append({"item_id": row.item_id, "old_label": current, "label": row.label})
-    frame, classes = _new_classes(frame, classes, min_per_class, done)
+    frame, classes = _new_classes(frame, classes, min_per_class, done, original)
     index = {c: k for k, c in enumerate(classes)}
     labelled = frame["split"].isin(["train", "val", "test"])
     frame.loc[labelled, "label_idx"] = frame.loc[labelled, "label"].map(index).astype(int)
     return frame, classes, done
 
 
-def _new_classes(frame: pd.DataFrame, classes: list[str], min_per_class: int, done: dict):
+def _new_classes(frame: pd.DataFrame, classes: list[str], min_per_class: int, done: dict, original: pd.DataFrame):
+    """Classes the labellers added (``pull --new-classes``) join once they have ``min_per_class``
+    labels; until then every item labelled with one goes back to what it was in ``original`` (a
+    pool item to the pool, a fixed item to its label from the source), listed as ignored."""
     labelled = frame["split"].isin(["train", "val"])
-    new = [c for c in pd.unique(frame.loc[labelled, "label"]) if c not in classes]
-    for cls in new:
+    for cls in [c for c in pd.unique(frame.loc[labelled, "label"]) if c not in classes]:
         rows = labelled & (frame["label"] == cls)
         if int(rows.sum()) >= min_per_class:
             classes = classes + [cls]
             continue
-        for iid in frame.loc[rows, "item_id"]:
-            done["ignored"].append({"item_id": iid, "label": cls, "why": f"new class {cls!r} has {int(rows.sum())} "
-                                    f"label(s), fewer than data.min_per_class={min_per_class}: kept out until it has more"})
-        frame.loc[rows, ["label", "split"]] = ["", "unused"]
-        done["labels"] -= int(rows.sum())
+        why = (f"new class {cls!r} has {int(rows.sum())} label(s), fewer than data.min_per_class={min_per_class}: "
+               "kept out until it has more")
+        done["ignored"] += [{"item_id": iid, "label": cls, "why": why} for iid in frame.loc[rows, "item_id"]]
+        fixed = {f["item_id"] for f in done["fixes"] if f["label"] == cls}
+        done["fixes"] = [f for f in done["fixes"] if f["label"] != cls]
+        done["labels"] -= int((rows & ~frame["item_id"].isin(fixed)).sum())
+        frame.loc[rows, ORIGINAL] = original.loc[rows, ORIGINAL]
     return frame, classes

@@ -11,14 +11,13 @@ sent again.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
 import pandas as pd
 
-from .. import modalities
+from .. import atomic, modalities
 from ..config import Params
 from ..dataset import load_manifest
 from ..errors import PipelineError
@@ -128,7 +127,7 @@ def _suggestions(paths: Paths, kind: Kind) -> pd.DataFrame:
     if "item_id" not in frame.columns:
         raise PipelineError(f"{csv} has no item_id column (written by an older version): run `dvc repro advise`")
     if frame.empty:
-        advice = json.loads(paths.advise_report.read_text()) if paths.advise_report.exists() else {}
+        advice = atomic.read_json(paths.advise_report)
         why = (advice.get("label_next") or {}).get("reason", "advise listed none") if kind is LABEL_NEXT else \
             "advise listed no suspicious label"
         raise PipelineError(f"nothing to send: {csv} is empty ({why})")
@@ -137,12 +136,10 @@ def _suggestions(paths: Paths, kind: Kind) -> pd.DataFrame:
 
 def _model_version(paths: Paths) -> str:
     """Which model made the pre-filled answers (the MLflow run of the last pipeline run)."""
-    if paths.mlflow_run.exists():
-        run = json.loads(paths.mlflow_run.read_text())
-        if run.get("model_version"):
-            return f"model v{run['model_version']}"
-        return f"run {str(run.get('run_id', ''))[:8]}"
-    return "advise"
+    run = atomic.read_json(paths.mlflow_run)
+    if run.get("model_version"):
+        return f"model v{run['model_version']}"
+    return f"run {str(run['run_id'])[:8]}" if run.get("run_id") else "advise"
 
 
 def _task(row, kind: Kind, modality, params: Params, paths: Paths, version: str, total: int) -> dict:

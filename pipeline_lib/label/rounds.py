@@ -15,10 +15,6 @@ from ..paths import Paths
 from .labels import ROUNDS_FILE
 
 
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def cv_score(metrics: dict) -> float | None:
     """The deployed head recipe's cross-validated score (what advise's curve forecasts)."""
     sel = metrics.get("selection") or {}
@@ -30,16 +26,14 @@ def cv_score(metrics: dict) -> float | None:
 def record(paths: Paths, folder: Path, pulled: dict, seed: int) -> dict:
     """Append this pull's round to rounds.jsonl; returns it."""
     history = read_rounds(folder)
-    metrics, advice, run = _read(paths.metrics), _read(paths.advise_report), _read(paths.mlflow_run)
+    metrics, advice, run = (atomic.read_json(p) for p in (paths.metrics, paths.advise_report, paths.mlflow_run))
     n_before = int(advice.get("n_labelled") or 0)
     entry = {"round": len(history) + 1, "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
              "labels_added": pulled["labels"], "fixes": pulled["fixes"],
              "before": {"labels": n_before, "cv": cv_score(metrics), "test_macro_f1": metrics.get("macro_f1"),
                         "test_accuracy": metrics.get("accuracy"), "model_version": run.get("model_version")},
              "forecast": _forecast(advice, n_before + pulled["labels"], seed)}
-    path = folder / ROUNDS_FILE
-    old = path.read_text() if path.exists() else ""
-    atomic.write_text(path, old + json.dumps(entry) + "\n")
+    atomic.append_line(folder / ROUNDS_FILE, json.dumps(entry))
     return entry
 
 

@@ -13,7 +13,6 @@ reports/label_next.csv for a labelling tool and reports/suspect_labels.csv):
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -165,13 +164,13 @@ def _label_next(params: Params, paths: Paths, head, name, X, y, ids, describe, c
 
 def _deployed(paths: Paths) -> str:
     """Which model evaluate deployed: "finetune" or "head"."""
-    metrics = json.loads(paths.metrics.read_text()) if paths.metrics.exists() else {}
+    metrics = atomic.read_json(paths.metrics)
     return "finetune" if str(metrics.get("candidate", "head")).startswith("finetune") else "head"
 
 
 def _strategy(paths: Paths) -> str:
     """Which strategy wins at this size, from finetune's CV decision."""
-    ft = json.loads(paths.finetune_report.read_text()) if paths.finetune_report.exists() else {}
+    ft = atomic.read_json(paths.finetune_report)
     if not ft.get("enabled"):
         return "fine-tuning is off (finetune.enabled: false): the head on the frozen encoder is deployed"
     if ft.get("mode") == "none":
@@ -184,9 +183,9 @@ def _strategy(paths: Paths) -> str:
 
 def _health(params: Params, paths: Paths, y: np.ndarray, classes: list[str]) -> dict:
     counts = np.bincount(y, minlength=len(classes))
-    ingest = json.loads(paths.ingest_report.read_text()) if paths.ingest_report.exists() else {}
-    featurized = json.loads(paths.featurize_report.read_text()) if paths.featurize_report.exists() else {}
-    metrics = json.loads(paths.metrics.read_text()) if paths.metrics.exists() else {}
+    ingest = atomic.read_json(paths.ingest_report)
+    featurized = atomic.read_json(paths.featurize_report)
+    metrics = atomic.read_json(paths.metrics)
     cal = metrics.get("calibration") or {}
     return {"per_class": dict(zip(classes, counts.tolist())),
             "imbalance": round(float(counts.max() / max(counts.min(), 1)), 2),

@@ -69,7 +69,7 @@ class TextEncoder:
     """A frozen sentence-transformers model: one L2-normalisable vector per text file."""
 
     def __init__(self, name: str, folder: Path, max_length: int | None, device: str = "cpu"):
-        self.name, self.folder = name, folder
+        self.name, self.folder, self.precision = name, folder, "fp32"  # precision: set by to()
         try:
             self.st = load_sentence_model(folder, max_length, device)
         except Exception as exc:  # noqa: BLE001 - any loading failure is the folder's fault
@@ -111,7 +111,7 @@ class TextEncoder:
         """Vectors of texts in memory; sentence-transformers batches them by length."""
         if not len(texts):
             return np.zeros((0, self.feature_dim), np.float32)
-        with autocast(self.st.device, getattr(self, "precision", "auto")):
+        with autocast(self.st.device, self.precision):
             return self.st.encode(list(texts), batch_size=batch_size, show_progress_bar=len(texts) >= 64,
                                   convert_to_numpy=True).astype(np.float32)
 
