@@ -124,13 +124,13 @@ def replace_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_png(target: str | Path, pixels: np.ndarray) -> None:
-    """An (H, W, 3) uint8 array as an RGB PNG file."""
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 array encoded as an RGB PNG file."""
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buf, format="PNG")
-    write_bytes(target, buf.getvalue())
+    return buf.getvalue()
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:

@@ -117,14 +117,6 @@ class FeaturizeParams(_Section):
     """images per forward pass"""
     cache_dir: str = ".cache/features"
     """content-addressed feature cache (not versioned; safe to delete)"""
-    executor: Literal["local", "dask"] = "local"
-    """`local` (this process) or `dask` (shards on a Dask cluster, see Operations)"""
-    dask_address: str = ""
-    """an existing Dask scheduler; `""` = start a LocalCluster"""
-    dask_workers: int = Field(2, ge=1)
-    """LocalCluster worker processes"""
-    shard_size: int = Field(256, ge=1)
-    """images per Dask task"""
     leak_similarity: float = Field(0.99, gt=0.0, le=1.0)
     """a test item whose features' cosine similarity to a labelled item exceeds this is reported as a near-duplicate
     leak (ingest reports exact copies; this finds re-encoded or retouched ones: a brightened JPEG copy scored 0.995;
@@ -142,6 +134,15 @@ class RuntimeParams(_Section):
     num_threads: int = Field(0, ge=0)
     """torch CPU threads, 0 = `OMP_NUM_THREADS` if set, else one per core this process may use (affinity, cgroup
     quota); OpenMP waits passively: see docs/benchmarks.md"""
+    executor: Literal["local", "dask"] = "local"
+    """`local` (this process) or `dask`: featurize's uncached items and `flows.predict`'s inputs in shards on a Dask
+    cluster (same results; docs/operations.md)"""
+    dask_address: str = ""
+    """an existing Dask scheduler (or `$DASK_SCHEDULER_ADDRESS`); `""` = start a LocalCluster"""
+    dask_workers: int = Field(2, ge=1)
+    """LocalCluster worker processes"""
+    shard_size: int = Field(256, ge=1)
+    """items per Dask task"""
 
 
 class TrainHeadParams(_Section):
@@ -403,8 +404,8 @@ class Params(_Section):
             off.append("finetune.dann_weight")
         if self.augment.copies == 0 and not (ft.enabled and ft.online_augment):
             off += ["augment.policy", "augment.preview_images"]
-        if self.featurize.executor == "local":
-            off += ["featurize.dask_address", "featurize.dask_workers", "featurize.shard_size"]
+        if self.runtime.executor == "local":
+            off += ["runtime.dask_address", "runtime.dask_workers", "runtime.shard_size"]
         if "mlp" not in self.train_head.kinds:
             off += [f"train_head.{k}" for k in ("hidden_dim", "lr", "weight_decay", "max_epochs", "patience")]
         if self.semi_supervised.source == "none":
@@ -446,7 +447,8 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 
-MOVED = {"featurize.device": "runtime.device", "featurize.num_threads": "runtime.num_threads"}
+MOVED = {f"featurize.{key}": f"runtime.{key}"
+         for key in ("device", "num_threads", "executor", "dask_address", "dask_workers", "shard_size")}
 
 
 def parse_params(raw: dict[str, Any] | None, source: str = PARAMS_FILE) -> Params:

@@ -67,6 +67,9 @@ class Modality:
         raise NotImplementedError
 
     def write(self, path: Path, item) -> None:
+        """Write an item into a stage's staging folder (atomic.replace_dir swaps the whole folder in
+        on success): a plain write. A temporary file and an fsync per item would cost a scan of
+        the folder each (atomic.sweep_stale): quadratic in the number of items."""
         raise NotImplementedError
 
     def fields(self, item) -> dict:

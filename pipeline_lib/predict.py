@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from . import atomic, modalities
 from .errors import PipelineError, TransientError, is_unreachable
 from .prediction import LoadedModel
@@ -78,13 +80,40 @@ def read_inputs(loaded: LoadedModel, source: Path) -> list:
     return modalities.get(loaded.modality).read_inputs(source)
 
 
-def write_predictions(loaded: LoadedModel, files: list, out: Path, batch_size: int = 64,
-                      top_k: int = 3) -> dict:
+def predict_items(loaded: LoadedModel, items: list, batch_size: int = 64, top_k: int = 3
+                  ) -> tuple[pd.DataFrame, list[dict]]:
+    """(the predictions table in input order, the skipped inputs with reason and fix)."""
+    return modalities.get(loaded.modality).predict(loaded, items, batch_size, top_k)
+
+
+def shards(items: list, size: int) -> list[list]:
+    """Consecutive shards of ``size`` items (runtime.shard_size), in input order."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+_WORKER_MODELS: dict[tuple[str, str], LoadedModel] = {}
+
+
+def predict_shard(model_uri: str, tracking_uri: str, items: list, batch_size: int, top_k: int
+                  ) -> tuple[pd.DataFrame, list[dict]]:
+    """One shard on a Dask worker: the model is loaded from MLflow once per worker process (the
+    store must be reachable from the worker: a tracking server, or sqlite on shared storage)."""
+    key = (model_uri, tracking_uri)
+    if key not in _WORKER_MODELS:
+        _WORKER_MODELS[key] = load_registered(model_uri, tracking_uri)
+    return predict_items(_WORKER_MODELS[key], items, batch_size, top_k)
+
+
+def write_predictions(loaded: LoadedModel, files: list, out: Path, batch_size: int = 64, top_k: int = 3,
+                      parts: list[tuple[pd.DataFrame, list[dict]]] | None = None, started: float | None = None) -> dict:
     """Predict ``files`` (images, or a text model's (where, text) pairs) and write the table (.csv or
-    .parquet, atomically) and a report beside it."""
-    started = time.perf_counter()
-    modality = modalities.get(loaded.modality)
-    frame, skipped = modality.predict(loaded, files, batch_size, top_k)
+    .parquet, atomically) and a report beside it. ``parts``: the shards' (table, skipped) already
+    predicted on a cluster, in input order, since ``started`` (time.perf_counter())."""
+    started = time.perf_counter() if started is None else started
+    if parts is None:
+        parts = [predict_items(loaded, files, batch_size, top_k)]
+    frame = pd.concat([table for table, _ in parts], ignore_index=True)
+    skipped = [entry for _, entry_list in parts for entry in entry_list]
     seconds = time.perf_counter() - started
     out = Path(out)
     if out.suffix == ".parquet":

@@ -22,3 +22,19 @@ def load_model_task(model_uri: str, tracking_uri: str) -> predict.LoadedModel:
 @task(cache_policy=NONE, name="predict")
 def predict_task(loaded: predict.LoadedModel, source: str, out: str, batch_size: int, top_k: int) -> dict:
     return predict.write_predictions(loaded, predict.read_inputs(loaded, Path(source)), Path(out), batch_size, top_k)
+
+
+@task(cache_policy=NONE, name="read_inputs")
+def read_inputs_task(loaded: predict.LoadedModel, source: str) -> list:
+    return predict.read_inputs(loaded, Path(source))
+
+
+@task(cache_policy=NONE, name="predict_shard", retries=1)
+def predict_shard_task(items: list, model_uri: str, tracking_uri: str, batch_size: int, top_k: int) -> tuple:
+    """Runs on a Dask worker: one shard's (table, skipped)."""
+    return predict.predict_shard(model_uri, tracking_uri, items, batch_size, top_k)
+
+
+@task(cache_policy=NONE, name="write_predictions")
+def write_predictions_task(loaded: predict.LoadedModel, items: list, out: str, parts: list, started: float) -> dict:
+    return predict.write_predictions(loaded, items, Path(out), parts=parts, started=started)

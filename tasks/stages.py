@@ -67,7 +67,7 @@ STAGE_TASKS = {stage: _stage_task(stage) for stage in STAGES}
 def plan_shards_task(params: Params, paths: Paths) -> list:
     from pipeline_lib.stages import featurize
 
-    return featurize.plan_shards(params, paths, params.featurize.shard_size)
+    return featurize.plan_shards(params, paths, params.runtime.shard_size)
 
 
 @task(cache_policy=NONE, name="embed_shard", retries=1)

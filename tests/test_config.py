@@ -75,7 +75,7 @@ def test_switched_off_settings_are_left_out_of_active_params():
     assert not any(k.startswith("synthetic.stable_diffusion") for k in active)
     assert active["finetune.enabled"] is False and not any(k.startswith("finetune.") and k != "finetune.enabled"
                                                            for k in active)
-    assert "featurize.dask_workers" not in active and "train_head.hidden_dim" not in active
-    mlp = parse_params({"train_head": {"kinds": ["linear", "mlp"]}, "featurize": {"executor": "dask"}}).active()
-    assert "train_head.hidden_dim" in mlp and "featurize.dask_workers" in mlp
+    assert "runtime.dask_workers" not in active and "train_head.hidden_dim" not in active
+    mlp = parse_params({"train_head": {"kinds": ["linear", "mlp"]}, "runtime": {"executor": "dask"}}).active()
+    assert "train_head.hidden_dim" in mlp and "runtime.dask_workers" in mlp
     assert "synthetic.per_class" not in mlp and mlp["synthetic.generator"] == "none"

@@ -17,7 +17,7 @@ def test_dask_featurize_equals_single_process(tmp_path, prefect_api):
     write_folder_dataset(tmp_path / "raw", per_class=6, classes=("shirt", "bag", "sneaker"))
     set_params(root, data={"source": "folder", "path": str(tmp_path / "raw"), "shots_per_class": None},
                augment={"copies": 1}, backbone={"resolution": 32},
-               featurize={"executor": "dask", "dask_workers": 2, "shard_size": 5})
+               runtime={"executor": "dask", "dask_workers": 2, "shard_size": 5})
     params, paths = load_params(root), Paths.for_root(root)
     run_stages(params, paths, last="augment")
     n_images = len({key for key, _, _ in featurize.feature_keys(params, featurize.all_items(paths),
@@ -29,8 +29,8 @@ def test_dask_featurize_equals_single_process(tmp_path, prefect_api):
     assert report["cache_hits"] == n_images
     on_dask = {s: dict(np.load(paths.features(s))) for s in ("train", "val", "test", "train_augmented")}
 
-    local = parse_params({**params.model_dump(), "featurize": {**params.featurize.model_dump(), "executor": "local",
-                                                               "cache_dir": str(tmp_path / "fresh-cache")}})
+    local = parse_params({**params.model_dump(), "runtime": {**params.runtime.model_dump(), "executor": "local"},
+                          "featurize": {**params.featurize.model_dump(), "cache_dir": str(tmp_path / "fresh-cache")}})
     assert featurize.run(local, paths)["computed"] == n_images
     for split, arrays in on_dask.items():
         single = np.load(paths.features(split))

@@ -102,3 +102,30 @@ def test_only_unreadable_inputs_fail_with_a_header_csv_and_a_report(tmp_path, im
     assert skipped[1]["reason"].startswith("too small") and "data." not in skipped[1]["fix"]
     with pytest.raises(PipelineError, match="--batch-size \\(0\\)"):
         write_predictions(loaded, [tiny], out, batch_size=0)
+
+
+def test_predict_on_a_dask_cluster_equals_one_process(logged, prefect_api, tmp_path):
+    """`--executor dask`: shards of runtime.shard_size on a real 2-worker LocalCluster, each worker
+    loading the model from MLflow; the table and the skipped list are those of one process."""
+    from tests.helpers import clone_project, run_cmd, set_params
+
+    root = clone_project(logged[0], tmp_path / "project")
+    set_params(root, runtime={"shard_size": 4, "dask_workers": 2})
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(9):
+        solid((24 + i, 30), (25 * i, 200 - 20 * i, 90)).save(folder / f"img{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    env = {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": ""}
+    tables, reports = {}, {}
+    for executor in ("local", "dask"):
+        out = tmp_path / f"{executor}.csv"
+        run_cmd(["python", "-m", "flows.predict", str(folder), "--model", "models:/toy@champion", "--out", str(out),
+                 "--executor", executor], root, env)
+        tables[executor] = pd.read_csv(out)
+        reports[executor] = json.loads((tmp_path / f"{executor}.report.json").read_text())
+    local, dask = tables["local"], tables["dask"]
+    assert len(local) == 9 and local["path"].tolist() == dask["path"].tolist()
+    assert local["predicted"].tolist() == dask["predicted"].tolist()
+    np.testing.assert_allclose(local["confidence"], dask["confidence"], atol=1e-5)
+    assert reports["local"]["skipped"] == reports["dask"]["skipped"] and len(reports["dask"]["skipped"]) == 1

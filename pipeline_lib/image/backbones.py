@@ -225,7 +225,7 @@ def load_batch(paths: Sequence[str | Path], preprocess) -> torch.Tensor:
     return torch.stack([preprocess.resize(im.float().div_(255.0)) for im in images])
 
 
-def _prefetch(batches: Iterable, load, depth: int = 2) -> Iterator:
+def prefetch(batches: Iterable, load, depth: int = 2) -> Iterator:
     """Decode the next batches in a background thread while the current one runs."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending: deque = deque()
@@ -328,7 +328,7 @@ class Backbone:
         out = np.zeros((len(items), self.feature_dim), dtype=np.float32)
         done = 0
         with tqdm(total=len(items), desc=desc, unit="img", disable=not items) as bar:
-            for images in _prefetch(chunks, lambda batch: load_batch(batch, self.preprocess)):
+            for images in prefetch(chunks, lambda batch: load_batch(batch, self.preprocess)):
                 if flip:
                     images = images.flip(-1)
                 feats = self(images.to(device, non_blocking=True)).float().cpu().numpy()

@@ -17,7 +17,7 @@ from ..dataset import read_manifest
 from ..errors import BadItem, PipelineError
 from ..paths import Paths
 from ..prediction import MAX_SIDE, LoadedModel, columns, table
-from .backbones import Preprocess
+from .backbones import Preprocess, prefetch
 from .files import IMAGE_EXTENSIONS, load_image
 
 
@@ -101,7 +101,8 @@ def load_model(model_uri: str, dst: str, device: str = "auto"):
 
 
 def _device_of(model) -> torch.device:
-    return next(model.parameters()).device
+    """Where the model's weights are (the CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
 
 
 def list_inputs(source: Path) -> list[Path]:
@@ -133,39 +134,48 @@ def list_inputs(source: Path) -> list[Path]:
 
 def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, top_k: int = 3,
                   min_image_size: int = 8) -> tuple[pd.DataFrame, list[dict]]:
-    """Predictions for the readable files (in input order) and the list of skipped ones."""
+    """Predictions for the readable files (in input order) and the list of skipped ones; the next
+    batch is decoded in a background thread while the model runs on the current one."""
     if batch_size < 1 or top_k < 1:
         raise PipelineError(f"predict: --batch-size ({batch_size}) and --top-k ({top_k}) must be at least 1")
     preprocess = Preprocess(loaded.resolution)
     rows, skipped = [], []
     k = max(1, min(top_k, len(loaded.classes)))
+    chunks = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
+    device = _device_of(loaded.model)
     with tqdm(total=len(files), desc="predict", unit="img") as bar:
-        for start in range(0, len(files), batch_size):
-            batch, kept = [], []
-            for f in files[start:start + batch_size]:
-                if f.suffix.lower() not in IMAGE_EXTENSIONS:
-                    skipped.append({"path": str(f), "reason": f"not an image file type ({f.suffix or 'no extension'})",
-                                    "fix": f"give images of type {', '.join(IMAGE_EXTENSIONS)}"})
-                    continue
-                try:
-                    pixels = load_image(f, min_image_size, max_side=MAX_SIDE).pixels
-                except BadItem as exc:  # the fix without ingest's params (they do not apply here)
-                    skipped.append({"path": str(f), "reason": exc.reason,
-                                    "fix": re.sub(r",? or (lower|set) data\.\S+.*$", "", exc.fix)})
-                    continue
-                except OSError as exc:
-                    skipped.append({"path": str(f), "reason": str(exc), "fix": "check the file exists and is readable"})
-                    continue
-                tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)  # a writable copy
-                batch.append(preprocess.resize(tensor))
-                kept.append(f)
-            bar.update(min(batch_size, len(files) - start))
+        for chunk, (batch, kept, bad) in zip(chunks, prefetch(chunks, lambda c: _decode(c, preprocess, min_image_size))):
+            skipped += bad
+            bar.update(len(chunk))
             if not batch:
                 continue
-            with torch.no_grad():
-                raw = loaded.model(torch.stack(batch).to(_device_of(loaded.model))).float().cpu().numpy().astype(np.float64)
+            with torch.inference_mode():
+                raw = loaded.model(torch.stack(batch).to(device)).float().cpu().numpy().astype(np.float64)
             rows += table(loaded, raw, [str(f) for f in kept], k)
     return pd.DataFrame(rows, columns=columns("path", k)), skipped
+
+
+def _decode(files: list[Path], preprocess, min_image_size: int) -> tuple[list[torch.Tensor], list[Path], list[dict]]:
+    """A batch's resized tensors, the files they came from, and the files skipped (reason, fix)."""
+    batch, kept, skipped = [], [], []
+    for f in files:
+        if f.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append({"path": str(f), "reason": f"not an image file type ({f.suffix or 'no extension'})",
+                            "fix": f"give images of type {', '.join(IMAGE_EXTENSIONS)}"})
+            continue
+        try:
+            pixels = load_image(f, min_image_size, max_side=MAX_SIDE).pixels
+        except BadItem as exc:  # the fix without ingest's params (they do not apply here)
+            skipped.append({"path": str(f), "reason": exc.reason,
+                            "fix": re.sub(r",? or (lower|set) data\.\S+.*$", "", exc.fix)})
+            continue
+        except OSError as exc:
+            skipped.append({"path": str(f), "reason": str(exc), "fix": "check the file exists and is readable"})
+            continue
+        tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)  # a writable copy
+        batch.append(preprocess.resize(tensor))
+        kept.append(f)
+    return batch, kept, skipped
 
 
 read_inputs, predict = list_inputs, predict_files  # the names pipeline_lib.modality.Modality calls

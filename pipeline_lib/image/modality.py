@@ -44,7 +44,7 @@ class ImageModality(Modality):
         return read_rgb(path)
 
     def write(self, path: Path, item: np.ndarray) -> None:
-        atomic.write_png(path, item)
+        path.write_bytes(atomic.png_bytes(item))
 
     def fields(self, item: np.ndarray) -> dict:
         return {"height": item.shape[0], "width": item.shape[1], "orig_mode": "RGB", "note": ""}
