@@ -39,7 +39,7 @@ def predict(source: str, out: str = "predictions.csv", model: str | None = None,
     started = time.perf_counter()
     parts = predict_on_dask.with_options(task_runner=dask_runner(params))(
         shards(items, params.runtime.shard_size), uri, paths.mlflow_uri, batch_size, top_k) if items else None
-    return write_predictions_task(loaded, items, out, parts, started)
+    return write_predictions_task(loaded, items, out, batch_size, top_k, parts, started)
 
 
 @flow(name="predict-on-dask")

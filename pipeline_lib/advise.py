@@ -135,17 +135,24 @@ def typical(X_labelled: np.ndarray, X_pool: np.ndarray, n: int, seed: int, neigh
     return np.array(chosen, dtype=int)
 
 
-def typicality(X: np.ndarray, neighbours: int = 20, chunk: int = 512) -> np.ndarray:
-    """Each item's inverse mean distance to its nearest neighbours among all (TypiClust's measure),
-    a block of rows at a time (no n x n matrix)."""
+def typicality(X: np.ndarray, neighbours: int = 20, chunk: int = 512, reference: int = 5000, seed: int = 0
+               ) -> np.ndarray:
+    """Each item's inverse mean distance to its nearest neighbours (TypiClust's measure), a block
+    of rows at a time (no n x n matrix). Beyond ``reference`` items the neighbours are looked for
+    among a seeded sample of that many: time and memory grow linearly with a large pool."""
     Z = unit_rows(X)
-    m = min(neighbours, len(Z) - 1)
+    sampled = len(Z) > reference
+    ref = np.sort(np.random.default_rng(seed).choice(len(Z), reference, replace=False)) if sampled else np.arange(len(Z))
+    in_ref = np.zeros(len(Z), dtype=bool)
+    in_ref[ref] = True
+    m = min(neighbours, len(ref) - 1)
     if m < 1:
         return np.ones(len(Z))
     out = np.empty(len(Z))
     for start in range(0, len(Z), chunk):
-        d = np.sqrt(np.clip(2 - 2 * Z[start:start + chunk] @ Z.T, 0, None))
-        out[start:start + chunk] = 1.0 / (np.sort(d, axis=1)[:, 1:m + 1].mean(1) + 1e-12)
+        d = np.sort(np.sqrt(np.clip(2 - 2 * Z[start:start + chunk] @ Z[ref].T, 0, None)), axis=1)[:, :m + 1]
+        own = in_ref[start:start + chunk, None]  # an item of the sample is its own nearest: skip it
+        out[start:start + chunk] = 1.0 / (np.where(own, d[:, 1:], d[:, :m]).mean(1) + 1e-12)
     return out
 
 

@@ -36,5 +36,6 @@ def predict_shard_task(items: list, model_uri: str, tracking_uri: str, batch_siz
 
 
 @task(cache_policy=NONE, name="write_predictions")
-def write_predictions_task(loaded: predict.LoadedModel, items: list, out: str, parts: list, started: float) -> dict:
-    return predict.write_predictions(loaded, items, Path(out), parts=parts, started=started)
+def write_predictions_task(loaded: predict.LoadedModel, items: list, out: str, batch_size: int, top_k: int,
+                           parts: list | None, started: float) -> dict:
+    return predict.write_predictions(loaded, items, Path(out), batch_size, top_k, parts=parts, started=started)

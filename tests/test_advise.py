@@ -157,6 +157,15 @@ def test_typical_fill_in_takes_the_most_typical_items_not_the_first():
     assert typicality[10:].min() > typicality[:10].max()  # what typical() fills in with, most typical first
 
 
+def test_typicality_of_a_large_pool_looks_for_neighbours_in_a_sample_and_ranks_alike():
+    rng = np.random.default_rng(1)
+    pool = np.concatenate([rng.normal(0, 0.05, (300, 8)) + 1.0, rng.normal(0, 1.0, (300, 8))])
+    exact, sampled = advise.typicality(pool), advise.typicality(pool, reference=150)
+    assert sampled.shape == exact.shape and np.isfinite(sampled).all()
+    assert np.corrcoef(np.argsort(np.argsort(exact)), np.argsort(np.argsort(sampled)))[0, 1] > 0.9
+    assert np.mean(sampled[:300] > np.median(sampled)) > 0.95  # the tight cluster is the typical half
+
+
 def test_clean_labels_give_an_estimate_of_about_zero_wrong_and_flipped_ones_are_counted():
     """A model about 80 % right. Clean labels: some flagged (hard items), about none wrong. 40
     confident items relabelled: counted, within a factor of two (the noise model assumes relabels
