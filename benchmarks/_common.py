@@ -14,7 +14,20 @@ process_environment()
 from pipeline_lib.dataset import load_manifest  # noqa: E402
 from tests.helpers import copy_project, set_params  # noqa: E402
 
-__all__ = ["ROOT", "copy_project", "set_params", "mean_std"]
+__all__ = ["ROOT", "backbone_parser", "copy_project", "set_params", "mean_std"]
+
+
+def backbone_parser(description: str):
+    """The arguments of a timing benchmark of one backbone: --repeats, --name, --blocks, --resolution
+    (the pipeline's defaults: MobileNetV2 cut after 15 blocks, 112 px)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--name", default="mobilenet_v2")
+    parser.add_argument("--blocks", type=int, default=15)
+    parser.add_argument("--resolution", type=int, default=112)
+    return parser
 
 
 def mean_std(values) -> str:

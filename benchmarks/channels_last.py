@@ -11,19 +11,14 @@ layouts in the same process; and the largest difference between their outputs. R
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
-from _common import ROOT  # noqa: F401  (sys.path, process environment)
+from _common import backbone_parser  # also sets sys.path and the process environment
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--name", default="mobilenet_v2")
-    ap.add_argument("--blocks", type=int, default=15)
-    ap.add_argument("--resolution", type=int, default=112)
+    ap = backbone_parser(__doc__.splitlines()[0])
     args = ap.parse_args()
 
     import torch
