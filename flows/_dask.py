@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from pipeline_lib.config import Params
-from pipeline_lib.runtime import available_cpus
+from pipeline_lib.runtime import thread_budget
 
 
 def dask_address(params: Params) -> str:
@@ -23,7 +23,7 @@ def dask_runner(params: Params):
     if address:
         return DaskTaskRunner(address=address)
     n = params.runtime.dask_workers
-    threads = max(1, (params.runtime.num_threads or available_cpus()) // n)
+    threads = max(1, thread_budget(params.runtime.num_threads) // n)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
                                           "env": {"OMP_NUM_THREADS": str(threads)}, "dashboard_address": None})

@@ -21,7 +21,8 @@ from prefect import flow, unmapped
 from flows._dask import dask_runner
 from pipeline_lib.config import load_params
 from pipeline_lib.paths import Paths
-from pipeline_lib.predict import check_request, model_uri, shards
+from pipeline_lib.predict import check_request, model_uri
+from pipeline_lib.runtime import chunks
 from tasks.predict import load_model_task, predict_shard_task, predict_task, read_inputs_task, write_predictions_task
 
 
@@ -38,7 +39,7 @@ def predict(source: str, out: str = "predictions.csv", model: str | None = None,
     items = read_inputs_task(loaded, source)
     started = time.perf_counter()
     parts = predict_on_dask.with_options(task_runner=dask_runner(params))(
-        shards(items, params.runtime.shard_size), uri, paths.mlflow_uri, batch_size, top_k) if items else None
+        chunks(items, params.runtime.shard_size), uri, paths.mlflow_uri, batch_size, top_k) if items else None
     return write_predictions_task(loaded, items, out, batch_size, top_k, parts, started)
 
 

@@ -86,11 +86,6 @@ def predict_items(loaded: LoadedModel, items: list, batch_size: int = 64, top_k:
     return modalities.get(loaded.modality).predict(loaded, items, batch_size, top_k)
 
 
-def shards(items: list, size: int) -> list[list]:
-    """Consecutive shards of ``size`` items (runtime.shard_size), in input order."""
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
 _WORKER_MODELS: dict[tuple[str, str], LoadedModel] = {}
 
 

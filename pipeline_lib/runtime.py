@@ -112,7 +112,18 @@ def configure_threads(num_threads: int) -> None:
     process may use."""
     import torch
 
-    torch.set_num_threads(num_threads or _env_threads() or available_cpus())
+    torch.set_num_threads(thread_budget(num_threads))
+
+
+def thread_budget(num_threads: int = 0) -> int:
+    """How many CPU threads this process may use: ``num_threads`` (runtime.num_threads) when set,
+    else the environment's OMP_NUM_THREADS, else the CPUs of its affinity mask and cgroup quota."""
+    return num_threads or _env_threads() or available_cpus()
+
+
+def chunks(items: list, size: int) -> list[list]:
+    """Consecutive chunks of ``size`` items, in input order (runtime.shard_size: a worker's share)."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _env_threads() -> int:

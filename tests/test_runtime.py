@@ -5,7 +5,7 @@ import os
 import pytest
 
 from pipeline_lib.errors import PipelineError
-from pipeline_lib.runtime import available_cpus, pick_device
+from pipeline_lib.runtime import available_cpus, chunks, pick_device, thread_budget
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -24,6 +24,17 @@ def test_available_cpus_takes_the_smaller_of_affinity_and_quota(tmp_path, files,
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert available_cpus(str(tmp_path)) == expected
+
+
+def test_thread_budget_is_the_param_then_omp_num_threads_then_the_cpus(monkeypatch):
+    """One budget for torch's threads and a local Dask cluster's share per worker."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert thread_budget(3) == 3 and thread_budget(0) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert thread_budget(0) == available_cpus()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert thread_budget(0) == available_cpus()
+    assert chunks(list(range(5)), 2) == [[0, 1], [2, 3], [4]] and chunks([], 2) == []
 
 
 def test_cuda_without_a_gpu_is_one_clear_error():

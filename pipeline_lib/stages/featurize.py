@@ -24,7 +24,7 @@ from ..feature_cache import FeatureCache
 from ..features import FLIP, array_suffix, cached_embeddings
 from ..modality import Modality
 from ..paths import Paths
-from ..runtime import pick_device, use
+from ..runtime import chunks, pick_device, use
 
 
 def all_items(paths: Paths, params: Params | None = None) -> pd.DataFrame:
@@ -67,7 +67,7 @@ def plan_shards(params: Params, paths: Paths, shard_size: int) -> list[list[tupl
             if key not in seen and cache.get(key, backbone.feature_dim) is None:
                 todo.append((str(key), str(paths.resolve(rel)), flip, name))
             seen.add(key)
-    return [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
+    return chunks(todo, shard_size)
 
 
 @lru_cache(maxsize=4)
