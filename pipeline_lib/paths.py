@@ -46,6 +46,12 @@ class Paths:
         return self.prepared_dir / "manifest.parquet"
 
     @property
+    def ingest_scratch(self) -> Path:
+        """Where Dask workers leave the files they decoded for ingest (runtime.executor: dask); the
+        stage moves the items out and the flow removes the rest."""
+        return self.root / ".cache" / "ingest-decoded"
+
+    @property
     def ingest_report(self) -> Path:
         return self.stage_report("ingest")
 

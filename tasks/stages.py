@@ -78,6 +78,21 @@ def embed_shard_task(shard: list, params: Params, paths: Paths) -> int:
     return featurize.embed_shard(params, paths, shard)
 
 
+@task(cache_policy=NONE, name="plan_ingest_shards")
+def plan_ingest_shards_task(params: Params, paths: Paths) -> list:
+    from pipeline_lib.stages import ingest
+
+    return ingest.plan_shards(params, paths, params.runtime.shard_size)
+
+
+@task(cache_policy=NONE, name="decode_shard", retries=1)
+def decode_shard_task(shard: list, params: Params, paths: Paths) -> int:
+    """Runs on a Dask worker: decodes and validates one shard of ingest's files into the scratch folder."""
+    from pipeline_lib.stages import ingest
+
+    return ingest.decode_shard(params, paths, shard)
+
+
 @task(cache_policy=NONE, name="log_to_mlflow", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
 def log_to_mlflow_task(params: Params, paths: Paths, run_name: str | None = None) -> str:

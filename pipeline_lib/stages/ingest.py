@@ -12,8 +12,11 @@ content hash, a parquet manifest, classes.json, the modality (dataset.json) and 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
+import shutil
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from ..image import fashion_mnist
 from ..label import labels as loop_labels
 from ..modality import Modality
 from ..paths import Paths
+from ..runtime import chunks
 from ..text.files import decode_utf8
 
 MISSING_LABELS = {"", "nan", "none", "null", "na", "n/a", "<na>"}  # what spreadsheets write for "no label"
@@ -54,6 +58,7 @@ class IngestReport:
     converted: list[dict] = field(default_factory=list)
     hidden_skipped: list[str] = field(default_factory=list)  # hidden folders (.ipynb_checkpoints, .trash)
     labelling: dict = field(default_factory=dict)  # the labelling loop's labels applied (label.folder)
+    decoded_by_workers: int = 0  # files a Dask worker decoded (runtime.executor: dask)
 
     def reject(self, source: str, reason: str, fix: str, strict: bool) -> None:
         if strict:
@@ -315,32 +320,28 @@ def split_labelled(frame: pd.DataFrame, d, cv_below: int, seed: int) -> tuple[pd
 
 
 # ---------------------------------------------------------------- stage
-def run(params: Params, paths: Paths) -> dict:
-    """Ingest; when it stops on bad input, reports/ingest.json still says why (and what was rejected)."""
+def run(params: Params, paths: Paths, decoded: Path | None = None) -> dict:
+    """Ingest; when it stops on bad input, reports/ingest.json still says why (and what was rejected).
+    ``decoded``: the folder where Dask workers left the files they decoded (decode_shard); a file
+    found there is not decoded again."""
     report = IngestReport()
     try:
-        return _run(params, paths, report)
+        return _run(params, paths, report, decoded)
     except PipelineError as exc:
         atomic.write_json(paths.ingest_report, {"error": str(exc), **_problems(report)})
         raise
+    finally:
+        if decoded is not None:
+            shutil.rmtree(decoded, ignore_errors=True)
 
 
-def _run(params: Params, paths: Paths, report: IngestReport) -> dict:
+def _run(params: Params, paths: Paths, report: IngestReport, decoded: Path | None = None) -> dict:
     d = params.data
     strict = d.on_bad_file == "error"
-    if d.source == "sample":
-        candidates, classes = _sample_candidates(params, paths.resolve(d.path))
-    elif d.source == "folder":
-        candidates, classes = _folder_candidates(paths.resolve(d.path), report, strict)
-    else:
-        candidates, classes = _manifest_candidates(paths.resolve(d.path), report, strict)
-
-    modality = candidates[0].modality if candidates else modalities.get("image")
-    if d.unlabeled and (params.semi_supervised.source == "folder" or params.advise.enabled):
-        candidates = candidates + _unlabeled_candidates(paths.resolve(d.unlabeled), modality, report, strict)
+    candidates, classes, modality = _candidates(params, paths, report, strict)
     items = modality.folder
     with atomic.replace_dir(paths.prepared_dir) as staging:
-        rows = _validate_and_write(candidates, staging / items, modality, params, report, strict)
+        rows = _validate_and_write(candidates, staging / items, modality, params, report, strict, decoded)
         frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
         unlabeled = frame[frame["split"] == UNLABELED]
         frame = frame[frame["split"] != UNLABELED].reset_index(drop=True)
@@ -362,28 +363,106 @@ def _run(params: Params, paths: Paths, report: IngestReport) -> dict:
         modalities.record(staging, modality)
 
     summary = {"selection_mode": mode, "modality": modality.name, **_summary(frame, classes, report)}
+    if decoded is not None:
+        summary["decoded_by_workers"] = report.decoded_by_workers
     atomic.write_json(paths.ingest_report, summary)
     return summary
 
 
+def _candidates(params: Params, paths: Paths, report: IngestReport, strict: bool
+                ) -> tuple[list[Candidate], list[str], Modality]:
+    """Every item the source names (and data.unlabeled's, when read), its classes and the modality."""
+    d = params.data
+    if d.source == "sample":
+        candidates, classes = _sample_candidates(params, paths.resolve(d.path))
+    elif d.source == "folder":
+        candidates, classes = _folder_candidates(paths.resolve(d.path), report, strict)
+    else:
+        candidates, classes = _manifest_candidates(paths.resolve(d.path), report, strict)
+    modality = candidates[0].modality if candidates else modalities.get("image")
+    if d.unlabeled and (params.semi_supervised.source == "folder" or params.advise.enabled):
+        candidates = candidates + _unlabeled_candidates(paths.resolve(d.unlabeled), modality, report, strict)
+    return candidates, classes, modality
+
+
 def _validate_and_write(candidates, items_dir: Path, modality: Modality, params: Params, report: IngestReport,
-                        strict: bool) -> list[dict]:
+                        strict: bool, decoded: Path | None = None) -> list[dict]:
     from tqdm import tqdm
 
     items_dir.mkdir(parents=True)
     rows: list[dict] = []
     seen: dict[str, dict] = {}  # item id -> its row (duplicates are kept once)
     for cand in tqdm(candidates, desc="ingest", unit="item", disable=len(candidates) < 200):
-        try:
-            item, fields = modality.load(cand.file if cand.file is not None else cand.value, params)
-        except BadItem as bad:
-            report.reject(cand.source, bad.reason, bad.fix, strict)
-            continue
+        done = _decoded(decoded, cand.file) if decoded is not None and cand.file is not None else None
+        if done is not None:  # a Dask worker decoded it: the same checks, the item already written
+            report.decoded_by_workers += 1
+            if "bad" in done:
+                report.reject(cand.source, *done["bad"], strict)
+                continue
+            iid, fields = done["id"], done["fields"]
+            moved = decoded / f"{_decoded_key(cand.file)}{modality.suffix}"
+            write = lambda name, moved=moved: shutil.move(moved, items_dir / name)  # noqa: E731
+        else:
+            try:
+                item, fields = modality.load(cand.file if cand.file is not None else cand.value, params)
+            except BadItem as bad:
+                report.reject(cand.source, bad.reason, bad.fix, strict)
+                continue
+            iid = modality.content_id(item)
+            write = lambda name, item=item: modality.write(items_dir / name, item)  # noqa: E731
         if fields.get("note"):
             report.converted.append({"file": cand.source, "note": fields["note"]})
-        _keep(cand, modality.content_id(item), fields, seen, rows, report,
-              lambda name, item=item: modality.write(items_dir / name, item), modality.suffix)
+        _keep(cand, iid, fields, seen, rows, report, write, modality.suffix)
     return rows
+
+
+# ---------------------------------------------------------------- on a Dask cluster
+def plan_shards(params: Params, paths: Paths, shard_size: int) -> list[list[str]]:
+    """The files ingest would decode, in shards of ``shard_size`` for Dask workers
+    (runtime.executor: dask). Items already in memory (the embedded sample, a manifest's texts)
+    stay with the stage; so does every check that needs the whole data set."""
+    candidates = _candidates(params, paths, IngestReport(), strict=False)[0]
+    return chunks([str(c.file) for c in candidates if c.file is not None], shard_size)
+
+
+def decode_shard(params: Params, paths: Paths, files: list[str]) -> int:
+    """On a Dask worker: decode and validate each file as the stage would (modality.load), into
+    paths.ingest_scratch: the normalised item and a JSON record (its content id and fields, or why it
+    was rejected, and the file's size and time, so a file changed since is decoded again). Plain
+    writes, the record last: an interrupted record is not read, the stage decodes that file itself."""
+    scratch = paths.ingest_scratch
+    scratch.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        file = Path(name)
+        modality, key = modalities.for_file(file), _decoded_key(file)
+        try:
+            item, fields = modality.load(file, params)
+        except BadItem as bad:
+            record = {"bad": [bad.reason, bad.fix]}
+        else:
+            modality.write(scratch / f"{key}{modality.suffix}", item)
+            record = {"id": modality.content_id(item), "fields": fields}
+        (scratch / f"{key}.json").write_text(json.dumps({"stat": _stat(file), **record}))
+    return len(files)
+
+
+def _decoded_key(file: Path) -> str:
+    return hashlib.sha1(str(file).encode()).hexdigest()
+
+
+def _stat(file: Path) -> list[int]:
+    st = file.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _decoded(folder: Path, file: Path) -> dict | None:
+    """What a worker recorded for ``file``, or None (not decoded there, unreadable, or the file
+    changed since)."""
+    try:
+        record = json.loads((folder / f"{_decoded_key(file)}.json").read_text())
+        return record if record.get("stat") == _stat(file) else None
+    except (OSError, ValueError):
+        return None
 
 
 def _keep(cand: Candidate, iid: str, fields: dict, seen: dict[str, dict], rows: list[dict], report: IngestReport,
