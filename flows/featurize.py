@@ -10,30 +10,19 @@ feature matrices from it exactly as a single-process run does.
 
 from __future__ import annotations
 
-from prefect import flow, unmapped
+from prefect import flow
 
-from flows._dask import dask_runner
-from pipeline_lib.config import Params
+from flows._dask import run_on_dask
 from pipeline_lib.paths import Paths
-from tasks.stages import STAGE_TASKS, embed_shard_task, load_params_task, plan_shards_task
+from tasks.stages import STAGE_TASKS, load_params_task
 
 
 @flow(name="featurize")
 def featurize(root: str | None = None) -> dict:
     paths = Paths.for_root(root)
     params = load_params_task(paths)
-    computed = 0
-    if params.runtime.executor == "dask":
-        shards = plan_shards_task(params, paths)
-        if shards:
-            computed = featurize_on_dask.with_options(task_runner=dask_runner(params))(shards, params, paths)
+    computed = run_on_dask("featurize", params, paths) if params.runtime.executor == "dask" else 0
     return STAGE_TASKS["featurize"](params, paths, computed_by_workers=computed)
-
-
-@flow(name="featurize-on-dask")
-def featurize_on_dask(shards: list, params: Params, paths: Paths) -> int:
-    futures = embed_shard_task.map(shards, params=unmapped(params), paths=unmapped(paths))
-    return sum(f.result() for f in futures)
 
 
 if __name__ == "__main__":

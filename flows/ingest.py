@@ -10,30 +10,20 @@ as a single-process run does.
 
 from __future__ import annotations
 
-from prefect import flow, unmapped
+from prefect import flow
 
-from flows._dask import dask_runner
-from pipeline_lib.config import Params
+from flows._dask import run_on_dask
 from pipeline_lib.paths import Paths
-from tasks.stages import STAGE_TASKS, decode_shard_task, load_params_task, plan_ingest_shards_task
+from tasks.stages import STAGE_TASKS, load_params_task
 
 
 @flow(name="ingest")
 def ingest(root: str | None = None) -> dict:
     paths = Paths.for_root(root)
     params = load_params_task(paths)
-    if params.runtime.executor == "dask":
-        shards = plan_ingest_shards_task(params, paths)
-        if shards:
-            ingest_on_dask.with_options(task_runner=dask_runner(params))(shards, params, paths)
-            return STAGE_TASKS["ingest"](params, paths, decoded=paths.ingest_scratch)
+    if params.runtime.executor == "dask" and run_on_dask("ingest", params, paths):
+        return STAGE_TASKS["ingest"](params, paths, decoded=paths.ingest_scratch)
     return STAGE_TASKS["ingest"](params, paths)
-
-
-@flow(name="ingest-on-dask")
-def ingest_on_dask(shards: list, params: Params, paths: Paths) -> int:
-    futures = decode_shard_task.map(shards, params=unmapped(params), paths=unmapped(paths))
-    return sum(f.result() for f in futures)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from pipeline_lib.config import Params, load_params
 from pipeline_lib.errors import is_transient
 from pipeline_lib.paths import Paths
-from pipeline_lib.stages import STAGES, run_stage
+from pipeline_lib.stages import STAGES, run_stage, stage_module
 from pipeline_lib.summary import stage_markdown
 
 RETRY_DELAYS = [2, 8]
@@ -63,34 +63,21 @@ def publish_report(stage: str, paths: Paths) -> None:
 STAGE_TASKS = {stage: _stage_task(stage) for stage in STAGES}
 
 
-@task(cache_policy=NONE, name="plan_featurize_shards")
-def plan_shards_task(params: Params, paths: Paths) -> list:
-    from pipeline_lib.stages import featurize
-
-    return featurize.plan_shards(params, paths, params.runtime.shard_size)
-
-
-@task(cache_policy=NONE, name="embed_shard", retries=1)
-def embed_shard_task(shard: list, params: Params, paths: Paths) -> int:
-    """Runs on a Dask worker: embeds one shard into the shared content-addressed cache."""
-    from pipeline_lib.stages import featurize
-
-    return featurize.embed_shard(params, paths, shard)
+# The stages with a part that runs on a Dask cluster (runtime.executor: dask): the function a worker
+# runs on one shard of what the stage's plan_shards lists.
+SHARDED = {"ingest": "decode_shard",     # decode and validate files into paths.ingest_scratch
+           "featurize": "embed_shard"}   # embed items into the content-addressed feature cache
 
 
-@task(cache_policy=NONE, name="plan_ingest_shards")
-def plan_ingest_shards_task(params: Params, paths: Paths) -> list:
-    from pipeline_lib.stages import ingest
-
-    return ingest.plan_shards(params, paths, params.runtime.shard_size)
+@task(cache_policy=NONE, name="plan_shards")
+def plan_shards_task(stage: str, params: Params, paths: Paths) -> list:
+    return stage_module(stage).plan_shards(params, paths, params.runtime.shard_size)
 
 
-@task(cache_policy=NONE, name="decode_shard", retries=1)
-def decode_shard_task(shard: list, params: Params, paths: Paths) -> int:
-    """Runs on a Dask worker: decodes and validates one shard of ingest's files into the scratch folder."""
-    from pipeline_lib.stages import ingest
-
-    return ingest.decode_shard(params, paths, shard)
+@task(cache_policy=NONE, name="run_shard", retries=1)
+def run_shard_task(stage: str, shard: list, params: Params, paths: Paths) -> int:
+    """Runs on a Dask worker: one shard of the stage's cluster part (SHARDED); returns its item count."""
+    return getattr(stage_module(stage), SHARDED[stage])(params, paths, shard)
 
 
 @task(cache_policy=NONE, name="log_to_mlflow", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
