@@ -18,7 +18,7 @@ def reproduced(tmp_path_factory, prefect_api):
     root = copy_project(tmp_path_factory.mktemp("e2e-text") / "project")
     reviews(6, 5).to_csv(root / "reviews.csv", index=False)
     set_params(root, data={"source": "manifest", "path": "reviews.csv", "shots_per_class": None},
-               finetune={"text": {"pairs_per_example": 1}}, text={"max_length": 64})  # a few short steps per fold
+               finetune={"text": {"epochs": 3}}, text={"max_length": 64})  # a few short steps per fold
     env = {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": ""}
     run_cmd(["git", "add", "-A"], root)
     run_cmd(["git", "commit", "-qm", "text data"], root)

@@ -216,7 +216,7 @@ def tiny_text_project(tmp_path_factory):
                synthetic={"generator": "template", "min_confidence": 0.01, "dedup_similarity": 0.999},
                augment={"copies": 1}, text={"max_length": 32}, train_head={"C": [1.0], "use_augmented": True},
                selection={"folds": 2, "repeats": 1, "cv_below": 2},  # holdout mode: the image project is in cv mode
-               finetune={"text": {"pairs_per_example": 1, "augment": True}},
+               finetune={"text": {"epochs": 3, "augment": True}},
                evaluate={"bootstrap": 0}, mlflow={"log_model": False})
     return root
 

@@ -49,23 +49,57 @@ def test_pairs_are_balanced_seeded_and_never_a_text_with_itself():
     assert not np.array_equal(a, text_finetune.contrastive_pairs(y, 3, seed=2)[0])
 
 
+def test_in_batch_plan_deals_every_class_into_each_batch_and_is_seeded():
+    y = np.array([0] * 5 + [1] * 5 + [2] * 3)
+    plan = text_finetune.in_batch_plan(y, 6, epochs=2, seed=3)
+    assert [len(b) for b in plan] == [6, 7, 6, 7]  # a last batch of one text joins the one before
+    for epoch in (plan[:2], plan[2:]):
+        assert sorted(np.concatenate(epoch).tolist()) == list(range(13))  # each text once per epoch
+    assert all(set(y[b]) == {0, 1, 2} for b in plan)  # dealt round-robin: every class in every batch
+    assert all(np.array_equal(a, b) for a, b in zip(plan, text_finetune.in_batch_plan(y, 6, 2, seed=3)))
+    assert not all(np.array_equal(a, b) for a, b in zip(plan, text_finetune.in_batch_plan(y, 6, 2, seed=4)))
+    assert text_finetune.pairs_seen(y, TextFinetuneParams(batch_size=6, epochs=2), 3) == 2 * (15 + 21)
+
+
+def test_in_batch_loss_weights_positives_and_negatives_equally():
+    import torch
+
+    y = torch.tensor([0, 0, 1, 1, 2])
+    perfect = torch.tensor([[1.0, 0, 0], [2.0, 0, 0], [0, 1.0, 0], [0, 3.0, 0], [0, 0, 1.0]])
+    assert float(text_finetune.in_batch_loss(perfect, y)) == pytest.approx(0.0, abs=1e-7)
+    same = torch.ones(5, 3)  # every pair at cosine 1: the 2 positive pairs are right, the 8 negatives all wrong
+    assert float(text_finetune.in_batch_loss(same, y)) == pytest.approx(0.5)
+
+
+def test_a_tuning_of_one_step_runs_its_schedule_to_the_end():
+    folder = resolve_encoder("all-MiniLM-L6-v2")
+    texts, y = ["refund my order", "money back", "where is my parcel", "late delivery"], np.array([0, 0, 1, 1])
+    model = text_finetune.tune(folder, 16, texts, y, TextFinetuneParams(epochs=1, batch_size=16), seed=0)
+    assert not model.training and encode(model, texts).shape == (4, 384)
+
+
 @pytest.mark.pipeline  # runs stages in its body
-def test_contrastive_tuning_pulls_each_class_together():
+@pytest.mark.parametrize("settings", [TextFinetuneParams(epochs=10, batch_size=8),
+                                      TextFinetuneParams(pairs="sampled", pairs_per_example=4, epochs=2, lr=1e-4)],
+                         ids=["in_batch", "sampled"])
+def test_contrastive_tuning_pulls_each_class_together(settings):
     frame = _toy(test_per_class=0)
     texts, y = frame["text"].tolist(), pd.factorize(frame["label"])[0]
     folder = resolve_encoder("all-MiniLM-L6-v2")
     frozen = encode(load_sentence_model(folder, 64), texts)
-    tuned = text_finetune.tune(folder, 64, texts, y, TextFinetuneParams(pairs_per_example=4, epochs=2, lr=1e-4), seed=0)
+    tuned = text_finetune.tune(folder, 64, texts, y, settings, seed=0)
     after = encode(tuned, texts)
     assert _margin(after, y) > _margin(frozen, y) + 0.1
     assert np.allclose(np.linalg.norm(after, axis=1), 1, atol=1e-4)  # the model's own normalisation kept
+    again = encode(text_finetune.tune(folder, 64, texts, y, settings, seed=0), texts)
+    np.testing.assert_allclose(again, after, atol=1e-5)  # seeded
 
 
 @pytest.fixture()
 def toy_project(tmp_path):
     from pipeline_lib.stages import run_stages
 
-    params, paths = _project(tmp_path, _toy(), finetune={"enabled": True, "text": {"pairs_per_example": 2}})
+    params, paths = _project(tmp_path, _toy(), finetune={"enabled": True, "text": {"epochs": 3}})
     run_stages(params, paths, last="train_head")
     return params, paths
 

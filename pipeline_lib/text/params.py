@@ -3,6 +3,8 @@ noise, the contrastive tuning, the local language model generator. pipeline_lib.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from ..params_base import Section
@@ -56,13 +58,20 @@ class TextNoisePolicy(Section):
 
 
 class TextFinetuneParams(Section):
+    pairs: Literal["in_batch", "sampled"] = "in_batch"
+    """in_batch: every pair of texts within a step's batch (each text encoded once per step; classes
+    dealt evenly into the batches) | sampled: pairs_per_example partners per text, two texts
+    encoded per pair (SetFit's way)"""
     pairs_per_example: int = Field(20, ge=1)
-    """contrastive pairs per labelled text: this many partners of its class and as many of other classes"""
-    epochs: int = Field(1, ge=1)
-    """passes over the pairs"""
-    lr: float = Field(2e-5, ge=0.0)
-    """encoder learning rate (AdamW, 10 % linear warm-up, linear decay; SetFit's default; 0 = a null control)"""
-    batch_size: int = Field(16, ge=1)
-    """pairs per step"""
+    """sampled only: contrastive pairs per labelled text, this many partners of its class and as
+    many of other classes"""
+    epochs: int = Field(5, ge=1)
+    """passes over the labelled texts (in_batch) or over the sampled pairs (sampled; SetFit: 1)"""
+    lr: float = Field(1e-4, ge=0.0)
+    """encoder learning rate (AdamW, 10 % linear warm-up, linear decay; SetFit's sampled pairs: 2e-5;
+    0 = a null control)"""
+    batch_size: int = Field(16, ge=2)
+    """texts per step (in_batch: every pair among them) or pairs per step (sampled; SetFit: 16)"""
     augment: bool = False
-    """apply augment.text noise to the second text of each pair (online augmentation)"""
+    """apply augment.text noise online: to every text of a batch (in_batch; the policy's own
+    probabilities leave many unchanged) or to the second text of each pair (sampled)"""
