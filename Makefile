@@ -72,9 +72,10 @@ LS_VENV := .venv-label-studio
 LS_VERSION := 1.23.2
 LS_PORT ?= 8080
 
-$(LS_VENV)/.stamp:
+# sentry-sdk 3 (2026-12) drops an option Label Studio 1.23.2 passes at start-up: the server would not start
+$(LS_VENV)/.stamp: Makefile
 	$(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/pip install -q label-studio==$(LS_VERSION)
+	$(LS_VENV)/bin/pip install -q label-studio==$(LS_VERSION) "sentry-sdk<3"
 	@touch $@
 
 label-studio-install: $(LS_VENV)/.stamp
