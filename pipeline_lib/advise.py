@@ -126,12 +126,12 @@ def typical(X_labelled: np.ndarray, X_pool: np.ndarray, n: int, seed: int, neigh
     chosen = []
     for c in order:
         members = np.flatnonzero(pool_labels == c)
-        chosen.append(members[int(np.argmax(typicality(X_pool[members], neighbours)))])
+        chosen.append(members[int(np.argmax(typicality(X_pool[members], neighbours, seed=seed)))])
         if len(chosen) == n:
             break
     if len(chosen) < n:  # fewer uncovered clusters than n: fill with the pool's most typical items
         rest = np.setdiff1d(np.arange(len(X_pool)), chosen)
-        chosen += list(rest[np.argsort(typicality(X_pool, neighbours)[rest], kind="stable")[::-1][:n - len(chosen)]])
+        chosen += list(rest[np.argsort(typicality(X_pool, neighbours, seed=seed)[rest], kind="stable")[::-1][:n - len(chosen)]])
     return np.array(chosen, dtype=int)
 
 
