@@ -106,6 +106,26 @@ def grad_scaler(device, precision: str = "auto"):
     return None
 
 
+def optimizer_step(loss, optimizer, scaler, parameters, clip: float = 0.0) -> None:
+    """One optimisation step: gradients of ``loss`` (scaled when ``scaler``, fp16 on CUDA, is
+    given), clipped to norm ``clip`` over ``parameters`` (0 = no clipping), then the step."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    if clip:
+        torch.nn.utils.clip_grad_norm_(parameters, clip)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+
+
 def configure_threads(num_threads: int) -> None:
     """torch's intra-op CPU threads: ``num_threads``, or for 0 the environment's OMP_NUM_THREADS
     when set (a scheduler, or parallel test workers sharing the cores), else one per CPU this

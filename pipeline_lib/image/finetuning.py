@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ..atomic import Checkpoint
 from ..config import Params
-from ..runtime import autocast, grad_scaler
+from ..runtime import autocast, grad_scaler, optimizer_step
 from ..stats import nll
 from .augmentation import make_policy
 from .backbones import backbone_param_groups, unfreeze
@@ -208,19 +208,7 @@ class Trainer:
                 for hw in self.sizes}
 
     def _step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            loss.backward()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        if self.p.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.p.grad_clip)
-        if self.scaler is None:
-            self.optimizer.step()
-        else:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        optimizer_step(loss, self.optimizer, self.scaler, self.trainable, self.p.grad_clip)
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)

@@ -96,7 +96,11 @@ def pairs_seen(y: np.ndarray, settings, seed: int) -> int:
     """How many pairs one tuning on labels ``y`` scores (the report's figure)."""
     if settings.pairs == "sampled":
         return int(len(contrastive_pairs(y, settings.pairs_per_example, seed)[0])) * settings.epochs
-    return int(sum(len(b) * (len(b) - 1) // 2 for b in in_batch_plan(y, settings.batch_size, settings.epochs, seed)))
+    return _pairs_in(in_batch_plan(y, settings.batch_size, settings.epochs, seed))
+
+
+def _pairs_in(plan: list[np.ndarray]) -> int:
+    return int(sum(len(b) * (len(b) - 1) // 2 for b in plan))
 
 
 def tune(folder: Path, max_length: int | None, texts: Sequence[str], y: np.ndarray, settings, seed: int,
@@ -117,10 +121,10 @@ def _tune_in_batch(model, texts: list[str], y: np.ndarray, settings, seed: int, 
                    precision: str) -> None:
     from tqdm import tqdm
 
-    from ..runtime import autocast, grad_scaler
+    from ..runtime import autocast, grad_scaler, optimizer_step
 
     plan = in_batch_plan(y, settings.batch_size, settings.epochs, seed)
-    print(f"{desc}: {len(texts)} texts, {pairs_seen(y, settings, seed)} pairs in batches, {len(plan)} steps", flush=True)
+    print(f"{desc}: {len(texts)} texts, {_pairs_in(plan)} pairs in batches, {len(plan)} steps", flush=True)
     if not plan:
         return
     torch.manual_seed(seed)  # dropout
@@ -137,18 +141,7 @@ def _tune_in_batch(model, texts: list[str], y: np.ndarray, settings, seed: int, 
         features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in tokens.items()}
         with autocast(device, precision):
             loss = in_batch_loss(model(features)["sentence_embedding"], labels[torch.as_tensor(batch, device=device)])
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as the Hugging Face trainer does
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler, model.parameters(), clip=1.0)  # clipped as the Hugging Face trainer does
         scheduler.step()
 
 
