@@ -1,5 +1,7 @@
 """The default runs, timed as a user runs them: `python -m tasks.prefect_server dvc repro` (what
-`make run` does) in a fresh copy of the project with a cold feature cache, over several seeds:
+`make run` does; ``--command pipeline``: `python -m flows.pipeline`, the same DAG in one process,
+what `make pipeline` and scheduled runs do) in a fresh copy of the project with a cold feature
+cache, over several seeds:
 
 - ``--data images``: params.yaml as shipped (the embedded Fashion-MNIST sample), only the seed set;
 - ``--data text``: the embedded drug reviews (8 conditions), ``--shots`` labelled reviews per class.
@@ -38,7 +40,10 @@ for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
 SAMPLE = "pipeline_lib/sample_data/drug_reviews_condition.csv"
 
 
-def one(data: str, shots: int, seed: int, overrides: list[str]) -> dict:
+COMMANDS = {"repro": [PY, "-m", "tasks.prefect_server", "dvc", "repro"], "pipeline": [PY, "-m", "flows.pipeline"]}
+
+
+def one(data: str, shots: int, seed: int, overrides: list[str], command: str = "repro") -> dict:
     root = copy_project()
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["seed"] = seed
@@ -46,8 +51,7 @@ def one(data: str, shots: int, seed: int, overrides: list[str]) -> dict:
         params["data"].update(source="manifest", path=SAMPLE, shots_per_class=shots)
     (root / "params.yaml").write_text(yaml.safe_dump(apply_overrides(params, overrides), sort_keys=False))
     started = time.perf_counter()
-    proc = subprocess.run([PY, "-m", "tasks.prefect_server", "dvc", "repro"], cwd=root, env=ENV,
-                          capture_output=True, text=True)
+    proc = subprocess.run(COMMANDS[command], cwd=root, env=ENV, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"dvc repro failed in {root}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -55,7 +59,8 @@ def one(data: str, shots: int, seed: int, overrides: list[str]) -> dict:
                if (root / "reports" / f"{s}.json").exists()}
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     ft = reports.get("finetune", {})
-    return {"data": data, "shots": params["data"]["shots_per_class"], "seed": seed, "overrides": overrides, "wall_s": round(wall, 1),
+    return {"data": data, "shots": params["data"]["shots_per_class"], "seed": seed, "overrides": overrides,
+            "wall_s": round(wall, 1),
             "stage_s": {s: r.get("wall_seconds") for s, r in reports.items()},
             "kept": ft.get("kept"), "gain": ft.get("gain"), "gain_se": ft.get("gain_se"),
             "decide_s": ft.get("decide_seconds"), "refit_s": ft.get("refit_seconds"), "pairs": ft.get("pairs"),
@@ -71,11 +76,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--command", choices=sorted(COMMANDS), default="repro",
+                        help="repro: make run (dvc repro, one Prefect server); pipeline: make pipeline (one process)")
     parser.add_argument("--out", default=None, help="append each run's JSON line here too")
     args = parser.parse_args()
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        row = one(args.data, args.shots, seed, args.set)
+        row = one(args.data, args.shots, seed, args.set, args.command)
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as f:
@@ -89,7 +96,7 @@ def main() -> None:
 
     what = f"drug reviews (condition), k = {args.shots}" if args.data == "text" else "images (params.yaml as shipped)"
     print(f"\n{what}, {len(rows)} seeds; overrides: {' '.join(args.set) or 'none'}")
-    print(f"  wall (dvc repro, one Prefect server): {ms([r['wall_s'] for r in rows])} s")
+    print(f"  wall ({' '.join(COMMANDS[args.command][2:])}): {ms([r['wall_s'] for r in rows])} s")
     for stage in STAGES:
         print(f"    {stage:<11} {ms([r['stage_s'].get(stage) for r in rows])} s")
     print(f"  fine-tuning decision {ms([r['decide_s'] for r in rows])} s, refit {ms([r['refit_s'] for r in rows])} s, "

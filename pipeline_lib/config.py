@@ -143,6 +143,20 @@ class RuntimeParams(_Section):
     """LocalCluster worker processes"""
     shard_size: int = Field(256, ge=1)
     """items per Dask task"""
+    loader_workers: int | Literal["auto"] = Field("auto")
+    """worker processes that decode and augment images for fine-tuning, featurize and scoring (a torch DataLoader,
+    pinned memory on CUDA): `auto` = none on the CPU (the forward and backward passes already use every core:
+    docs/benchmarks.md "Input pipeline"), one per usable core up to 8 on CUDA; any number gives the same results"""
+    hold_images_mb: int = Field(2048, ge=0)
+    """fine-tuning and scoring keep decoded images in memory up to this size (MB, read from the files' headers); a
+    larger set is read from disk on every pass instead (by the loader's workers when there are any)"""
+
+    @field_validator("loader_workers")
+    @classmethod
+    def _workers(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError("loader_workers: auto, 0 (decode in the training process) or a number of processes")
+        return v
 
 
 class TrainHeadParams(_Section):

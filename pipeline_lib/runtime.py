@@ -6,7 +6,7 @@ helpers: telemetry and update checks off, the OpenMP wait policy), and in every 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 if TYPE_CHECKING:
     import torch
@@ -139,6 +139,65 @@ def thread_budget(num_threads: int = 0) -> int:
     """How many CPU threads this process may use: ``num_threads`` (runtime.num_threads) when set,
     else the environment's OMP_NUM_THREADS, else the CPUs of its affinity mask and cgroup quota."""
     return num_threads or _env_threads() or available_cpus()
+
+
+def loader_workers(workers: int | str, device) -> int:
+    """How many DataLoader worker processes decode and augment images (runtime.loader_workers): a
+    number, or ``auto``: none on the CPU, where the model's passes already use every core and a
+    worker only competes with them (benchmarks/input_pipeline.py), one per usable core up to 8 on
+    CUDA, where the GPU waits for decoding otherwise."""
+    import torch
+
+    if workers != "auto":
+        return int(workers)
+    return min(8, thread_budget()) if torch.device(device).type == "cuda" else 0
+
+
+def load_batches(load, keys: list, workers: int = 0, pin: bool = False, threaded: bool = False) -> Iterator:
+    """``load(key)`` for every key, in order: in this process (``threaded``: the next one loaded in
+    a thread while the caller uses this one), or in ``workers`` DataLoader processes (``pin``: into
+    page-locked memory, for copies to CUDA). ``load`` must be a function of its key alone, so the
+    results are the same whichever way they are made; no random number is drawn here."""
+    if workers <= 0 or len(keys) <= 1:
+        yield from (prefetch(keys, load) if threaded else map(load, keys))
+        return
+    import torch
+    from torch.utils.data import DataLoader
+
+    # a generator of its own: without one each pass through a DataLoader draws its workers' base
+    # seed from torch's global generator, and dropout and shuffling downstream would change
+    loader = DataLoader(_Keyed(load, keys), batch_size=None, num_workers=min(workers, len(keys)), pin_memory=pin,
+                        generator=torch.Generator().manual_seed(0))
+    yield from loader
+
+
+class _Keyed:
+    """A map-style dataset whose j-th item is ``load(keys[j])``."""
+
+    def __init__(self, load, keys: list):
+        self.load, self.keys = load, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, j: int):
+        return self.load(self.keys[j])
+
+
+def prefetch(keys: Iterable, load, depth: int = 2) -> Iterator:
+    """``load(key)`` for every key, in order, the next ones loaded in a background thread while the
+    caller uses the current one."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: deque = deque()
+        for key in keys:
+            pending.append(pool.submit(load, key))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def chunks(items: list, size: int) -> list[list]:

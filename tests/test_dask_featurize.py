@@ -11,8 +11,7 @@ import pandas as pd
 from pipeline_lib import modalities
 from pipeline_lib.config import load_params, parse_params
 from pipeline_lib.paths import Paths
-from pipeline_lib.stages import featurize, run_stages
-from pipeline_lib.stages import ingest
+from pipeline_lib.stages import featurize, ingest, run_stages
 from tests.helpers import copy_project, run_cmd, set_params, solid, write_folder_dataset
 
 

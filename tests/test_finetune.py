@@ -253,3 +253,62 @@ def test_evaluate_tta_from_cached_mirror_features_equals_the_network_path(prepar
     if "finetune" in probas:
         np.testing.assert_allclose(probas["finetune_tta"]["test"], network_proba(tuned, images, tta=True), atol=1e-5)
     assert not np.allclose(probas["head_tta"]["test"], probas["head"]["test"])  # the mirror images do count
+
+
+def _train_images(prepared, hold_mb=float("inf")):
+    from pipeline_lib.image.networks import Images
+
+    params, paths = _params(prepared), Paths.for_root(prepared)
+    manifest = pd.read_parquet(paths.manifest)
+    images = Images(manifest[manifest["split"] == "train"], paths, load_backbone("mobilenet_v2", resolution=32,
+                                                                                 blocks=15).preprocess, hold_mb=hold_mb)
+    images.augment = (params.augment.policy, [params.seed, 0])
+    return images
+
+
+def test_batches_are_the_same_from_worker_processes_and_from_disk(prepared):
+    """An item is a function of (index, epoch) alone: two DataLoader workers, or images read from
+    disk at each access instead of held in memory, give the same augmented batches; no draw is
+    taken from torch's global generator (dropout and shuffling downstream stay as they were)."""
+    held, streamed = _train_images(prepared), _train_images(prepared, hold_mb=0)
+    assert held.pixels is not None and streamed.pixels is None
+    index_batches = [[3, 0, 7], [1, 5], [2, 4, 6]]
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    in_process = list(held.batches(index_batches, epoch=2))
+    from_workers = list(streamed.batches(index_batches, epoch=2, workers=2))
+    assert torch.equal(torch.get_rng_state(), state)
+    for (x0, y0, w0), (x1, y1, w1) in zip(in_process, from_workers, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1) and torch.equal(w0, w1)
+    assert x0.shape == (3, 3, 32, 32)
+    next_epoch = held.batch([2, 4, 6], epoch=3)
+    assert not torch.equal(next_epoch, x0)  # another epoch, another draw
+    assert torch.equal(held.batch([2, 4, 6], epoch=3), next_epoch)
+    assert torch.equal(held.batch([4], epoch=3)[0], next_epoch[1])  # whatever batch the item is in
+    plain = held.batch([2, 4, 6])
+    assert torch.equal(plain, streamed.batch([2, 4, 6]))  # no epoch: never augmented
+    assert not torch.equal(plain, x0)
+
+
+def test_finetuning_with_loader_workers_and_streamed_images_ends_with_the_same_model(prepared):
+    """runtime.loader_workers and runtime.hold_images_mb change where the images are decoded and
+    augmented, not what the model learns (mixup on: its draws are the training process's)."""
+    paths = Paths.for_root(prepared)
+    finetune.run(_params(prepared, epochs=2, mixup=0.4), paths)
+    reference = torch.load(paths.finetuned_model, weights_only=True)
+    params = _params(prepared, epochs=2, mixup=0.4).model_copy(
+        update={"runtime": _params(prepared).runtime.model_copy(update={"loader_workers": 2, "hold_images_mb": 0})})
+    report = finetune.run(params, paths)
+    assert report["epochs_run"] == 2
+    tuned = torch.load(paths.finetuned_model, weights_only=True)
+    for key in reference:
+        assert torch.equal(tuned[key], reference[key]), key
+
+
+def test_loader_workers_policy():
+    from pipeline_lib.errors import PipelineError
+    from pipeline_lib.runtime import loader_workers
+
+    assert loader_workers("auto", "cpu") == 0 and loader_workers(3, "cpu") == 3
+    with pytest.raises(PipelineError, match="loader_workers"):
+        parse_params({"runtime": {"loader_workers": -1}})

@@ -162,6 +162,8 @@ NOT_RESULTS = {
     "featurize.cache_dir": "where the content-addressed cache lives, not what is in it",
     "runtime.executor": "local or Dask: the same vectors", "runtime.dask_address": "where Dask runs",
     "runtime.dask_workers": "how many Dask workers", "runtime.shard_size": "Dask task size",
+    "runtime.loader_workers": "which processes decode the same images (tests/test_finetune.py)",
+    "runtime.hold_images_mb": "images held in memory or read again from disk: the same pixels",
     "synthetic.preview_per_class": "a report picture", "augment.preview_images": "a report picture",
     "synthetic.ddpm.checkpoint_every": "how often a resumable checkpoint is written",
     "evaluate.top_confusions": "the length of a list in the report",

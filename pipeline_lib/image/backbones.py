@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +31,7 @@ from tqdm import tqdm
 
 from .. import atomic
 from ..errors import PipelineError
-from ..runtime import autocast, precision_tag, resolve_precision
+from ..runtime import autocast, load_batches, precision_tag, resolve_precision
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -225,18 +223,6 @@ def load_batch(paths: Sequence[str | Path], preprocess) -> torch.Tensor:
     return torch.stack([preprocess.resize(im.float().div_(255.0)) for im in images])
 
 
-def prefetch(batches: Iterable, load, depth: int = 2) -> Iterator:
-    """Decode the next batches in a background thread while the current one runs."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending: deque = deque()
-        for batch in batches:
-            pending.append(pool.submit(load, batch))
-            if len(pending) > depth:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 # How each architecture family splits into blocks, input side first — the one place that knows it
 # (as fastai's model_meta does for its archs). backbone.blocks cuts a network after N blocks;
 # finetune.unfreeze_blocks trains the last N. First match wins; the last row is the fallback.
@@ -283,6 +269,7 @@ class Backbone:
     weights: WeightsSpec
     cut: int | None = None  # the first N blocks kept (backbone.blocks), None = the whole network
     precision: str = "fp32"  # of the forward passes (set by to(): runtime.precision resolved on the device)
+    workers: int = 0  # DataLoader processes decoding the images embed reads (featurize sets runtime.loader_workers)
 
     @property
     def weights_sha256(self) -> str:
@@ -322,13 +309,17 @@ class Backbone:
 
     def embed(self, items: Sequence[str | Path], batch_size: int, device: torch.device, desc: str = "featurize",
               flip: bool = False) -> np.ndarray:
-        """Run the frozen network over image files, batched, decoding the next batch while the
-        current one runs, with a progress bar; ``flip``: over their mirror images (flip TTA)."""
+        """Run the frozen network over image files, batched, with a progress bar; the next batches
+        are decoded while the current one runs (in a thread, or in ``self.workers`` DataLoader
+        processes: runtime.loader_workers); ``flip``: over their mirror images (flip TTA)."""
         chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
         out = np.zeros((len(items), self.feature_dim), dtype=np.float32)
         done = 0
+        cuda = torch.device(device).type == "cuda"
+        decoded = load_batches(partial(load_batch, preprocess=self.preprocess), chunks, self.workers, pin=cuda,
+                               threaded=True)
         with tqdm(total=len(items), desc=desc, unit="img", disable=not items) as bar:
-            for images in prefetch(chunks, lambda batch: load_batch(batch, self.preprocess)):
+            for images in decoded:
                 if flip:
                     images = images.flip(-1)
                 feats = self(images.to(device, non_blocking=True)).float().cpu().numpy()

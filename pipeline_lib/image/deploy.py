@@ -17,7 +17,8 @@ from ..dataset import read_manifest
 from ..errors import BadItem, PipelineError
 from ..paths import Paths
 from ..prediction import MAX_SIDE, LoadedModel, columns, table
-from .backbones import Preprocess, prefetch
+from ..runtime import prefetch
+from .backbones import Preprocess
 from .files import IMAGE_EXTENSIONS, load_image
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -72,14 +73,16 @@ def target_files(params: Params, paths: Paths) -> list[str]:
     return files
 
 
-def load_target_images(params: Params, paths: Paths, real_train_pixels: list[np.ndarray]) -> tuple[list, list]:
-    """(pixels, skipped) of the target domain; unreadable files are skipped and listed, not fatal."""
+def load_target_images(params: Params, paths: Paths, real_train_pixels: Callable[[], list[np.ndarray]]
+                       ) -> tuple[list, list]:
+    """(pixels, skipped) of the target domain (without data.unlabeled: ``real_train_pixels()``, the
+    training images without their labels); unreadable files are skipped and listed, not fatal."""
     from ..errors import BadItem
     from .files import load_image
 
     files = target_files(params, paths)
     if not files:
-        return list(real_train_pixels), []
+        return real_train_pixels(), []
     folder = paths.resolve(params.data.unlabeled)
     pixels, skipped = [], []
     for rel in files:

@@ -53,11 +53,17 @@ def run(params: Params, paths: Paths, manifest: pd.DataFrame, n_classes: int, de
     return _cross_validated(params, paths, real_train, synthetic, n_classes, device, checkpoint)
 
 
-def _train_images(paths: Paths, real: pd.DataFrame, extra: list[tuple[pd.DataFrame, float]], preprocess) -> Images:
+def _images(params: Params, paths: Paths, frame: pd.DataFrame, preprocess, weights=None) -> Images:
+    """A split's images, held in memory up to runtime.hold_images_mb."""
+    return Images(frame, paths, preprocess, weights, hold_mb=params.runtime.hold_images_mb)
+
+
+def _train_images(params: Params, paths: Paths, real: pd.DataFrame, extra: list[tuple[pd.DataFrame, float]],
+                  preprocess) -> Images:
     """The real training images (weight 1), then each extra frame at its loss weight."""
     frames = [real] + [frame[real.columns] for frame, _ in extra]
     weights = np.concatenate([np.ones(len(real))] + [np.full(len(frame), w) for frame, w in extra])
-    return Images(pd.concat(frames, ignore_index=True), paths, preprocess, weights)
+    return _images(params, paths, pd.concat(frames, ignore_index=True), preprocess, weights)
 
 
 def _pseudo_labelled(params: Params, paths: Paths, head: Head, real: pd.DataFrame, backbone: str | None,
@@ -83,21 +89,22 @@ def _prepare(params: Params, paths: Paths, real: pd.DataFrame, synthetic: pd.Dat
     model, meta = build_model(params, paths, head)
     pseudo, info = _pseudo_labelled(params, paths, model.head, real, (meta.get("backbone_spec") or {}).get("name"),
                                     len(meta["classes"]))
-    train = _train_images(paths, real, [(synthetic, params.synthetic.loss_weight),
-                                        (pseudo, params.semi_supervised.weight)], model.preprocess)
-    target, skipped = _target(params, paths, model, train.pixels[:len(real)])
+    train = _train_images(params, paths, real, [(synthetic, params.synthetic.loss_weight),
+                                                (pseudo, params.semi_supervised.weight)], model.preprocess)
+    target, skipped = _target(params, paths, model, train, len(real))
     if target is not None:
         info.update(target_images=len(target), target_skipped=skipped)
     return Trainer(params, model, train, device, target), meta, info
 
 
-def _target(params: Params, paths: Paths, model: FinetuneModel, real_pixels: list) -> tuple[Images | None, list]:
+def _target(params: Params, paths: Paths, model: FinetuneModel, train: Images, n_real: int
+            ) -> tuple[Images | None, list]:
     if params.finetune.adapt != "dann":
         return None, []
     if not unfreeze(model.backbone, params.finetune.unfreeze_blocks):
         raise PipelineError("finetune.adapt: dann aligns the backbone's features, so it needs trainable blocks: "
                             "set finetune.unfreeze_blocks > 0 (or all)")
-    pixels, skipped = load_target_images(params, paths, real_pixels)
+    pixels, skipped = load_target_images(params, paths, lambda: [train.image(i) for i in range(n_real)])
     return Images.unlabeled(pixels, model.preprocess), skipped
 
 
@@ -123,18 +130,18 @@ def _common_report(params: Params, trainer: Trainer, synthetic: pd.DataFrame, de
 def _holdout(params, paths, real_train, synthetic, val_frame, device, checkpoint: Checkpoint) -> tuple[dict, list]:
     p = params.finetune
     trainer, meta, info = _prepare(params, paths, real_train, synthetic, device)
-    model, val = trainer.model, Images(val_frame, paths, trainer.model.preprocess)
+    model, val = trainer.model, _images(params, paths, val_frame, trainer.model.preprocess)
     saved = checkpoint.load()
     progress = restore(saved, "holdout", [trainer])
     resumed_from = progress.epoch
     if resumed_from == 0:  # epoch 0 is the linear probe itself: fine-tuning must beat it on val
-        loss0, acc0 = evaluate(model, val, p.batch_size, device, params.runtime.precision)
+        loss0, acc0 = evaluate(model, val, p.batch_size, device, params.runtime.precision, trainer.workers)
         progress.best, progress.best_weights = (acc0, loss0), [snapshot(model.state_dict())]
         progress.extra = {"start": snapshot(model.state_dict()), "before": (acc0, loss0)}
 
     def validate(epoch, rows):
         with trainer.scored() as scored:
-            loss, acc = evaluate(scored, val, p.batch_size, device, params.runtime.precision)
+            loss, acc = evaluate(scored, val, p.batch_size, device, params.runtime.precision, trainer.workers)
         return acc, loss, {**rows[0], "val_loss": loss, "val_accuracy": acc}
 
     started = time.perf_counter()
@@ -145,7 +152,7 @@ def _holdout(params, paths, real_train, synthetic, val_frame, device, checkpoint
     if progress.best_epoch > 0:
         def score(a):
             model.load_state_dict(interpolate(start, best, a))
-            loss, acc = evaluate(model, val, p.batch_size, device, params.runtime.precision)
+            loss, acc = evaluate(model, val, p.batch_size, device, params.runtime.precision, trainer.workers)
             return _monitored(p.monitor, acc, loss), loss, acc
 
         alpha, results = pick_alpha(p.wise_alphas, score)
@@ -195,10 +202,11 @@ class _Pooled:
             if weights is not None:
                 trainer.model.load_state_dict(weights[k])
                 out[fold.held] = predict_proba(trainer.model, images, self.batch_size, self.device,
-                                                precision=trainer.precision)
+                                                precision=trainer.precision, workers=trainer.workers)
                 continue
             with trainer.scored() as scored:
-                out[fold.held] = predict_proba(scored, images, self.batch_size, self.device, precision=trainer.precision)
+                out[fold.held] = predict_proba(scored, images, self.batch_size, self.device, precision=trainer.precision,
+                                                workers=trainer.workers)
         return out
 
 
@@ -250,7 +258,7 @@ def _decide(params, paths, real_train, synthetic, y_all, n_classes, device, chec
     prepared = [_prepare(params, paths, real_train.iloc[fold.train], in_folds, device, head)
                 for fold, head in zip(folds, _fold_heads(params, paths, folds, n_classes))]
     trainers, info = [t for t, _, _ in prepared], prepared[-1][2]
-    pooled = _Pooled(trainers, folds, [Images(real_train.iloc[f.held], paths, preprocess) for f in folds], y_all,
+    pooled = _Pooled(trainers, folds, [_images(params, paths, real_train.iloc[f.held], preprocess) for f in folds], y_all,
                      n_classes, p.batch_size, device)
     start = [snapshot(t.model.state_dict()) for t in trainers]  # each fold's probe: WiSE-FT's other end
     progress = restore(saved, "cv", trainers)

@@ -27,9 +27,8 @@ from tqdm import tqdm
 
 from ..atomic import Checkpoint
 from ..config import Params
-from ..runtime import autocast, grad_scaler, optimizer_step
+from ..runtime import autocast, chunks, grad_scaler, loader_workers, optimizer_step
 from ..stats import nll
-from .augmentation import make_policy
 from .backbones import backbone_param_groups, unfreeze
 from .domain_adaptation import DomainClassifier, dann_lambda
 from .networks import FinetuneModel, Images, predict_proba
@@ -64,10 +63,10 @@ def better(monitor: str, new: tuple[float, float], best: tuple[float, float]) ->
     return acc > best_acc + 1e-9 or (abs(acc - best_acc) <= 1e-9 and loss < best_loss - 1e-6)
 
 
-def evaluate(model: FinetuneModel, data: Images, batch_size: int, device, precision: str = "auto"
+def evaluate(model: FinetuneModel, data: Images, batch_size: int, device, precision: str = "auto", workers: int = 0
              ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy on a split."""
-    proba = predict_proba(model, data, batch_size, device, precision=precision)
+    proba = predict_proba(model, data, batch_size, device, precision=precision, workers=workers)
     y = data.labels.numpy()
     return nll(proba, y), float((proba.argmax(1) == y).mean()) if len(y) else 0.0
 
@@ -152,9 +151,9 @@ class DomainAdversarial:
         self.target, self.weight, self.device = target, weight, device
         self.correct = self.seen = 0
 
-    def loss(self, model: FinetuneModel, feats: torch.Tensor, progress: float, policies) -> torch.Tensor:
+    def loss(self, model: FinetuneModel, feats: torch.Tensor, progress: float, epoch: int) -> torch.Tensor:
         tidx = torch.randint(0, len(self.target), (len(feats),)).tolist()
-        both = torch.cat([feats, model.features(self.target.batch(tidx, policies).to(self.device))])
+        both = torch.cat([feats, model.features(self.target.batch(tidx, epoch).to(self.device))])
         is_target = torch.cat([torch.zeros(len(feats)), torch.ones(len(tidx))]).to(self.device)
         logits = self.classifier(both, dann_lambda(progress, self.weight))
         self.correct += int(((logits > 0).float() == is_target).sum())
@@ -190,9 +189,13 @@ class Trainer:
             self.optimizer, lr_factor(p.epochs * self.steps_per_epoch, p.warmup_epochs * self.steps_per_epoch))
         self.trainable = [q for g in groups for q in g["params"]]
         self.ema = WeightAverage(model, p.ema) if p.ema > 0 else None
-        self.sizes = {img.shape[:2] for img in train.pixels + (target.pixels if target is not None else [])}
+        if p.online_augment:  # each item's draw seeded by (seed, epoch, item): the same in any process
+            train.augment = (params.augment.policy, [params.seed, 0])
+            if target is not None:
+                target.augment = (params.augment.policy, [params.seed, 1])
         self.precision = params.runtime.precision
         self.scaler = grad_scaler(device, self.precision)  # fp16 on CUDA only
+        self.workers = loader_workers(params.runtime.loader_workers, device)
 
     def scored(self):
         """The weights to score and keep: the averaged ones with finetune.ema, else the model's."""
@@ -200,12 +203,6 @@ class Trainer:
 
     def weights(self) -> dict:
         return snapshot(self.ema.shadow if self.ema is not None else self.model.state_dict())
-
-    def _policies(self, epoch: int) -> dict | None:
-        if not self.p.online_augment:
-            return None
-        return {hw: make_policy(self.params.augment.policy, *hw, seed=self.params.seed * 1000 + epoch)
-                for hw in self.sizes}
 
     def _step(self, loss: torch.Tensor) -> None:
         optimizer_step(loss, self.optimizer, self.scaler, self.trainable, self.p.grad_clip)
@@ -216,29 +213,29 @@ class Trainer:
     def train_epoch(self, epoch: int, desc: str = "finetune") -> dict:
         p, model, train, device = self.p, self.model, self.train, self.device
         torch.manual_seed(self.params.seed * 1000 + epoch)  # dropout, order: a function of (seed, epoch)
-        policies = self._policies(epoch)
         order = torch.randperm(len(train)).tolist()
         model.train()
         if self.dann is not None:
             self.dann.classifier.train()
         total, correct, n = 0.0, 0, 0
+        cuda = torch.device(device).type == "cuda"
+        batches = train.batches(chunks(order, p.batch_size), epoch, self.workers, pin=cuda)
         with tqdm(total=len(train), desc=f"{desc} epoch {epoch}/{p.epochs}", unit="img", leave=False) as bar:
-            for step, i in enumerate(range(0, len(order), p.batch_size)):
-                idx = order[i:i + p.batch_size]
-                x, y, w = train.batch(idx, policies).to(device), train.labels[idx].to(device), train.weights[idx].to(device)
-                x, loss_fn = self.mixup.mix(x, epoch, i) if self.mixup is not None else (x, weighted_ce)
+            for step, (x, y, w) in enumerate(batches):
+                x, y, w = (t.to(device, non_blocking=cuda) for t in (x, y, w))
+                x, loss_fn = self.mixup.mix(x, epoch, step * p.batch_size) if self.mixup is not None else (x, weighted_ce)
                 with autocast(device, self.precision):
                     feats = model.features(x)
                     logits = model.head(feats)
                     loss = loss_fn(logits.float(), y, w, p.label_smoothing)
                     if self.dann is not None:
                         progress = ((epoch - 1) * self.steps_per_epoch + step) / max(1, p.epochs * self.steps_per_epoch)
-                        loss = loss + self.dann.loss(model, feats, progress, policies)
+                        loss = loss + self.dann.loss(model, feats, progress, epoch)
                 self._step(loss)
-                total += loss.item() * len(idx)
+                total += loss.item() * len(y)
                 correct += int((logits.argmax(1) == y).sum())
-                n += len(idx)
-                bar.update(len(idx))
+                n += len(y)
+                bar.update(len(y))
         return {"epoch": epoch, "train_loss": total / n, "train_accuracy": correct / n,
                 "lr_head": self.optimizer.param_groups[0]["lr"],
                 **(self.dann.epoch_accuracy() if self.dann is not None else {})}

@@ -101,7 +101,7 @@ class ImageModality(Modality):
 
     def finetuned_probabilities(self, params, paths, rows, name) -> dict:
         """The fine-tuned network on each split's images, and with flip TTA on their mirror images."""
-        from ..runtime import pick_device
+        from ..runtime import loader_workers, pick_device
         from .networks import Images, load_finetuned
         from .networks import predict_proba as network_proba
 
@@ -109,10 +109,11 @@ class ImageModality(Modality):
         tuned = load_finetuned(params, paths, device)
         if tuned is None:
             return {}
-        images = {split: Images(frame, paths, tuned.preprocess) for split, frame in rows.items()}
+        hold, workers = params.runtime.hold_images_mb, loader_workers(params.runtime.loader_workers, device)
+        images = {split: Images(frame, paths, tuned.preprocess, hold_mb=hold) for split, frame in rows.items()}
 
         def proba(data, mirrored=False):
-            return network_proba(tuned, data, device=device, mirrored=mirrored, precision=precision)
+            return network_proba(tuned, data, device=device, mirrored=mirrored, precision=precision, workers=workers)
 
         out = {"finetune": {split: proba(data) for split, data in images.items()}}
         if params.evaluate.tta == "hflip":

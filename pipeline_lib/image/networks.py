@@ -4,15 +4,21 @@ the labelled images it runs on, and loading the fine-tuned network finetune save
 from __future__ import annotations
 
 import json
+import math
+from functools import partial
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from ..config import Params
 from ..heads import Head, load_head
 from ..paths import Paths
-from ..runtime import autocast
+from ..runtime import autocast, chunks, load_batches
+from .augmentation import make_policy, seed_draws
 from .backbones import Preprocess, chosen_backbone
 from .files import read_rgb
 
@@ -51,46 +57,88 @@ def class_proba(model: FinetuneModel, images: torch.Tensor, tta: bool = False) -
     return proba
 
 
-class Images:
-    """The split's images in memory (uint8 HWC) with labels; batches resized to the model input."""
+def decoded_mb(files: list[Path]) -> float:
+    """The size of the images once decoded to 8-bit RGB, from the files' headers (nothing decoded)."""
+    total = 0
+    for f in files:
+        with Image.open(f) as img:
+            total += img.width * img.height * 3
+    return total / 2**20
 
-    def __init__(self, frame, paths: Paths, preprocess: Preprocess, weights=None):
-        self.pixels = [read_rgb(paths.resolve(p)) for p in frame["path"]]
+
+class Images:
+    """A split's images with labels and loss weights, for fine-tuning and scoring; items resized
+    to the model input.
+
+    The decoded pixels are held in memory when they fit in ``hold_mb`` (runtime.hold_images_mb),
+    else read from disk at every access. An item is a function of its index and the epoch alone
+    (its augmentation is seeded by (``augment``'s seed, epoch, index)), so a batch is the same
+    whichever process makes it: this one, or any of runtime.loader_workers' DataLoader workers.
+    """
+
+    def __init__(self, frame, paths: Paths, preprocess: Preprocess, weights=None, hold_mb: float = math.inf):
+        self.files = [paths.resolve(p) for p in frame["path"]]
+        self.pixels = [read_rgb(f) for f in self.files] if decoded_mb(self.files) <= hold_mb else None
         self.labels = torch.tensor(frame["label_idx"].to_numpy().astype(np.int64), dtype=torch.long)
-        self.weights = torch.ones(len(self.pixels)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-        self.preprocess = preprocess
+        self.weights = torch.ones(len(self.files)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        self.resizer = Preprocess(preprocess.resolution)  # a CPU copy: worker processes resize too
+        self.augment: tuple | None = None  # (augment.policy, [ints]) once fine-tuning augments online
+        self._policies: dict = {}
 
     @classmethod
     def unlabeled(cls, pixels: list[np.ndarray], preprocess: Preprocess) -> "Images":
         out = cls.__new__(cls)
-        out.pixels, out.preprocess = list(pixels), preprocess
+        out.files, out.pixels = [], list(pixels)
         out.labels = torch.full((len(out.pixels),), -1, dtype=torch.long)
         out.weights = torch.ones(len(out.pixels))
+        out.resizer, out.augment, out._policies = Preprocess(preprocess.resolution), None, {}
         return out
 
     def __len__(self) -> int:
-        return len(self.pixels)
+        return len(self.labels)
 
-    def batch(self, idx, policies: dict | None = None) -> torch.Tensor:
-        out = []
-        for i in idx:
-            img = self.pixels[i]
-            if policies is not None:
-                img = policies[img.shape[:2]](image=img)["image"]
-            tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
-            out.append(self.preprocess.resize(tensor))
-        return torch.stack(out)
+    def image(self, i: int) -> np.ndarray:
+        """Item ``i``'s decoded pixels (uint8 HWC)."""
+        return self.pixels[i] if self.pixels is not None else read_rgb(self.files[i])
+
+    def item(self, i: int, epoch: int | None = None) -> torch.Tensor:
+        """Item ``i`` as the model's input; augmented with the draw of ``epoch`` when given (and
+        ``augment`` is set)."""
+        img = self.image(i)
+        if epoch is not None and self.augment is not None:
+            policy, seed = self.augment
+            if img.shape[:2] not in self._policies:
+                self._policies[img.shape[:2]] = make_policy(policy, *img.shape[:2])
+            compose = self._policies[img.shape[:2]]
+            seed_draws(compose, [*seed, epoch, i])
+            img = compose(image=img)["image"]
+        return self.resizer.resize(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0))
+
+    def batch(self, idx, epoch: int | None = None) -> torch.Tensor:
+        return torch.stack([self.item(i, epoch) for i in idx])
+
+    def labelled_batch(self, idx: list[int], epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs, labels, loss weights) of the items ``idx``."""
+        return self.batch(idx, epoch), self.labels[idx], self.weights[idx]
+
+    def batches(self, index_batches: list[list[int]], epoch: int | None = None, workers: int = 0, pin: bool = False
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """labelled_batch of each list of indices, in order, made by ``workers`` DataLoader processes
+        (0: in this process); ``pin``: in page-locked memory, for copies to CUDA."""
+        return load_batches(partial(self.labelled_batch, epoch=epoch), index_batches, workers, pin)
 
 
 def predict_proba(model: FinetuneModel, data: Images, batch_size: int = 64, device="cpu",
-                  tta: bool = False, mirrored: bool = False, precision: str = "auto") -> np.ndarray:
+                  tta: bool = False, mirrored: bool = False, precision: str = "auto", workers: int = 0) -> np.ndarray:
     """Class probabilities (fp32, under runtime.precision's autocast); ``tta`` averages them with
-    those of the horizontally flipped image; ``mirrored``: those of the flipped image alone."""
+    those of the horizontally flipped image; ``mirrored``: those of the flipped image alone;
+    ``workers``: DataLoader processes decoding the images (runtime.loader_workers)."""
     model.eval()
     out = []
+    cuda = torch.device(device).type == "cuda"
     with torch.no_grad(), autocast(device, precision):
-        for i in range(0, len(data), batch_size):
-            x = data.batch(list(range(i, min(i + batch_size, len(data))))).to(device)
+        for x, _, _ in data.batches(chunks(list(range(len(data))), batch_size), workers=workers, pin=cuda):
+            x = x.to(device, non_blocking=cuda)
             proba = class_proba(model, x.flip(-1) if mirrored else x, tta)
             out.append(proba.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.head.config["n_classes"]), np.float32)

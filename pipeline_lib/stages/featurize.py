@@ -24,7 +24,7 @@ from ..feature_cache import FeatureCache
 from ..features import FLIP, array_suffix, cached_embeddings
 from ..modality import Modality
 from ..paths import Paths
-from ..runtime import chunks, pick_device, use
+from ..runtime import chunks, loader_workers, pick_device, use
 
 
 def all_items(paths: Paths, params: Params | None = None) -> pd.DataFrame:
@@ -77,7 +77,10 @@ def _worker_backbone(params_json: str, root: str, name: str) -> Encoder:
 
     params = parse_params(json.loads(params_json))
     modality = modalities.of_dataset(Paths(Path(root)))
-    return modality.load_encoder(params, Path(root), name).to(pick_device(params.runtime.device))
+    # the stage's own precision, or the cache keys would differ; no DataLoader processes in a Dask
+    # worker (the cluster is the parallelism, and its worker processes may not start children)
+    return modality.load_encoder(params, Path(root), name).to(pick_device(params.runtime.device),
+                                                              params.runtime.precision)
 
 
 def embed_shard(params: Params, paths: Paths, shard: list[tuple[str, str, bool, str]]) -> int:
@@ -120,6 +123,8 @@ def run(params: Params, paths: Paths, computed_by_workers: int = 0) -> dict:
     per_backbone = {}
     for name in names:
         backbone = modality.load_encoder(params, paths.root, name).to(device, params.runtime.precision)
+        if hasattr(backbone, "workers"):  # an encoder that decodes files (images) in DataLoader processes
+            backbone.workers = loader_workers(params.runtime.loader_workers, device)
         vectors, per_backbone[name] = _vectors(params, paths, manifest, modality, backbone, device)
         empty = np.zeros((0, backbone.feature_dim), np.float32)
         for split, out in arrays.items():
