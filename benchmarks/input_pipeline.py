@@ -6,10 +6,12 @@ a git revision), measured in the same run. Two data sets: the sample's 28-px Fas
 (20 labelled per class) and the same images as 448-px JPEG photos (what decoding costs when the
 files are a user's photos). Then featurize's forward pass over the JPEGs with 0 and 2 workers.
 
-    .venv/bin/python benchmarks/input_pipeline.py [--epochs 2] [--repeats 2] [--before 7d0b33d]
+    .venv/bin/python benchmarks/input_pipeline.py [--epochs 3] [--repeats 2] [--before 7d0b33d]
 
-Each variant runs in a fresh process (default params otherwise: MobileNetV2 at 112 px, every block
-trained, batches of 32, online augmentation). Run it alone: the numbers are the point.
+Each run is a fresh process (default params otherwise: MobileNetV2 at 112 px, every block trained,
+batches of 32, online augmentation); its first epoch is a warm-up, not counted; the variants take
+turns, repeat by repeat, so a drift of the machine does not favour one. Run it alone: the numbers
+are the point.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def photo_project(sample: Path, side: int = 448) -> tuple[Path, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3, help="per run, the first one not counted")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--before", default="7d0b33d", help="git revision of the reference code")
     args = parser.parse_args()
@@ -137,16 +139,20 @@ def main() -> None:
         photos, files = photo_project(sample)
         run_stages(load_params(photos), Paths.for_root(photos), last="train_head")
     print(f"{os.cpu_count()} cores; fine-tuning epochs (default params, 112 px, batches of 32), median of "
-          f"{args.epochs} epochs x {args.repeats} runs; peak RSS of the training process (and of its workers)")
+          f"{args.epochs - 1} epochs x {args.repeats} runs; peak RSS of the training process and of its largest child")
     for label, project in (("28-px sample PNGs", sample), ("448-px JPEG photos", photos)):
+        runs: dict[str, list] = {name: [] for name in VARIANTS}
+        for repeat in range(args.repeats):
+            for name in (list(VARIANTS) if repeat % 2 == 0 else list(reversed(VARIANTS))):
+                code, runtime = VARIANTS[name]
+                runs[name].append(child(CHILD, code=str(before if code == "before" else ROOT), project=str(project),
+                                        runtime=runtime, epochs=args.epochs))
         print(f"\n{label}")
-        print(f"{'variant':<46} {'images/s':>9} {'epoch s':>8} {'load s':>7} {'RSS MB':>7} {'workers MB':>10}")
-        for name, (code, runtime) in VARIANTS.items():
-            runs = [child(CHILD, code=str(before if code == "before" else ROOT), project=str(project),
-                          runtime=runtime, epochs=args.epochs) for _ in range(args.repeats)]
-            epoch = statistics.median(t for r in runs for t in r["epochs"])
-            print(f"{name:<46} {runs[0]['n'] / epoch:9.1f} {epoch:8.2f} {statistics.median(r['load_s'] for r in runs):7.2f}"
-                  f" {max(r['rss_mb'] for r in runs):7.0f} {max(r['children_rss_mb'] for r in runs):10.0f}", flush=True)
+        print(f"{'variant':<46} {'images/s':>9} {'epoch s':>8} {'load s':>7} {'RSS MB':>7} {'child MB':>10}")
+        for name, done in runs.items():
+            epoch = statistics.median(t for r in done for t in r["epochs"][1:])
+            print(f"{name:<46} {done[0]['n'] / epoch:9.1f} {epoch:8.2f} {statistics.median(r['load_s'] for r in done):7.2f}"
+                  f" {max(r['rss_mb'] for r in done):7.0f} {max(r['children_rss_mb'] for r in done):10.0f}", flush=True)
     print(f"\nfeaturize's forward pass over the {len(files)} JPEG photos (MobileNetV2, 112 px, batches of 64)")
     for workers in (0, 2):
         runs = [child(EMBED, code=str(ROOT), files=files, workers=workers) for _ in range(args.repeats)]

@@ -17,7 +17,7 @@ import importlib
 
 from prefect import flow, get_run_logger
 
-from pipeline_lib import atomic
+from pipeline_lib import atomic, preflight
 from pipeline_lib.config import load_params
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.paths import Paths
@@ -34,7 +34,9 @@ def stage_flow(stage: str):
 def pipeline(root: str | None = None, force: bool = False, stale: list[str] | None = None) -> dict:
     """``stale``: the stages `dvc status` found stale, when the caller has just asked (retrain)."""
     paths = Paths.for_root(root)
-    load_params(paths.root)  # fail fast on a bad params.yaml, before any stage runs
+    # fail fast on a bad params.yaml, and name a missing data path or a named pipe in one line
+    # before `dvc status` hashes the data (a bare [Errno 2], or a wait forever)
+    preflight.check(load_params(paths.root), paths)
     logger = get_run_logger()
     order = stage_order(paths.root)
     unknown = [s for s in order if s not in STAGES]

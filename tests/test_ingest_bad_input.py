@@ -317,9 +317,10 @@ def test_preflight_names_a_missing_data_path_and_a_named_pipe_before_dvc_hashes_
     # the wrapper `make run` uses stops with the line before DVC starts (exit 2, no traceback)
     (tmp_path / "params.yaml").write_text(f"data:\n  source: folder\n  path: {tmp_path / 'raw'}\n")
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    out = subprocess.run([sys.executable, "-m", "tasks.prefect_server", "dvc", "repro"], capture_output=True, text=True,
-                         env={**os.environ, "PIPELINE_ROOT": str(tmp_path)}, cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert out.returncode == 2 and "pipe.png is a named pipe" in out.stderr and "Traceback" not in out.stderr
+    for command in (["tasks.prefect_server", "dvc", "repro"], ["flows.pipeline"]):  # make run; make pipeline
+        out = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True,
+                             env={**os.environ, "PIPELINE_ROOT": str(tmp_path)}, cwd=os.path.dirname(os.path.dirname(__file__)))
+        assert out.returncode == 2 and "pipe.png is a named pipe" in out.stderr and "Traceback" not in out.stderr, command
 
 
 def test_near_duplicates_across_train_and_test_are_found_by_feature_similarity(tmp_path):
