@@ -1,7 +1,7 @@
-"""The default runs, timed as a user runs them: `python -m tasks.prefect_server dvc repro` (what
-`make run` does; ``--command pipeline``: `python -m flows.pipeline`, the same DAG in one process,
-what `make pipeline` and scheduled runs do) in a fresh copy of the project with a cold feature
-cache, over several seeds:
+"""The default runs, timed as a user runs them: `python -m flows.pipeline` (what `make run` and
+scheduled runs do: the DAG in one process; ``--command repro``: `python -m tasks.prefect_server dvc
+repro`, what `make repro` does, a process per stage) in a fresh copy of the project with a cold
+feature cache, over several seeds:
 
 - ``--data images``: params.yaml as shipped (the embedded Fashion-MNIST sample), only the seed set;
 - ``--data text``: the embedded drug reviews (8 conditions), ``--shots`` labelled reviews per class.
@@ -40,10 +40,10 @@ for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
 SAMPLE = "pipeline_lib/sample_data/drug_reviews_condition.csv"
 
 
-COMMANDS = {"repro": [PY, "-m", "tasks.prefect_server", "dvc", "repro"], "pipeline": [PY, "-m", "flows.pipeline"]}
+COMMANDS = {"run": [PY, "-m", "flows.pipeline"], "repro": [PY, "-m", "tasks.prefect_server", "dvc", "repro"]}
 
 
-def one(data: str, shots: int, seed: int, overrides: list[str], command: str = "repro") -> dict:
+def one(data: str, shots: int, seed: int, overrides: list[str], command: str = "run") -> dict:
     root = copy_project()
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["seed"] = seed
@@ -54,7 +54,7 @@ def one(data: str, shots: int, seed: int, overrides: list[str], command: str = "
     proc = subprocess.run(COMMANDS[command], cwd=root, env=ENV, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
-        raise SystemExit(f"dvc repro failed in {root}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(COMMANDS[command][2:])} failed in {root}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     reports = {s: json.loads((root / "reports" / f"{s}.json").read_text()) for s in STAGES
                if (root / "reports" / f"{s}.json").exists()}
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
@@ -76,8 +76,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--command", choices=sorted(COMMANDS), default="repro",
-                        help="repro: make run (dvc repro, one Prefect server); pipeline: make pipeline (one process)")
+    parser.add_argument("--command", choices=sorted(COMMANDS), default="run",
+                        help="run: make run (flows.pipeline, one process); repro: make repro (dvc repro)")
     parser.add_argument("--out", default=None, help="append each run's JSON line here too")
     args = parser.parse_args()
     rows = []

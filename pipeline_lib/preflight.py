@@ -1,8 +1,9 @@
 """What must hold before DVC looks at the data: DVC hashes ``data.path`` (a dependency of ingest)
 before any stage runs, so a path that does not exist fails there with a bare ``[Errno 2]``, and a
 named pipe in the data folder makes it wait forever. ``check`` finds both first and says, in one
-line each, which path and what to do; `make run`, `python -m tasks.prefect_server dvc repro` and
-the retrain flow call it before DVC. (A plain `dvc repro` cannot be intercepted: README.)"""
+line each, which path and what to do; `make run` (flows.pipeline), `python -m tasks.prefect_server
+dvc repro` and the retrain flow call it before DVC. (A plain `dvc repro` cannot be intercepted:
+README.)"""
 
 from __future__ import annotations
 

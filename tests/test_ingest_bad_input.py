@@ -314,10 +314,10 @@ def test_preflight_names_a_missing_data_path_and_a_named_pipe_before_dvc_hashes_
     os.mkfifo(raw / "bag" / "pipe.png")
     with pytest.raises(PipelineError, match=r"bag/pipe.png is a named pipe: DVC would wait on it forever"):
         preflight.check(_params(tmp_path), paths)
-    # the wrapper `make run` uses stops with the line before DVC starts (exit 2, no traceback)
+    # make repro's wrapper and make run's flow stop with the line before DVC starts (exit 2, no traceback)
     (tmp_path / "params.yaml").write_text(f"data:\n  source: folder\n  path: {tmp_path / 'raw'}\n")
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    for command in (["tasks.prefect_server", "dvc", "repro"], ["flows.pipeline"]):  # make run; make pipeline
+    for command in (["tasks.prefect_server", "dvc", "repro"], ["flows.pipeline"]):  # make repro; make run
         out = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True,
                              env={**os.environ, "PIPELINE_ROOT": str(tmp_path)}, cwd=os.path.dirname(os.path.dirname(__file__)))
         assert out.returncode == 2 and "pipe.png is a named pipe" in out.stderr and "Traceback" not in out.stderr, command

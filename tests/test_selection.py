@@ -349,3 +349,31 @@ def test_finetune_and_evaluates_choices_never_read_test_items(cv_project, monkey
         for k, f in enumerate(test_files):
             shutil.copy(backup / f"{k}.png", f)
         paths.features("test").write_bytes(saved)
+
+
+def test_fold_runs_side_by_side_equal_fold_runs_one_after_the_other(cv_project, monkeypatch):
+    """With two CPU threads the two fold runs train side by side, one thread each; each draws
+    from its own generators, so the decision is the one the runs make one after the other."""
+    import threading
+
+    params, paths = cv_project
+    lanes = []
+    original = image_finetune.Trainer.train_epoch
+
+    def train_epoch(self, *args, **kwargs):
+        lanes.append(threading.current_thread() is threading.main_thread())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(image_finetune.Trainer, "train_epoch", train_epoch)
+    reports = {}
+    for threads in (1, 2):
+        lanes.clear()
+        runtime = params.runtime.model_copy(update={"num_threads": threads})
+        reports[threads] = finetune.run(params.model_copy(update={"runtime": runtime}), paths)
+        assert all(lanes) if threads == 1 else not any(lanes)  # in the main thread, or in two others
+    # equal up to the forward passes that score the folds (1 thread, or 2: summation order, ~1e-8)
+    assert len(reports[1]["curve"]) == 3  # the probe + 2 epochs
+    for side_by_side, one_after_the_other in zip(reports[2]["curve"], reports[1]["curve"]):
+        assert side_by_side == pytest.approx(one_after_the_other, abs=1e-5)
+    assert reports[2]["gain"] == pytest.approx(reports[1]["gain"], abs=1e-5)
+    assert reports[2]["kept"] == reports[1]["kept"]

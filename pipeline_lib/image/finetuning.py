@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -31,7 +32,7 @@ from ..runtime import autocast, chunks, grad_scaler, loader_workers, optimizer_s
 from ..stats import nll
 from .backbones import backbone_param_groups, unfreeze
 from .domain_adaptation import DomainClassifier, dann_lambda
-from .networks import FinetuneModel, Images, predict_proba
+from .networks import FinetuneModel, Images, SeededDropout, predict_proba
 
 _log = logging.getLogger(__name__)
 
@@ -131,10 +132,10 @@ class Mixup:
     def __init__(self, a: float, seed: int):
         self.a, self.seed = a, seed
 
-    def mix(self, x: torch.Tensor, epoch: int, step_start: int):
+    def mix(self, x: torch.Tensor, epoch: int, step_start: int, generator: torch.Generator):
         """The mixed batch and a loss function of (logits, y, w, smoothing) for it."""
         lam = float(np.random.default_rng([self.seed, epoch, step_start]).beta(self.a, self.a))
-        perm = torch.randperm(len(x), device=x.device)
+        perm = torch.randperm(len(x), device=x.device, generator=generator)
 
         def loss(logits, y, w, smoothing):
             return lam * weighted_ce(logits, y, w, smoothing) + (1 - lam) * weighted_ce(logits, y[perm], w[perm], smoothing)
@@ -151,8 +152,9 @@ class DomainAdversarial:
         self.target, self.weight, self.device = target, weight, device
         self.correct = self.seen = 0
 
-    def loss(self, model: FinetuneModel, feats: torch.Tensor, progress: float, epoch: int) -> torch.Tensor:
-        tidx = torch.randint(0, len(self.target), (len(feats),)).tolist()
+    def loss(self, model: FinetuneModel, feats: torch.Tensor, progress: float, epoch: int,
+             generator: torch.Generator) -> torch.Tensor:
+        tidx = torch.randint(0, len(self.target), (len(feats),), generator=generator).tolist()
         both = torch.cat([feats, model.features(self.target.batch(tidx, epoch).to(self.device))])
         is_target = torch.cat([torch.zeros(len(feats)), torch.ones(len(tidx))]).to(self.device)
         logits = self.classifier(both, dann_lambda(progress, self.weight))
@@ -210,10 +212,22 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
 
+    def _generators(self, epoch: int) -> tuple[torch.Generator, torch.Generator]:
+        """This epoch's random generators, seeded by (seed, epoch): one on the CPU (the order, DANN's
+        target picks), one on the device (dropout masks, mixup's partners). The run's own, never
+        torch's global one: fold runs may train side by side in threads (train_epochs)."""
+        seed = self.params.seed * 1000 + epoch
+        cpu = torch.Generator().manual_seed(seed)
+        on_device = cpu if torch.device(self.device).type == "cpu" else torch.Generator(self.device).manual_seed(seed)
+        for module in self.model.modules():
+            if isinstance(module, SeededDropout):
+                module.generator = on_device
+        return cpu, on_device
+
     def train_epoch(self, epoch: int, desc: str = "finetune") -> dict:
         p, model, train, device = self.p, self.model, self.train, self.device
-        torch.manual_seed(self.params.seed * 1000 + epoch)  # dropout, order: a function of (seed, epoch)
-        order = torch.randperm(len(train)).tolist()
+        generator, on_device = self._generators(epoch)  # dropout, order: a function of (seed, epoch)
+        order = torch.randperm(len(train), generator=generator).tolist()
         model.train()
         if self.dann is not None:
             self.dann.classifier.train()
@@ -223,14 +237,15 @@ class Trainer:
         with tqdm(total=len(train), desc=f"{desc} epoch {epoch}/{p.epochs}", unit="img", leave=False) as bar:
             for step, (x, y, w) in enumerate(batches):
                 x, y, w = (t.to(device, non_blocking=cuda) for t in (x, y, w))
-                x, loss_fn = self.mixup.mix(x, epoch, step * p.batch_size) if self.mixup is not None else (x, weighted_ce)
+                x, loss_fn = (self.mixup.mix(x, epoch, step * p.batch_size, on_device) if self.mixup is not None
+                              else (x, weighted_ce))
                 with autocast(device, self.precision):
                     feats = model.features(x)
                     logits = model.head(feats)
                     loss = loss_fn(logits.float(), y, w, p.label_smoothing)
                     if self.dann is not None:
                         progress = ((epoch - 1) * self.steps_per_epoch + step) / max(1, p.epochs * self.steps_per_epoch)
-                        loss = loss + self.dann.loss(model, feats, progress, epoch)
+                        loss = loss + self.dann.loss(model, feats, progress, epoch, generator)
                 self._step(loss)
                 total += loss.item() * len(y)
                 correct += int((logits.argmax(1) == y).sum())
@@ -279,6 +294,26 @@ def restore(saved: dict | None, phase: str, trainers: list[Trainer]) -> Progress
     return Progress(**saved["progress"])
 
 
+def side_by_side(trainers: list[Trainer], epoch: int, desc: str) -> list[dict]:
+    """One epoch of every trainer. On the CPU the fold runs train side by side, one thread each
+    with its share of torch's threads: small convolutions use one thread well and two poorly (two
+    folds on 2 cores: 1.4x the images per second of one after the other, docs/benchmarks.md);
+    each run draws from its own generators, so the result does not depend on the timing."""
+    def one(k: int) -> dict:
+        return trainers[k].train_epoch(epoch, desc=desc if len(trainers) == 1 else f"{desc} fold {k + 1}/{len(trainers)}")
+
+    budget = torch.get_num_threads()
+    lanes = min(len(trainers), budget) if all(torch.device(t.device).type == "cpu" for t in trainers) else 1
+    if lanes < 2:
+        return [one(k) for k in range(len(trainers))]
+    torch.set_num_threads(max(1, budget // lanes))
+    try:
+        with ThreadPoolExecutor(lanes) as pool:
+            return list(pool.map(one, range(len(trainers))))
+    finally:
+        torch.set_num_threads(budget)
+
+
 def train_epochs(trainers: list[Trainer], progress: Progress, last_epoch: int, checkpoint: Checkpoint, phase: str,
                  validate: Callable[[int, list[dict]], tuple[float, float, dict]] | None = None,
                  monitor: str = "val_accuracy", patience: int | None = None, desc: str = "finetune",
@@ -288,8 +323,7 @@ def train_epochs(trainers: list[Trainer], progress: Progress, last_epoch: int, c
     ``patience`` epochs without improvement; checkpoint after every epoch (with ``keep``)."""
     while progress.epoch < last_epoch and (patience is None or progress.stale < patience):
         epoch = progress.epoch + 1
-        rows = [t.train_epoch(epoch, desc=desc if len(trainers) == 1 else f"{desc} fold {k + 1}/{len(trainers)}")
-                for k, t in enumerate(trainers)]
+        rows = side_by_side(trainers, epoch, desc)
         if validate is not None:
             metric, loss, row = validate(epoch, rows)
             progress.history.append(row)

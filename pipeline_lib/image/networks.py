@@ -48,6 +48,32 @@ class FinetuneModel(nn.Module):
         return self.head(self.features(images))
 
 
+class SeededDropout(nn.Module):
+    """Dropout whose masks come from ``generator`` (set by the trainer each epoch), not from torch's
+    global generator: fold runs that train side by side in threads would interleave their draws
+    there, and the result would depend on timing."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+        return x * keep / (1.0 - self.p)
+
+
+def _seed_dropouts(module: nn.Module, p: float) -> None:
+    """Replace every nn.Dropout under ``module`` by a SeededDropout of rate ``p``."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Dropout):
+            setattr(module, name, SeededDropout(p))
+        else:
+            _seed_dropouts(child, p)
+
+
 def class_proba(model: FinetuneModel, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """Class probabilities of a batch; ``tta``: averaged with those of the mirror images (the one
     implementation of flip test-time augmentation on images)."""
@@ -148,9 +174,7 @@ def build_model(params: Params, paths: Paths, head: Head | None = None) -> tuple
     """Backbone + head (the trained head of models/head.pt unless one is given)."""
     loaded, meta = load_head(paths.head, paths.head_meta)
     head = head if head is not None else loaded
-    for module in head.modules():  # the fine-tuning dropout replaces the head's
-        if isinstance(module, nn.Dropout):
-            module.p = params.finetune.dropout
+    _seed_dropouts(head, params.finetune.dropout)  # the fine-tuning dropout replaces the head's
     bb = chosen_backbone(params, paths)
     return FinetuneModel(bb.preprocess, bb.model, head, bn_train=params.finetune.batchnorm == "train"), meta
 
