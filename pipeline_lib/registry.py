@@ -92,9 +92,9 @@ def register_and_promote(model_uri: str, params: Params, paths: Paths, challenge
 
     test = read_manifest(paths.manifest).query("split == 'test'")
     truth = test["label"].to_numpy().astype(str)
-    challenger_pred, _ = predictions_on_test(model_uri, paths)
     champion_pred, why_not = predictions_on_test(f"models:/{name}@{CHAMPION}", paths) if champion else (None, None)
-    challenger_correct = challenger_pred == truth
+    # the logged model scored again only when there is a champion to compare it with, on the same items
+    challenger_correct = predictions_on_test(model_uri, paths)[0] == truth if champion_pred is not None else None
     promoted, reason, record = decide(challenger_correct, None if champion_pred is None else champion_pred == truth,
                                       params.mlflow.promotion_level, why_not)
     if record:
@@ -109,7 +109,8 @@ def register_and_promote(model_uri: str, params: Params, paths: Paths, challenge
         client.set_registered_model_alias(name, CHAMPION, version)
     champion_acc = float(np.mean(champion_pred == truth)) if champion_pred is not None else None
     return Decision(promoted=promoted, reason=reason, challenger_version=str(version),
-                    challenger_accuracy=float(challenger_correct.mean()) if len(truth) else challenger_acc,
+                    challenger_accuracy=(float(challenger_correct.mean()) if challenger_correct is not None and len(truth)
+                                         else challenger_acc),
                     champion_version=str(champion.version) if champion else None,
                     champion_accuracy=champion_acc, test=record)
 

@@ -20,8 +20,10 @@ ends where an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -39,7 +41,7 @@ from ..selection import bias_corrected, keep, keep_threshold, scores, stratified
 from ..training_set import TrainingSet, fit_recipe, pseudo_labels
 from .backbones import chosen_backbone, unfreeze
 from .domain_adaptation import load_target_images
-from .finetuning import Progress, Trainer, evaluate, interpolate, pick_alpha, restore, snapshot, train_epochs
+from .finetuning import Progress, Trainer, evaluate, in_lanes, interpolate, pick_alpha, restore, snapshot, train_epochs
 from .networks import FinetuneModel, Images, build_model, predict_proba
 
 
@@ -197,16 +199,20 @@ class _Pooled:
         self.n_classes, self.batch_size, self.device = n_classes, batch_size, device
 
     def proba(self, weights: list[dict] | None = None) -> np.ndarray:
-        out = np.full((len(self.y), self.n_classes), np.nan)
-        for k, (trainer, fold, images) in enumerate(zip(self.trainers, self.folds, self.held)):
+        """The pooled out-of-fold probabilities of the fold runs (``weights``: with these weights
+        loaded instead); the folds are scored side by side on the CPU (in_lanes)."""
+        def held_out(k: int) -> np.ndarray:
+            trainer, images = self.trainers[k], self.held[k]
             if weights is not None:
                 trainer.model.load_state_dict(weights[k])
-                out[fold.held] = predict_proba(trainer.model, images, self.batch_size, self.device,
-                                                precision=trainer.precision, workers=trainer.workers)
-                continue
-            with trainer.scored() as scored:
-                out[fold.held] = predict_proba(scored, images, self.batch_size, self.device, precision=trainer.precision,
-                                                workers=trainer.workers)
+            with contextlib.nullcontext(trainer.model) if weights is not None else trainer.scored() as scored:
+                return predict_proba(scored, images, self.batch_size, self.device, precision=trainer.precision,
+                                     workers=trainer.workers)
+
+        out = np.full((len(self.y), self.n_classes), np.nan)
+        for fold, proba in zip(self.folds, in_lanes([partial(held_out, k) for k in range(len(self.folds))],
+                                                    self.device)):
+            out[fold.held] = proba
         return out
 
 

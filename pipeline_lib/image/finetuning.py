@@ -18,7 +18,8 @@ import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from functools import partial
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from .domain_adaptation import DomainClassifier, dann_lambda
 from .networks import FinetuneModel, Images, SeededDropout, predict_proba
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def snapshot(state: dict) -> dict:
@@ -294,24 +296,28 @@ def restore(saved: dict | None, phase: str, trainers: list[Trainer]) -> Progress
     return Progress(**saved["progress"])
 
 
-def side_by_side(trainers: list[Trainer], epoch: int, desc: str) -> list[dict]:
-    """One epoch of every trainer. On the CPU the fold runs train side by side, one thread each
-    with its share of torch's threads: small convolutions use one thread well and two poorly (two
-    folds on 2 cores: 1.4x the images per second of one after the other, docs/benchmarks.md);
-    each run draws from its own generators, so the result does not depend on the timing."""
-    def one(k: int) -> dict:
-        return trainers[k].train_epoch(epoch, desc=desc if len(trainers) == 1 else f"{desc} fold {k + 1}/{len(trainers)}")
-
+def in_lanes(jobs: list[Callable[[], T]], device) -> list[T]:
+    """The jobs' results, in order. On the CPU they run side by side in threads, each with its
+    share of torch's threads: the small convolutions of a fine-tuning step use one thread well
+    and two poorly (two fold runs on 2 cores: 1.4x the images per second of one after the other,
+    docs/benchmarks.md "Input pipeline"). A job must not draw from torch's global generator."""
     budget = torch.get_num_threads()
-    lanes = min(len(trainers), budget) if all(torch.device(t.device).type == "cpu" for t in trainers) else 1
+    lanes = min(len(jobs), budget) if torch.device(device).type == "cpu" else 1
     if lanes < 2:
-        return [one(k) for k in range(len(trainers))]
+        return [job() for job in jobs]
     torch.set_num_threads(max(1, budget // lanes))
     try:
         with ThreadPoolExecutor(lanes) as pool:
-            return list(pool.map(one, range(len(trainers))))
+            return list(pool.map(lambda job: job(), jobs))
     finally:
         torch.set_num_threads(budget)
+
+
+def side_by_side(trainers: list[Trainer], epoch: int, desc: str) -> list[dict]:
+    """One epoch of every trainer (the fold runs of the CV decision: side by side on the CPU,
+    in_lanes); each run draws from its own generators, so the result does not depend on timing."""
+    names = [desc if len(trainers) == 1 else f"{desc} fold {k + 1}/{len(trainers)}" for k in range(len(trainers))]
+    return in_lanes([partial(t.train_epoch, epoch, desc=name) for t, name in zip(trainers, names)], trainers[0].device)
 
 
 def train_epochs(trainers: list[Trainer], progress: Progress, last_epoch: int, checkpoint: Checkpoint, phase: str,
