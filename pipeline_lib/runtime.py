@@ -165,7 +165,7 @@ def load_batches(load, keys: list, workers: int = 0, pin: bool = False, threaded
     from torch.utils.data import DataLoader
 
     # a generator of its own: without one each pass through a DataLoader draws its workers' base
-    # seed from torch's global generator, and dropout and shuffling downstream would change
+    # seed from torch's global generator, and whatever draws from it next would change
     loader = DataLoader(_Keyed(load, keys), batch_size=None, num_workers=min(workers, len(keys)), pin_memory=pin,
                         generator=torch.Generator().manual_seed(0))
     yield from loader

@@ -5,6 +5,7 @@
   batch and its loss), ``DomainAdversarial`` (DANN: adds the reversed-gradient domain loss) and
   ``WeightAverage`` (EMA of the weights, updated after each step). Every random draw is seeded
   from (seed, epoch), so a resumed run ends where an uninterrupted one would.
+- ``in_lanes`` / ``side_by_side``: the fold runs of the CV decision side by side on the CPU.
 - ``Progress`` (the loop's state) and ``Checkpoint`` (atomic save, load, clear): ``train_epochs``
   is the epoch loop both fine-tuning modes share — train each run one epoch, validate, keep the
   best, stop early, checkpoint.
@@ -299,8 +300,8 @@ def restore(saved: dict | None, phase: str, trainers: list[Trainer]) -> Progress
 def in_lanes(jobs: list[Callable[[], T]], device) -> list[T]:
     """The jobs' results, in order. On the CPU they run side by side in threads, each with its
     share of torch's threads: the small convolutions of a fine-tuning step use one thread well
-    and two poorly (two fold runs on 2 cores: 1.4x the images per second of one after the other,
-    docs/benchmarks.md "Input pipeline"). A job must not draw from torch's global generator."""
+    and two poorly (two fold runs on 2 cores: 1.5x the images per second of one after the other,
+    docs/benchmarks.md "Fold runs side by side"). A job must not draw from torch's global generator."""
     budget = torch.get_num_threads()
     lanes = min(len(jobs), budget) if torch.device(device).type == "cpu" else 1
     if lanes < 2:

@@ -104,7 +104,8 @@ class Images:
 
     def __init__(self, frame, paths: Paths, preprocess: Preprocess, weights=None, hold_mb: float = math.inf):
         self.files = [paths.resolve(p) for p in frame["path"]]
-        self.pixels = [read_rgb(f) for f in self.files] if decoded_mb(self.files) <= hold_mb else None
+        held = hold_mb == math.inf or decoded_mb(self.files) <= hold_mb
+        self.pixels = [read_rgb(f) for f in self.files] if held else None
         self.labels = torch.tensor(frame["label_idx"].to_numpy().astype(np.int64), dtype=torch.long)
         self.weights = torch.ones(len(self.files)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
         self.resizer = Preprocess(preprocess.resolution)  # a CPU copy: worker processes resize too
