@@ -75,7 +75,28 @@ STAGE = """
                       "rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}))
 """
 
-FORWARD = """
+TIMED = """
+    def timed(forward, batches, items, device):
+        # the reference two ways: one batch after the other with every thread, and two batches at a
+        # time in lanes of one thread each (runtime.lanes_map, what featurize and predict do on the
+        # CPU); the faster is the reference
+        import resource, time
+        from pipeline_lib.runtime import lanes_map
+        started = time.perf_counter()
+        for batch in batches:
+            forward(batch)
+        plain = time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in lanes_map(forward, batches, device):
+            pass
+        lanes = time.perf_counter() - started
+        return {"seconds": round(min(plain, lanes), 2), "items": items,
+                "items_per_s": round(items / min(plain, lanes), 1),
+                "plain_items_per_s": round(items / plain, 1), "lanes_items_per_s": round(items / lanes, 1),
+                "rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+"""
+
+FORWARD = TIMED + """
     import json, resource, sys, time
     import torch
     from pipeline_lib.runtime import process_environment, use
@@ -92,15 +113,10 @@ FORWARD = """
     files = [paths.resolve(p) for p in manifest.loc[manifest["split"] == "unused", "path"][:int(sys.argv[1])]]
     batches = [load_batch(files[i:i + 64], backbone.preprocess) for i in range(0, len(files), 64)]
     backbone(batches[0])  # warm-up
-    started = time.perf_counter()
-    for batch in batches:
-        backbone(batch.to(device))
-    seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": round(seconds, 2), "items": len(files), "items_per_s": round(len(files) / seconds, 1),
-                      "rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}))
+    print(json.dumps(timed(lambda batch: backbone(batch.to(device)), batches, len(files), device)))
 """
 
-MODEL_FORWARD = """
+MODEL_FORWARD = TIMED + """
     import json, resource, sys, time
     import torch
     from pipeline_lib.runtime import process_environment, use
@@ -120,12 +136,12 @@ MODEL_FORWARD = """
     batches = [load_batch(files[i:i + 64], preprocess) for i in range(0, len(files), 64)]
     with torch.no_grad():
         loaded.model(batches[0])  # warm-up
-        started = time.perf_counter()
-        for batch in batches:
-            loaded.model(batch)
-    seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": round(seconds, 2), "items": len(files), "items_per_s": round(len(files) / seconds, 1),
-                      "rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}))
+
+    def forward(batch):
+        with torch.no_grad():
+            return loaded.model(batch)
+
+    print(json.dumps(timed(forward, batches, len(files), "cpu")))
 """
 
 PREDICT = """

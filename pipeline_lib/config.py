@@ -117,6 +117,9 @@ class FeaturizeParams(_Section):
     """images per forward pass"""
     cache_dir: str = ".cache/features"
     """content-addressed feature cache (not versioned; safe to delete)"""
+    cache_shard_items: int = Field(4096, ge=1)
+    """vectors per file of the feature cache: featurize embeds this many, then writes them as one shard (an interrupted
+    run keeps the shards it wrote)"""
     leak_similarity: float = Field(0.99, gt=0.0, le=1.0)
     """a test item whose features' cosine similarity to a labelled item exceeds this is reported as a near-duplicate
     leak (ingest reports exact copies; this finds re-encoded or retouched ones: a brightened JPEG copy scored 0.995;

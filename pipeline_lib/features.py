@@ -12,6 +12,7 @@ from .encoder import Encoder
 from .errors import PipelineError
 from .feature_cache import FeatureCache
 from .paths import Paths
+from .runtime import chunks
 
 FLIP = "|hflip"  # cache key suffix of an image's mirror-image features (flip TTA)
 
@@ -48,11 +49,17 @@ def featurized_backbones(paths: Paths) -> list[str]:
         return list(npz["backbones"])
 
 
+def feature_cache(params, paths: Paths, encoder_key: str) -> FeatureCache:
+    """The content-addressed cache of an encoder's vectors (featurize.cache_dir, cache_shard_items)."""
+    return FeatureCache(paths.cache_dir(params), encoder_key, params.featurize.cache_shard_items)
+
+
 def cached_embeddings(cache: FeatureCache, backbone: Encoder, items: Sequence[tuple[str, str | Path, bool]],
                       batch_size: int, device, desc: str = "featurize") -> tuple[dict[str, np.ndarray], int]:
     """Vectors for (cache key, image path, mirrored) items: from the content-addressed cache where
-    present, else computed by the backbone (plain images first, then mirrored ones) and stored.
-    Returns ({key: vector}, how many were computed). The one cache-then-embed path of the project."""
+    present, else computed by the backbone (plain images first, then mirrored ones) and stored, a
+    shard at a time (what an interruption keeps). Returns ({key: vector}, how many were computed).
+    The one cache-then-embed path of the project."""
     vectors: dict[str, np.ndarray | None] = {}
     todo: list[tuple[str, str | Path, bool]] = []
     for key, path, flip in items:
@@ -62,13 +69,17 @@ def cached_embeddings(cache: FeatureCache, backbone: Encoder, items: Sequence[tu
                 todo.append((key, path, flip))
     for flip in (False, True):
         part = [(key, path) for key, path, f in todo if f == flip]
-        if part:  # mirrored items exist only for an encoder with mirror images (images: flip TTA)
+        shards = chunks(part, cache.shard_items)
+        for n, shard in enumerate(shards, 1):
+            # mirrored items exist only for an encoder with mirror images (images: flip TTA)
             embed = backbone.embed_mirrored if flip else backbone.embed
-            feats = embed([path for _, path in part], batch_size, device,
-                          desc=f"{desc} {backbone.name}" + (" (mirrored)" if flip else ""))
-            for (key, _), vec in zip(part, feats):
+            feats = embed([path for _, path in shard], batch_size, device,
+                          desc=f"{desc} {backbone.name}" + (" (mirrored)" if flip else "")
+                          + (f" {n}/{len(shards)}" if len(shards) > 1 else ""))
+            for (key, _), vec in zip(shard, feats):
                 cache.put(key, vec)
                 vectors[key] = vec
+            cache.flush()
     return vectors, len(todo)
 
 

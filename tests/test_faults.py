@@ -1,6 +1,6 @@
 """SIGKILL in the middle of synthesize, featurize and finetune while `dvc repro finetune` runs (a real
 process group killed), then `dvc repro finetune` again: it completes, resumes what can be resumed,
-leaves no truncated cache entry and no temporary, and its outputs match a run that was never
+leaves no truncated cache shard and no temporary, and its outputs match a run that was never
 interrupted (the same stages run in this process, with the same one torch thread)."""
 
 import json
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 TINY = dict(data={"shots_per_class": 5, "sample_test_per_class": 10, "val_fraction": 0.1},
             selection={"cv_below": 0},  # holdout: finetune always writes a model (CV-mode resume: test_selection)
             augment={"copies": 2}, backbone={"resolution": 64},
-            featurize={"batch_size": 4}, runtime={"num_threads": 1},
+            featurize={"batch_size": 4, "cache_shard_items": 4}, runtime={"num_threads": 1},
             synthetic={"generator": "ddpm", "per_class": 2,
                        "ddpm": {"resolution": 16, "channels": [8, 16], "train_steps": 200, "batch_size": 8,
                                 "sample_steps": 2, "checkpoint_every": 10}},
@@ -76,7 +76,7 @@ def runs(tmp_path_factory, prefect_api):
     cache = killed / ".cache"
     _repro_killed_when(killed, env, lambda: any(cache.glob("ddpm/*.partial.pt")))
     assert "synthesize" not in _locked(killed)
-    _repro_killed_when(killed, env, lambda: sum(1 for _ in cache.glob("features/*/*/*.npy")) >= 12)
+    _repro_killed_when(killed, env, lambda: sum(1 for _ in cache.glob("features/*/shards/*.npz")) >= 3)
     assert "synthesize" in _locked(killed) and "featurize" not in _locked(killed)
     _repro_killed_when(killed, env, lambda: any(cache.glob("checkpoints/finetune-*.pt")))
     assert "featurize" in _locked(killed) and "finetune" not in _locked(killed)
@@ -102,8 +102,8 @@ def test_killed_synthesize_resumes_its_ddpm_and_generates_the_same_images(runs):
 def test_killed_featurize_leaves_only_whole_cache_entries_and_the_same_features(runs):
     reference, killed, _ = runs
     assert _report(killed, "featurize")["cache_hits"] > 0  # the killed run's vectors were reused
-    entries = list((killed.root / ".cache/features").rglob("*.npy"))
-    assert entries and {np.load(e).shape for e in entries} == {(160,)}
+    shards = list((killed.root / ".cache/features").rglob("*.npz"))
+    assert shards and {np.load(e)["vectors"].shape[1:] for e in shards} == {(160,)}  # whole shards only
     assert not list((killed.root / ".cache/features").glob("*/.tmp/*"))  # the killed writer's temporaries swept
     for split in ("train", "val", "test", "synthetic", AUGMENTED):
         Xa, ya, ida = load_features(reference, split)

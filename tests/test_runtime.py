@@ -5,7 +5,7 @@ import os
 import pytest
 
 from pipeline_lib.errors import PipelineError
-from pipeline_lib.runtime import available_cpus, chunks, pick_device, thread_budget
+from pipeline_lib.runtime import available_cpus, chunks, in_lanes, lanes_map, pick_device, thread_budget
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -80,3 +80,50 @@ def test_the_backbone_follows_device_and_precision_and_its_vectors_stay_fp32(bac
     assert seen == [(torch.float32, "cpu"), (torch.bfloat16, "cpu")]
     assert fp32.dtype == bf16.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(fp32, bf16).min() > 0.98
+
+
+def test_lanes_map_keeps_the_order_splits_the_threads_and_restores_them():
+    import threading
+    import time
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+
+    def job(i):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        time.sleep(0.02)  # busy: the next job goes to the other lane
+        return i * i
+
+    try:
+        assert list(lanes_map(job, range(9), "cpu")) == [i * i for i in range(9)]
+        assert {n for _, n in seen} == {1} and len({t for t, _ in seen}) == 2  # two lanes of one thread
+        assert torch.get_num_threads() == 2
+        seen.clear()
+        assert list(lanes_map(job, range(3), "cuda")) == [0, 1, 4]  # one lane (this thread) elsewhere
+        assert {t for t, _ in seen} == {threading.get_ident()}
+        assert in_lanes([lambda: 1, lambda: 2], "cpu") == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_featurize_in_lanes_gives_the_vectors_of_one_batch_at_a_time(tmp_path, backbone_small):
+    import numpy as np
+    import torch
+
+    from tests.helpers import write_folder_dataset
+
+    write_folder_dataset(tmp_path, per_class=5)
+    files = sorted(tmp_path.rglob("*.png"))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # one lane
+        one = backbone_small.embed(files, 4, torch.device("cpu"))
+        torch.set_num_threads(2)  # two lanes of one thread
+        two = backbone_small.embed(files, 4, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one[:4], backbone_small.embed(files[:4], 4, torch.device("cpu")), rtol=1e-5, atol=1e-6)

@@ -160,6 +160,7 @@ NOT_RESULTS = {
     "model_dump": "finetune's checkpoint identity (config_hash) and Dask workers' copy of the params",
     "runtime.num_threads": "how many CPU threads compute the same result",
     "featurize.cache_dir": "where the content-addressed cache lives, not what is in it",
+    "featurize.cache_shard_items": "how many vectors a cache file holds, not what they are",
     "runtime.executor": "local or Dask: the same vectors", "runtime.dask_address": "where Dask runs",
     "runtime.dask_workers": "how many Dask workers", "runtime.shard_size": "Dask task size",
     "runtime.loader_workers": "which processes decode the same images (tests/test_finetune.py)",

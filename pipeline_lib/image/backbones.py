@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from .. import atomic
 from ..errors import PipelineError
-from ..runtime import autocast, load_batches, precision_tag, resolve_precision
+from ..runtime import autocast, lanes_map, load_batches, precision_tag, resolve_precision
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -310,19 +310,22 @@ class Backbone:
     def embed(self, items: Sequence[str | Path], batch_size: int, device: torch.device, desc: str = "featurize",
               flip: bool = False) -> np.ndarray:
         """Run the frozen network over image files, batched, with a progress bar; the next batches
-        are decoded while the current one runs (in a thread, or in ``self.workers`` DataLoader
-        processes: runtime.loader_workers); ``flip``: over their mirror images (flip TTA)."""
+        are decoded while the current ones run (in a thread, or in ``self.workers`` DataLoader
+        processes: runtime.loader_workers), two batches at a time on the CPU (runtime.lanes_map);
+        ``flip``: over their mirror images (flip TTA)."""
         chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
         out = np.zeros((len(items), self.feature_dim), dtype=np.float32)
         done = 0
         cuda = torch.device(device).type == "cuda"
         decoded = load_batches(partial(load_batch, preprocess=self.preprocess), chunks, self.workers, pin=cuda,
                                threaded=True)
+
+        def vectors(images: torch.Tensor) -> np.ndarray:
+            x = images.to(device, non_blocking=True)
+            return self(x.flip(-1) if flip else x).float().cpu().numpy()
+
         with tqdm(total=len(items), desc=desc, unit="img", disable=not items) as bar:
-            for images in decoded:
-                if flip:
-                    images = images.flip(-1)
-                feats = self(images.to(device, non_blocking=True)).float().cpu().numpy()
+            for feats in lanes_map(vectors, decoded, device):
                 out[done:done + len(feats)] = feats
                 done += len(feats)
                 bar.update(len(feats))

@@ -17,7 +17,7 @@ from ..dataset import read_manifest
 from ..errors import BadItem, PipelineError
 from ..paths import Paths
 from ..prediction import MAX_SIDE, LoadedModel, columns, table
-from ..runtime import prefetch
+from ..runtime import lanes_map, prefetch
 from .backbones import Preprocess
 from .files import IMAGE_EXTENSIONS, load_image
 
@@ -136,7 +136,8 @@ def list_inputs(source: Path) -> list[Path]:
 def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, top_k: int = 3,
                   min_image_size: int = 8) -> tuple[pd.DataFrame, list[dict]]:
     """Predictions for the readable files (in input order) and the list of skipped ones; the next
-    batch is decoded in a background thread while the model runs on the current one."""
+    batch is decoded in a background thread while the model runs on the current ones (two at a
+    time on the CPU: runtime.lanes_map)."""
     if batch_size < 1 or top_k < 1:
         raise PipelineError(f"predict: --batch-size ({batch_size}) and --top-k ({top_k}) must be at least 1")
     preprocess = Preprocess(loaded.resolution)
@@ -144,15 +145,21 @@ def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, 
     k = max(1, min(top_k, len(loaded.classes)))
     chunks = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
     device = _device_of(loaded.model)
+
+    def scored(decoded: tuple) -> tuple:  # in a lane's thread (runtime.lanes_map)
+        batch, kept, bad = decoded
+        if not batch:
+            return None, kept, bad
+        with torch.inference_mode():
+            return loaded.model(torch.stack(batch).to(device)).float().cpu().numpy().astype(np.float64), kept, bad
+
+    decoded = prefetch(chunks, lambda c: _decode(c, preprocess, min_image_size))
     with tqdm(total=len(files), desc="predict", unit="img") as bar:
-        for chunk, (batch, kept, bad) in zip(chunks, prefetch(chunks, lambda c: _decode(c, preprocess, min_image_size))):
+        for chunk, (raw, kept, bad) in zip(chunks, lanes_map(scored, decoded, device)):
             skipped += bad
             bar.update(len(chunk))
-            if not batch:
-                continue
-            with torch.inference_mode():
-                raw = loaded.model(torch.stack(batch).to(device)).float().cpu().numpy().astype(np.float64)
-            rows += table(loaded, raw, [str(f) for f in kept], k)
+            if raw is not None:
+                rows += table(loaded, raw, [str(f) for f in kept], k)
     return pd.DataFrame(rows, columns=columns("path", k)), skipped
 
 

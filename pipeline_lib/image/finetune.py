@@ -37,11 +37,12 @@ from ..errors import PipelineError
 from ..features import load_features
 from ..heads import Head, HeadRecipe
 from ..paths import Paths
+from ..runtime import in_lanes
 from ..selection import bias_corrected, keep, keep_threshold, scores, stratified_folds
 from ..training_set import TrainingSet, fit_recipe, pseudo_labels
 from .backbones import chosen_backbone, unfreeze
 from .domain_adaptation import load_target_images
-from .finetuning import Progress, Trainer, evaluate, in_lanes, interpolate, pick_alpha, restore, snapshot, train_epochs
+from .finetuning import Progress, Trainer, evaluate, interpolate, pick_alpha, restore, snapshot, train_epochs
 from .networks import FinetuneModel, Images, build_model, predict_proba
 
 

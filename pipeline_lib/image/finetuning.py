@@ -5,7 +5,7 @@
   batch and its loss), ``DomainAdversarial`` (DANN: adds the reversed-gradient domain loss) and
   ``WeightAverage`` (EMA of the weights, updated after each step). Every random draw is seeded
   from (seed, epoch), so a resumed run ends where an uninterrupted one would.
-- ``in_lanes`` / ``side_by_side``: the fold runs of the CV decision side by side on the CPU.
+- ``side_by_side``: the fold runs of the CV decision side by side on the CPU (runtime.in_lanes).
 - ``Progress`` (the loop's state) and ``Checkpoint`` (atomic save, load, clear): ``train_epochs``
   is the epoch loop both fine-tuning modes share — train each run one epoch, validate, keep the
   best, stop early, checkpoint.
@@ -17,10 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Callable, TypeVar
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,14 +29,13 @@ from tqdm import tqdm
 
 from ..atomic import Checkpoint
 from ..config import Params
-from ..runtime import autocast, chunks, grad_scaler, loader_workers, optimizer_step
+from ..runtime import autocast, chunks, grad_scaler, in_lanes, loader_workers, optimizer_step
 from ..stats import nll
 from .backbones import backbone_param_groups, unfreeze
 from .domain_adaptation import DomainClassifier, dann_lambda
 from .networks import FinetuneModel, Images, SeededDropout, predict_proba
 
 _log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def snapshot(state: dict) -> dict:
@@ -295,23 +293,6 @@ def restore(saved: dict | None, phase: str, trainers: list[Trainer]) -> Progress
     for trainer, state in zip(trainers, saved["trainers"]):
         trainer.load_state_dict(state)
     return Progress(**saved["progress"])
-
-
-def in_lanes(jobs: list[Callable[[], T]], device) -> list[T]:
-    """The jobs' results, in order. On the CPU they run side by side in threads, each with its
-    share of torch's threads: the small convolutions of a fine-tuning step use one thread well
-    and two poorly (two fold runs on 2 cores: 1.5x the images per second of one after the other,
-    docs/benchmarks.md "Fold runs side by side"). A job must not draw from torch's global generator."""
-    budget = torch.get_num_threads()
-    lanes = min(len(jobs), budget) if torch.device(device).type == "cpu" else 1
-    if lanes < 2:
-        return [job() for job in jobs]
-    torch.set_num_threads(max(1, budget // lanes))
-    try:
-        with ThreadPoolExecutor(lanes) as pool:
-            return list(pool.map(lambda job: job(), jobs))
-    finally:
-        torch.set_num_threads(budget)
 
 
 def side_by_side(trainers: list[Trainer], epoch: int, desc: str) -> list[dict]:

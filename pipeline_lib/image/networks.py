@@ -17,7 +17,7 @@ from torch import nn
 from ..config import Params
 from ..heads import Head, load_head
 from ..paths import Paths
-from ..runtime import autocast, chunks, load_batches
+from ..runtime import autocast, chunks, lanes_map, load_batches
 from .augmentation import make_policy, seed_draws
 from .backbones import Preprocess, chosen_backbone
 from .files import read_rgb
@@ -161,13 +161,15 @@ def predict_proba(model: FinetuneModel, data: Images, batch_size: int = 64, devi
     those of the horizontally flipped image; ``mirrored``: those of the flipped image alone;
     ``workers``: DataLoader processes decoding the images (runtime.loader_workers)."""
     model.eval()
-    out = []
     cuda = torch.device(device).type == "cuda"
-    with torch.no_grad(), autocast(device, precision):
-        for x, _, _ in data.batches(chunks(list(range(len(data))), batch_size), workers=workers, pin=cuda):
-            x = x.to(device, non_blocking=cuda)
-            proba = class_proba(model, x.flip(-1) if mirrored else x, tta)
-            out.append(proba.float().cpu().numpy())
+
+    def proba(batch) -> np.ndarray:  # in a lane's thread (runtime.lanes_map): its own contexts
+        x = batch[0].to(device, non_blocking=cuda)
+        with torch.no_grad(), autocast(device, precision):
+            return class_proba(model, x.flip(-1) if mirrored else x, tta).float().cpu().numpy()
+
+    out = list(lanes_map(proba, data.batches(chunks(list(range(len(data))), batch_size), workers=workers, pin=cuda),
+                         device))
     return np.concatenate(out) if out else np.zeros((0, model.head.config["n_classes"]), np.float32)
 
 

@@ -20,8 +20,7 @@ from .. import atomic, modalities
 from ..config import Params
 from ..dataset import AUGMENTED, SPLITS, SYNTHETIC, UNLABELED, load_augmented, load_manifest, load_synthetic, unlabeled_pool
 from ..encoder import Encoder
-from ..feature_cache import FeatureCache
-from ..features import FLIP, array_suffix, cached_embeddings
+from ..features import FLIP, array_suffix, cached_embeddings, feature_cache
 from ..modality import Modality
 from ..paths import Paths
 from ..runtime import chunks, loader_workers, pick_device, use
@@ -61,7 +60,7 @@ def plan_shards(params: Params, paths: Paths, shard_size: int) -> list[list[tupl
     modality = modalities.of_dataset(paths)
     for name in modality.encoder_names(params):
         backbone = modality.load_encoder(params, paths.root, name)
-        cache = FeatureCache(paths.cache_dir(params), backbone.key)
+        cache = feature_cache(params, paths, backbone.key)
         seen = set()
         for key, rel, flip in feature_keys(params, manifest, modality):
             if key not in seen and cache.get(key, backbone.feature_dim) is None:
@@ -89,7 +88,7 @@ def embed_shard(params: Params, paths: Paths, shard: list[tuple[str, str, bool, 
     params_json = json.dumps(params.model_dump(), sort_keys=True)
     for name in dict.fromkeys(item[3] for item in shard):
         backbone = _worker_backbone(params_json, str(paths.root), name)
-        cached_embeddings(FeatureCache(paths.cache_dir(params), backbone.key), backbone,
+        cached_embeddings(feature_cache(params, paths, backbone.key), backbone,
                           [tuple(item[:3]) for item in shard if item[3] == name], params.featurize.batch_size,
                           pick_device(params.runtime.device))
     return len(shard)
@@ -98,7 +97,7 @@ def embed_shard(params: Params, paths: Paths, shard: list[tuple[str, str, bool, 
 def _vectors(params: Params, paths: Paths, manifest: pd.DataFrame, modality: Modality, backbone: Encoder,
              device) -> tuple[dict, dict]:
     """Every vector featurize needs for one encoder, from the cache or computed; and a report."""
-    cache = FeatureCache(paths.cache_dir(params), backbone.key)
+    cache = feature_cache(params, paths, backbone.key)
     started = time.perf_counter()
     items = [(key, paths.resolve(rel), flip) for key, rel, flip in feature_keys(params, manifest, modality)]
     vectors, computed = cached_embeddings(cache, backbone, items, params.featurize.batch_size, device)

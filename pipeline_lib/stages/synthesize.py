@@ -27,7 +27,6 @@ from .. import atomic, modalities
 from ..config import Params
 from ..dataset import MANIFEST_COLUMNS, PROVENANCE_COLUMNS, SYNTHETIC, load_manifest, load_synthetic
 from ..errors import PipelineError
-from ..feature_cache import FeatureCache
 from ..heads import HeadRecipe, fit_head, predict_proba
 from ..paths import Paths
 from ..runtime import pick_device, use
@@ -135,12 +134,12 @@ def drop_near_duplicates(frame: pd.DataFrame, X: np.ndarray, threshold: float) -
 
 def _probe(frame: pd.DataFrame, params: Params, paths: Paths, staging, train: pd.DataFrame, n_classes: int):
     """Features (shared content-addressed cache) and a real-data head's confidence in the intended class."""
-    from ..features import cached_embeddings
+    from ..features import cached_embeddings, feature_cache
 
     device = pick_device(params.runtime.device)
     modality = modalities.of_dataset(paths)
     backbone = modality.load_encoder(params, paths.root, modality.encoder_names(params)[0]).to(device, params.runtime.precision)
-    cache = FeatureCache(paths.cache_dir(params), backbone.key)
+    cache = feature_cache(params, paths, backbone.key)
 
     def features(ids, files) -> np.ndarray:
         vectors, _ = cached_embeddings(cache, backbone, [(i, f, False) for i, f in zip(ids, files)],
