@@ -5,8 +5,9 @@ Each step runs in a process of its own, so its seconds and peak RSS are its own:
 
 - ingest of the 60,000 + 2,000 images;
 - the raw forward pass (the reference): the backbone on decoded tensors already in memory, on
-  ``--forward-items`` pool images, measured twice (before featurize and after advise; the faster
-  counts);
+  ``--forward-items`` pool images, measured twice (before featurize and after advise), each time
+  two ways: one batch after the other on every thread, and two batches at a time in lanes of one
+  thread (runtime.lanes_map, what featurize and predict do on the CPU); the fastest counts;
 - featurize with a cold cache (every pool image embedded and cached), against the raw forward pass;
 - warm assembly: featurize again with every vector cached (its feature matrices removed first);
 - advise on the pool (learning curve, suspect labels, and its picks: margin, what `auto` takes at

@@ -1,13 +1,16 @@
-"""Fine-tuning's fold runs side by side (issue 25): one epoch of each of the two fold runs of the
-CV decision (the sample, 20 labelled images per class: 100 per fold), one after the other with all
-of torch's threads (the reference, what the decision did before) against side by side, one thread
-each (`pipeline_lib.image.finetuning.side_by_side`, the default on the CPU); idle, and beside one
-busy process (a Python loop; another torch job using all cores), as on a laptop.
+"""Fine-tuning side by side on the CPU (issue 25), idle and beside one busy process (a Python loop;
+another torch job using all cores), as on a laptop:
+
+- the CV decision's two fold runs (the sample, 20 labelled images per class: 100 per fold): one
+  after the other with all of torch's threads (the reference, what the decision did before)
+  against side by side, one thread each (`pipeline_lib.image.finetuning.side_by_side`);
+- a run alone (the refit on all 200 labelled images): each batch in one pass with all threads
+  (the reference) against its two halves side by side, one thread each (`Trainer._step_in_halves`).
 
     .venv/bin/python benchmarks/side_by_side.py [--epochs 4] [--repeats 2]
 
 Each measurement runs in a fresh process; the first epoch of each is a warm-up, not counted.
-Prints seconds per epoch of both folds (median) and the ratio. Run it alone: the numbers are the point.
+Prints seconds per epoch (median) and the ratio. Run it alone: the numbers are the point.
 """
 
 from __future__ import annotations
@@ -39,14 +42,15 @@ from pipeline_lib.paths import Paths
 paths = Paths.for_root({project!r}); params = load_params(paths.root)
 manifest, _ = load_manifest(paths)
 train = manifest[manifest["split"] == "train"]
+Trainer.halves = {together}
 trainers = []
-for fold in (train.iloc[0::2], train.iloc[1::2]):
+for part in ((train.iloc[0::2], train.iloc[1::2]) if {folds} else (train,)):
     model, _ = build_model(params, paths)
-    trainers.append(Trainer(params, model, Images(fold, paths, model.preprocess), torch.device("cpu")))
+    trainers.append(Trainer(params, model, Images(part, paths, model.preprocess), torch.device("cpu")))
 times = []
 for epoch in range(1, {epochs} + 1):
     t = time.perf_counter()
-    if {together}:
+    if {together} and {folds}:
         side_by_side(trainers, epoch, "fold")
     else:
         for trainer in trainers:
@@ -56,8 +60,8 @@ print("TIMES", json.dumps(times[1:]))
 """
 
 
-def epoch_seconds(project, together: bool, epochs: int) -> list[float]:
-    code = CHILD.format(root=str(ROOT), project=str(project), epochs=epochs, together=together)
+def epoch_seconds(project, together: bool, epochs: int, folds: bool) -> list[float]:
+    code = CHILD.format(root=str(ROOT), project=str(project), epochs=epochs, together=together, folds=folds)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(out.split("TIMES", 1)[1])
 
@@ -75,24 +79,26 @@ def main() -> None:
     project = copy_project()
     with contextlib.redirect_stderr(io.StringIO()):
         run_stages(load_params(project), Paths.for_root(project), last="train_head")
-    print(f"{os.cpu_count()} cores; one epoch of both fold runs (100 images each), seconds, median of "
-          f"{args.epochs - 1} epochs x {args.repeats} runs")
-    print(f"{'neighbour':<32} {'one after the other':>20} {'side by side':>13} {'ratio':>6}")
-    for label, code in {"none (idle)": None, **NEIGHBOURS}.items():
-        times = {False: [], True: []}
-        for repeat in range(args.repeats):
-            neighbour = subprocess.Popen([sys.executable, "-c", code]) if code else None
-            try:
-                if neighbour:
-                    time.sleep(1.0)
-                for together in ((False, True) if repeat % 2 == 0 else (True, False)):
-                    times[together] += epoch_seconds(project, together, args.epochs)
-            finally:
-                if neighbour:
-                    neighbour.kill()
-                    neighbour.wait()
-        seq, side = statistics.median(times[False]), statistics.median(times[True])
-        print(f"{label:<32} {seq:18.2f} s {side:11.2f} s {seq / side:5.2f}x", flush=True)
+    for folds, what, columns in ((True, "both fold runs (100 images each)", ("one after the other", "side by side")),
+                                 (False, "a run alone (200 images)", ("whole batches", "two halves"))):
+        print(f"\n{os.cpu_count()} cores; one epoch of {what}, seconds, median of "
+              f"{args.epochs - 1} epochs x {args.repeats} runs")
+        print(f"{'neighbour':<32} {columns[0]:>20} {columns[1]:>13} {'ratio':>6}")
+        for label, code in {"none (idle)": None, **NEIGHBOURS}.items():
+            times = {False: [], True: []}
+            for repeat in range(args.repeats):
+                neighbour = subprocess.Popen([sys.executable, "-c", code]) if code else None
+                try:
+                    if neighbour:
+                        time.sleep(1.0)
+                    for together in ((False, True) if repeat % 2 == 0 else (True, False)):
+                        times[together] += epoch_seconds(project, together, args.epochs, folds)
+                finally:
+                    if neighbour:
+                        neighbour.kill()
+                        neighbour.wait()
+            seq, side = statistics.median(times[False]), statistics.median(times[True])
+            print(f"{label:<32} {seq:18.2f} s {side:11.2f} s {seq / side:5.2f}x", flush=True)
 
 
 if __name__ == "__main__":

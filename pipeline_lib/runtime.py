@@ -111,14 +111,15 @@ def grad_scaler(device, precision: str = "auto"):
     return None
 
 
-def optimizer_step(loss, optimizer, scaler, parameters, clip: float = 0.0) -> None:
+def optimizer_step(loss, optimizer, scaler, parameters, clip: float = 0.0, backward=None) -> None:
     """One optimisation step: gradients of ``loss`` (scaled when ``scaler``, fp16 on CUDA, is
-    given), clipped to norm ``clip`` over ``parameters`` (0 = no clipping), then the step."""
+    given; ``backward()`` instead of ``loss.backward()`` where given), clipped to norm ``clip`` over
+    ``parameters`` (0 = no clipping), then the step."""
     import torch
 
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
-        loss.backward()
+        (backward or loss.backward)()
     else:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -226,29 +227,37 @@ def _lane_threads(lanes: int) -> Iterator[None]:
         torch.set_num_threads(budget)
 
 
+@contextlib.contextmanager
+def lane_pool(device, jobs: int = 2) -> Iterator[ThreadPoolExecutor | None]:
+    """Threads for work side by side (cpu_lanes), torch's threads split between them for the
+    duration; None where one lane is all there is (this thread does the work)."""
+    lanes = cpu_lanes(device, jobs)
+    if lanes < 2:
+        yield None
+        return
+    with _lane_threads(lanes), ThreadPoolExecutor(lanes) as pool:
+        yield pool
+
+
 def in_lanes(jobs: list[Callable[[], T]], device) -> list[T]:
     """The jobs' results, in order; on the CPU two at a time, side by side in threads (cpu_lanes).
     A job must not draw from torch's global generator (its draws would depend on timing)."""
-    lanes = cpu_lanes(device, len(jobs))
-    if lanes < 2:
-        return [job() for job in jobs]
-    with _lane_threads(lanes), ThreadPoolExecutor(lanes) as pool:
-        return list(pool.map(lambda job: job(), jobs))
+    with lane_pool(device, len(jobs)) as pool:
+        return [job() for job in jobs] if pool is None else list(pool.map(lambda job: job(), jobs))
 
 
 def lanes_map(fn: Callable[[Any], T], items: Iterable, device) -> Iterator[T]:
     """``fn(item)`` for every item, in order; on the CPU two items at a time in threads
     (cpu_lanes: featurize's, evaluate's and predict's forward passes). ``fn`` runs in another
     thread: it enters its own no_grad / autocast contexts (they are thread-local)."""
-    lanes = cpu_lanes(device)
-    if lanes < 2:
-        yield from map(fn, items)
-        return
-    with _lane_threads(lanes), ThreadPoolExecutor(lanes) as pool:
+    with lane_pool(device) as pool:
+        if pool is None:
+            yield from map(fn, items)
+            return
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
-            if len(pending) >= lanes:
+            if len(pending) >= 2:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()

@@ -10,7 +10,7 @@ from torch import nn
 
 from pipeline_lib.config import parse_params
 from pipeline_lib.image.backbones import backbone_param_groups, load_backbone, split_blocks, unfreeze
-from pipeline_lib.image.finetuning import WeightAverage
+from pipeline_lib.image.finetuning import Trainer, WeightAverage
 from pipeline_lib.image.networks import build_model, load_finetuned
 from pipeline_lib.paths import Paths
 from pipeline_lib.stages import finetune, run_stages
@@ -303,6 +303,36 @@ def test_finetuning_with_loader_workers_and_streamed_images_ends_with_the_same_m
     tuned = torch.load(paths.finetuned_model, weights_only=True)
     for key in reference:
         assert torch.equal(tuned[key], reference[key]), key
+
+
+def test_a_run_alone_trains_on_two_halves_of_each_batch_as_on_the_whole_batch(prepared, monkeypatch):
+    """On 2 threads a run alone trains each batch's halves side by side (Trainer._step_in_halves):
+    the same steps as one pass over the batch up to float rounding (dropout and mixup on), and
+    the same model every time (the threads' gradients add up in either order)."""
+    paths = Paths.for_root(prepared)
+    threads = torch.get_num_threads()
+    steps = []
+    in_halves = Trainer._step_in_halves
+    monkeypatch.setattr(Trainer, "_step_in_halves", lambda self, *a: steps.append(1) or in_halves(self, *a))
+
+    def tuned(num_threads):
+        params = _params(prepared, epochs=2, mixup=0.4, dropout=0.3)
+        params = params.model_copy(update={"runtime": params.runtime.model_copy(update={"num_threads": num_threads})})
+        finetune.run(params, paths)
+        return torch.load(paths.finetuned_model, weights_only=True)
+
+    try:
+        whole = tuned(1)
+        assert not steps  # one thread: one pass over each batch
+        halves, again = tuned(2), tuned(2)
+        assert steps
+    finally:
+        torch.set_num_threads(threads)
+    moved = [k for k in whole if k.startswith("head.") and "weight" in k]
+    assert moved
+    for key in whole:
+        assert torch.equal(halves[key], again[key]), key
+        torch.testing.assert_close(halves[key], whole[key], rtol=1e-4, atol=1e-5)
 
 
 def test_loader_workers_policy():

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..atomic import Checkpoint
 from ..config import Params
-from ..runtime import autocast, chunks, grad_scaler, in_lanes, loader_workers, optimizer_step
+from ..runtime import autocast, chunks, grad_scaler, in_lanes, lane_pool, loader_workers, optimizer_step
 from ..stats import nll
 from .backbones import backbone_param_groups, unfreeze
 from .domain_adaptation import DomainClassifier, dann_lambda
@@ -174,6 +174,8 @@ class Trainer:
     ``finetune.epochs``) and the optional pieces; one ``train_epoch`` at a time; its whole state
     fits in a checkpoint."""
 
+    halves = True  # a run alone on the CPU trains two halves of each batch side by side (_step_in_halves)
+
     def __init__(self, params: Params, model: FinetuneModel, train: Images, device, target: Images | None = None):
         p = self.p = params.finetune
         self.params, self.model, self.train, self.device = params, model, train, device
@@ -207,8 +209,8 @@ class Trainer:
     def weights(self) -> dict:
         return snapshot(self.ema.shadow if self.ema is not None else self.model.state_dict())
 
-    def _step(self, loss: torch.Tensor) -> None:
-        optimizer_step(loss, self.optimizer, self.scaler, self.trainable, self.p.grad_clip)
+    def _step(self, loss: torch.Tensor, backward: Callable[[], None] | None = None) -> None:
+        optimizer_step(loss, self.optimizer, self.scaler, self.trainable, self.p.grad_clip, backward)
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
@@ -235,19 +237,27 @@ class Trainer:
         total, correct, n = 0.0, 0, 0
         cuda = torch.device(device).type == "cuda"
         batches = train.batches(chunks(order, p.batch_size), epoch, self.workers, pin=cuda)
-        with tqdm(total=len(train), desc=f"{desc} epoch {epoch}/{p.epochs}", unit="img", leave=False) as bar:
+        # a run alone on the CPU (the refit, holdout mode) trains on two halves of each batch side
+        # by side; not with DANN (its target batch) or BatchNorm in training mode (batch statistics)
+        halves = (lane_pool(device) if self.halves and self.dann is None and not model.bn_train and self.scaler is None
+                  else contextlib.nullcontext())
+        with halves as pool, tqdm(total=len(train), desc=f"{desc} epoch {epoch}/{p.epochs}", unit="img",
+                                  leave=False) as bar:
             for step, (x, y, w) in enumerate(batches):
                 x, y, w = (t.to(device, non_blocking=cuda) for t in (x, y, w))
                 x, loss_fn = (self.mixup.mix(x, epoch, step * p.batch_size, on_device) if self.mixup is not None
                               else (x, weighted_ce))
-                with autocast(device, self.precision):
-                    feats = model.features(x)
-                    logits = model.head(feats)
-                    loss = loss_fn(logits.float(), y, w, p.label_smoothing)
-                    if self.dann is not None:
-                        progress = ((epoch - 1) * self.steps_per_epoch + step) / max(1, p.epochs * self.steps_per_epoch)
-                        loss = loss + self.dann.loss(model, feats, progress, epoch, generator)
-                self._step(loss)
+                if pool is not None and len(x) > 1:
+                    loss, logits = self._step_in_halves(x, y, w, loss_fn, pool)
+                else:
+                    with autocast(device, self.precision):
+                        feats = model.features(x)
+                        logits = model.head(feats)
+                        loss = loss_fn(logits.float(), y, w, p.label_smoothing)
+                        if self.dann is not None:
+                            progress = ((epoch - 1) * self.steps_per_epoch + step) / max(1, p.epochs * self.steps_per_epoch)
+                            loss = loss + self.dann.loss(model, feats, progress, epoch, generator)
+                    self._step(loss)
                 total += loss.item() * len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 n += len(y)
@@ -255,6 +265,31 @@ class Trainer:
         return {"epoch": epoch, "train_loss": total / n, "train_accuracy": correct / n,
                 "lr_head": self.optimizer.param_groups[0]["lr"],
                 **(self.dann.epoch_accuracy() if self.dann is not None else {})}
+
+    def _step_in_halves(self, x, y, w, loss_fn, pool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step with the backbone's forward and backward passes on two halves of the batch,
+        side by side in ``pool``'s threads (1.4x on 2 cores: docs/benchmarks.md "Fold runs side by
+        side"); the head, its dropout masks and the loss see the whole batch in this thread, so the
+        step is the one-pass step up to float rounding (tests/test_finetune.py)."""
+        model, device = self.model, self.device
+
+        def forward(part: torch.Tensor) -> torch.Tensor:
+            with autocast(device, self.precision):  # thread-local: entered in the lane
+                return model.features(part)
+
+        feats = list(pool.map(forward, (x[:len(x) // 2], x[len(x) // 2:])))
+        cut = [f.detach().requires_grad_() for f in feats]  # the head's graph ends here
+        with autocast(device, self.precision):
+            logits = model.head(torch.cat(cut))
+            loss = loss_fn(logits.float(), y, w, self.p.label_smoothing)
+
+        def backward() -> None:
+            loss.backward()  # the head's gradients, and the loss's gradient at each half's features
+            if feats[0].requires_grad:  # some backbone block is trained
+                list(pool.map(lambda pair: pair[0].backward(pair[1].grad), zip(feats, cut)))
+
+        self._step(loss, backward)
+        return loss, logits
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
