@@ -1,4 +1,4 @@
-# make run   - set up .venv (once) and run the whole pipeline with `dvc repro` on the embedded sample
+# make run   - set up .venv (once) and run the whole pipeline on the embedded sample (the DAG in one process; make repro: dvc repro)
 # make test  - set up .venv (once) and run the test suite (what CI runs)
 # make test-fast - the unit tests only (no stage runs, no `dvc repro`, no servers): under a minute
 # make lint  - ruff: pyflakes, pycodestyle, import order (config in pyproject.toml)
