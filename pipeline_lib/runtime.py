@@ -76,7 +76,7 @@ def resolve_precision(device, precision: str = "auto") -> str:
 
     if precision != "auto":
         return precision
-    if torch.device(device).type == "cuda":
+    if is_cuda(device):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
 
@@ -106,7 +106,7 @@ def grad_scaler(device, precision: str = "auto"):
     """A gradient scaler where fp16 training needs one (CUDA), else None."""
     import torch
 
-    if torch.device(device).type == "cuda" and resolve_precision(device, precision) == "fp16":
+    if is_cuda(device) and resolve_precision(device, precision) == "fp16":
         return torch.amp.GradScaler("cuda")
     return None
 
@@ -152,11 +152,10 @@ def loader_workers(workers: int | str, device) -> int:
     number, or ``auto``: none on the CPU, where the model's passes already use every core and a
     worker only competes with them (benchmarks/input_pipeline.py), one per usable core up to 8 on
     CUDA, where the GPU waits for decoding otherwise."""
-    import torch
 
     if workers != "auto":
         return int(workers)
-    return min(8, thread_budget()) if torch.device(device).type == "cuda" else 0
+    return min(8, thread_budget()) if is_cuda(device) else 0
 
 
 def load_batches(load, keys: list, workers: int = 0, pin: bool = False, threaded: bool = False) -> Iterator:
@@ -201,6 +200,13 @@ def prefetch(keys: Iterable, load, depth: int = 2) -> Iterator:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def is_cuda(device) -> bool:
+    """Whether ``device`` (a torch.device or its name) is a CUDA GPU."""
+    import torch
+
+    return torch.device(device).type == "cuda"
 
 
 def cpu_lanes(device, jobs: int = 2) -> int:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from .. import atomic
 from ..errors import PipelineError
-from ..runtime import autocast, lanes_map, load_batches, precision_tag, resolve_precision
+from ..runtime import autocast, is_cuda, lanes_map, load_batches, precision_tag, resolve_precision
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -316,7 +316,7 @@ class Backbone:
         chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
         out = np.zeros((len(items), self.feature_dim), dtype=np.float32)
         done = 0
-        cuda = torch.device(device).type == "cuda"
+        cuda = is_cuda(device)
         decoded = load_batches(partial(load_batch, preprocess=self.preprocess), chunks, self.workers, pin=cuda,
                                threaded=True)
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..atomic import Checkpoint
 from ..config import Params
-from ..runtime import autocast, chunks, grad_scaler, in_lanes, lane_pool, loader_workers, optimizer_step
+from ..runtime import autocast, chunks, grad_scaler, in_lanes, is_cuda, lane_pool, loader_workers, optimizer_step
 from ..stats import nll
 from .backbones import backbone_param_groups, unfreeze
 from .domain_adaptation import DomainClassifier, dann_lambda
@@ -235,7 +235,7 @@ class Trainer:
         if self.dann is not None:
             self.dann.classifier.train()
         total, correct, n = 0.0, 0, 0
-        cuda = torch.device(device).type == "cuda"
+        cuda = is_cuda(device)
         batches = train.batches(chunks(order, p.batch_size), epoch, self.workers, pin=cuda)
         # a run alone on the CPU (the refit, holdout mode) trains on two halves of each batch side
         # by side; not with DANN (its target batch) or BatchNorm in training mode (batch statistics)

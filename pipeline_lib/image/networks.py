@@ -17,7 +17,7 @@ from torch import nn
 from ..config import Params
 from ..heads import Head, load_head
 from ..paths import Paths
-from ..runtime import autocast, chunks, lanes_map, load_batches
+from ..runtime import autocast, chunks, is_cuda, lanes_map, load_batches
 from .augmentation import make_policy, seed_draws
 from .backbones import Preprocess, chosen_backbone
 from .files import read_rgb
@@ -103,23 +103,24 @@ class Images:
     """
 
     def __init__(self, frame, paths: Paths, preprocess: Preprocess, weights=None, hold_mb: float = math.inf):
-        self.files = [paths.resolve(p) for p in frame["path"]]
-        held = hold_mb == math.inf or decoded_mb(self.files) <= hold_mb
-        self.pixels = [read_rgb(f) for f in self.files] if held else None
-        self.labels = torch.tensor(frame["label_idx"].to_numpy().astype(np.int64), dtype=torch.long)
-        self.weights = torch.ones(len(self.files)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-        self.resizer = Preprocess(preprocess.resolution)  # a CPU copy: worker processes resize too
-        self.augment: tuple | None = None  # (augment.policy, [ints]) once fine-tuning augments online
-        self._policies: dict = {}
+        files = [paths.resolve(p) for p in frame["path"]]
+        held = hold_mb == math.inf or decoded_mb(files) <= hold_mb
+        self._set(files, [read_rgb(f) for f in files] if held else None,
+                  torch.tensor(frame["label_idx"].to_numpy().astype(np.int64), dtype=torch.long), weights, preprocess)
 
     @classmethod
     def unlabeled(cls, pixels: list[np.ndarray], preprocess: Preprocess) -> "Images":
+        """Decoded images without labels (DANN's target domain)."""
         out = cls.__new__(cls)
-        out.files, out.pixels = [], list(pixels)
-        out.labels = torch.full((len(out.pixels),), -1, dtype=torch.long)
-        out.weights = torch.ones(len(out.pixels))
-        out.resizer, out.augment, out._policies = Preprocess(preprocess.resolution), None, {}
+        out._set([], list(pixels), torch.full((len(pixels),), -1, dtype=torch.long), None, preprocess)
         return out
+
+    def _set(self, files: list, pixels: list | None, labels: torch.Tensor, weights, preprocess: Preprocess) -> None:
+        self.files, self.pixels, self.labels = files, pixels, labels
+        self.weights = torch.ones(len(labels)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        self.resizer = Preprocess(preprocess.resolution)  # a CPU copy: worker processes resize too
+        self.augment: tuple | None = None  # (augment.policy, [ints]) once fine-tuning augments online
+        self._policies: dict = {}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -161,7 +162,7 @@ def predict_proba(model: FinetuneModel, data: Images, batch_size: int = 64, devi
     those of the horizontally flipped image; ``mirrored``: those of the flipped image alone;
     ``workers``: DataLoader processes decoding the images (runtime.loader_workers)."""
     model.eval()
-    cuda = torch.device(device).type == "cuda"
+    cuda = is_cuda(device)
 
     def proba(batch) -> np.ndarray:  # in a lane's thread (runtime.lanes_map): its own contexts
         x = batch[0].to(device, non_blocking=cuda)
