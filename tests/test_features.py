@@ -232,3 +232,20 @@ def test_block_splits_cover_each_family_and_a_cut_network_is_its_first_blocks(tm
     torch.save(nets["resnet18"].state_dict(), tmp_path / "r18.pth")
     bb = load_backbone("resnet18", str(tmp_path / "r18.pth"), resolution=32, blocks=4)
     assert isinstance(bb, Encoder) and len(bb.blocks()) == 4
+
+
+def test_small_images_are_resized_once_inside_the_network_with_the_same_vectors(backbone_small):
+    """batch_for_model leaves images no larger than the model input at their size (the network's
+    Preprocess resizes them), resizes larger or mixed ones first: the vectors are the same bits."""
+    from pipeline_lib.image.backbones import batch_for_model
+
+    pre = backbone_small.preprocess  # 32 px
+    small = [torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8) for _ in range(3)]
+    large = [torch.randint(0, 256, (3, 50, 40), dtype=torch.uint8) for _ in range(2)]
+    assert batch_for_model(small, pre).shape == (3, 3, 20, 20)
+    assert batch_for_model(large, pre).shape == (2, 3, 32, 32)
+    assert batch_for_model(small[:1] + large[:1], pre).shape == (2, 3, 32, 32)
+    resized_first = pre.resize(torch.stack(small).float().div_(255.0))
+    assert torch.equal(backbone_small(batch_for_model(small, pre)), backbone_small(resized_first))
+    mixed = batch_for_model(small + large, pre)
+    assert torch.equal(backbone_small(mixed[:3]), backbone_small(resized_first))

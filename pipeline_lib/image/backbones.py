@@ -212,15 +212,25 @@ def read_image_tensor(path: str | Path) -> torch.Tensor:
 
 
 def load_batch(paths: Sequence[str | Path], preprocess) -> torch.Tensor:
-    """Decode a batch of images to a float (N, 3, R, R) tensor in [0, 1] at the model resolution.
+    """Decode a batch of images to a float (N, 3, H, W) tensor in [0, 1] for the network, whose
+    Preprocess resizes it to the model resolution (batch_for_model)."""
+    return batch_for_model([read_image_uint8(p) for p in paths], preprocess)
 
-    Images of one size (the common case) are resized in one batched call; mixed sizes one by one.
-    Either way each image gets the identical resize.
-    """
-    images = [read_image_uint8(p) for p in paths]
-    if len({tuple(im.shape) for im in images}) == 1:
-        return preprocess.resize(torch.stack(images).float().div_(255.0))
-    return torch.stack([preprocess.resize(im.float().div_(255.0)) for im in images])
+
+def batch_for_model(images: Sequence[torch.Tensor], preprocess) -> torch.Tensor:
+    """(3, H, W) images (uint8, or float in [0, 1]) as one float batch for the network. Images of
+    one size no larger than the model resolution (the small images of few-label sets) are stacked
+    as they are: the network's own resize is then the only one (resizing here too cost a second,
+    identity, interpolation per image: featurize 1.1x faster on 28-px images). Larger or mixed
+    sizes are resized here, batched when of one size, to keep batches small in memory; either
+    way each image gets the identical resize."""
+    images = [im.float().div_(255.0) if im.dtype == torch.uint8 else im for im in images]
+    sizes = {tuple(im.shape) for im in images}
+    if len(sizes) == 1:
+        _, h, w = next(iter(sizes))
+        batch = torch.stack(images)
+        return batch if max(h, w) <= preprocess.resolution else preprocess.resize(batch)
+    return torch.stack([preprocess.resize(im) for im in images])
 
 
 # How each architecture family splits into blocks, input side first — the one place that knows it

@@ -18,7 +18,7 @@ from ..errors import BadItem, PipelineError
 from ..paths import Paths
 from ..prediction import MAX_SIDE, LoadedModel, columns, table
 from ..runtime import lanes_map, prefetch
-from .backbones import Preprocess
+from .backbones import Preprocess, batch_for_model
 from .files import IMAGE_EXTENSIONS, load_image
 
 
@@ -151,7 +151,8 @@ def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 64, 
         if not batch:
             return None, kept, bad
         with torch.inference_mode():
-            return loaded.model(torch.stack(batch).to(device)).float().cpu().numpy().astype(np.float64), kept, bad
+            x = batch_for_model(batch, preprocess).to(device)
+            return loaded.model(x).float().cpu().numpy().astype(np.float64), kept, bad
 
     decoded = prefetch(chunks, lambda c: _decode(c, preprocess, min_image_size))
     with tqdm(total=len(files), desc="predict", unit="img") as bar:
@@ -180,8 +181,11 @@ def _decode(files: list[Path], preprocess, min_image_size: int) -> tuple[list[to
         except OSError as exc:
             skipped.append({"path": str(f), "reason": str(exc), "fix": "check the file exists and is readable"})
             continue
-        tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)  # a writable copy
-        batch.append(preprocess.resize(tensor))
+        tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)  # a writable copy
+        # images larger than the model input are resized now (small batches in memory), smaller
+        # ones by the model itself (batch_for_model)
+        batch.append(tensor if max(tensor.shape[1:]) <= preprocess.resolution
+                     else preprocess.resize(tensor.float().div_(255.0)))
         kept.append(f)
     return batch, kept, skipped
 
