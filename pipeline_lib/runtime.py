@@ -152,7 +152,6 @@ def loader_workers(workers: int | str, device) -> int:
     number, or ``auto``: none on the CPU, where the model's passes already use every core and a
     worker only competes with them (benchmarks/input_pipeline.py), one per usable core up to 8 on
     CUDA, where the GPU waits for decoding otherwise."""
-
     if workers != "auto":
         return int(workers)
     return min(8, thread_budget()) if is_cuda(device) else 0

@@ -262,8 +262,9 @@ def _train_images(prepared, hold_mb=float("inf")):
     manifest = pd.read_parquet(paths.manifest)
     images = Images(manifest[manifest["split"] == "train"], paths, load_backbone("mobilenet_v2", resolution=32,
                                                                                  blocks=15).preprocess, hold_mb=hold_mb)
-    images.augment = (params.augment.policy, [params.seed, 0])
-    return images
+    augmented = images.augmented(params.augment.policy, [params.seed, 0])
+    assert images.augment is None and augmented.pixels is images.pixels  # a copy: the plain images stay plain
+    return augmented
 
 
 def test_batches_are_the_same_from_worker_processes_and_from_disk(prepared):

@@ -178,6 +178,9 @@ class Trainer:
 
     def __init__(self, params: Params, model: FinetuneModel, train: Images, device, target: Images | None = None):
         p = self.p = params.finetune
+        if p.online_augment:  # each item's draw seeded by (seed, epoch, item): the same in any process
+            train = train.augmented(params.augment.policy, [params.seed, 0])
+            target = target.augmented(params.augment.policy, [params.seed, 1]) if target is not None else None
         self.params, self.model, self.train, self.device = params, model, train, device
         self.trainable_backbone = unfreeze(model.backbone, p.unfreeze_blocks)
         model.to(device)
@@ -194,10 +197,6 @@ class Trainer:
             self.optimizer, lr_factor(p.epochs * self.steps_per_epoch, p.warmup_epochs * self.steps_per_epoch))
         self.trainable = [q for g in groups for q in g["params"]]
         self.ema = WeightAverage(model, p.ema) if p.ema > 0 else None
-        if p.online_augment:  # each item's draw seeded by (seed, epoch, item): the same in any process
-            train.augment = (params.augment.policy, [params.seed, 0])
-            if target is not None:
-                target.augment = (params.augment.policy, [params.seed, 1])
         self.precision = params.runtime.precision
         self.scaler = grad_scaler(device, self.precision)  # fp16 on CUDA only
         self.workers = loader_workers(params.runtime.loader_workers, device)

@@ -3,6 +3,7 @@ the labelled images it runs on, and loading the fine-tuned network finetune save
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from functools import partial
@@ -119,8 +120,15 @@ class Images:
         self.files, self.pixels, self.labels = files, pixels, labels
         self.weights = torch.ones(len(labels)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
         self.resizer = Preprocess(preprocess.resolution)  # a CPU copy: worker processes resize too
-        self.augment: tuple | None = None  # (augment.policy, [ints]) once fine-tuning augments online
+        self.augment: tuple | None = None  # (augment.policy, [ints]) in a copy made by augmented()
         self._policies: dict = {}
+
+    def augmented(self, policy, seed: list[int]) -> "Images":
+        """The same images, each item augmented by ``policy`` with the draw of (``seed``, epoch,
+        index) whenever an epoch is given (fine-tuning's online augmentation); self is unchanged."""
+        out = copy.copy(self)
+        out.augment, out._policies = (policy, list(seed)), {}
+        return out
 
     def __len__(self) -> int:
         return len(self.labels)
