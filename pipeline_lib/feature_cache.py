@@ -8,7 +8,7 @@ vector is reused only when it would be recomputed identically. On disk::
 
 A shard is written whole to ``.tmp/`` and renamed into ``shards/``, so an interrupted run leaves
 whole shards or none (a killed writer's temporaries are removed by the next run), and writing
-60,000 vectors costs a few dozen files instead of 60,000 (one ``.npy`` per vector cost 0.3 ms
+60,000 vectors costs a few dozen files instead of 60,000 (one ``.npy`` per vector cost 0.37 ms
 each, 14 % of featurize's time on 2 cores: docs/benchmarks.md "A 60,000-image pool"). Shards are
 not fsynced: they are recomputable, and a shard a power cut damaged reads as misses, is removed,
 and its vectors are recomputed. Caches of the old layout (``<key>/<ab>/<item>.npy``, one file per
@@ -33,7 +33,7 @@ from .errors import io_error
 _log = logging.getLogger(__name__)
 
 SHARD_ITEMS = 4096  # vectors per shard written (featurize.cache_shard_items)
-_OPEN_SHARDS = 8  # shards whose vectors are held in memory at once (most recently read)
+_OPEN_BYTES = 512 * 2**20  # vectors of the most recently read shards held in memory, at most (beyond one shard)
 
 
 class FeatureCache:
@@ -87,7 +87,7 @@ class FeatureCache:
             self._drop(name)
             return None
         self._open[name] = vectors
-        if len(self._open) > _OPEN_SHARDS:
+        while len(self._open) > 1 and sum(v.nbytes for v in self._open.values()) > _OPEN_BYTES:
             self._open.popitem(last=False)
         return vectors
 
