@@ -72,6 +72,11 @@ class Preprocess(nn.Module):
                             align_corners=False, antialias=True)
         return out if x.dim() == 4 else out.squeeze(0)
 
+    def fits(self, image: torch.Tensor) -> bool:
+        """No side of the image (or batch) exceeds the model resolution: it can reach the network
+        as it is, whose own resize is then the only one (batch_for_model)."""
+        return max(image.shape[-2:]) <= self.resolution
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # channels-last: the convolutions' fast layout on CPU (MobileNetV2 at 112 px, 2 cores: a
         # forward pass 2x, a training step 1.4x faster; benchmarks/channels_last.py)
@@ -227,9 +232,8 @@ def batch_for_model(images: Sequence[torch.Tensor], preprocess) -> torch.Tensor:
     images = [im.float().div_(255.0) if im.dtype == torch.uint8 else im for im in images]
     sizes = {tuple(im.shape) for im in images}
     if len(sizes) == 1:
-        _, h, w = next(iter(sizes))
         batch = torch.stack(images)
-        return batch if max(h, w) <= preprocess.resolution else preprocess.resize(batch)
+        return batch if preprocess.fits(batch) else preprocess.resize(batch)
     return torch.stack([preprocess.resize(im) for im in images])
 
 

@@ -184,8 +184,7 @@ def _decode(files: list[Path], preprocess, min_image_size: int) -> tuple[list[to
         tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)  # a writable copy
         # images larger than the model input are resized now (small batches in memory), smaller
         # ones by the model itself (batch_for_model)
-        batch.append(tensor if max(tensor.shape[1:]) <= preprocess.resolution
-                     else preprocess.resize(tensor.float().div_(255.0)))
+        batch.append(tensor if preprocess.fits(tensor) else preprocess.resize(tensor.float().div_(255.0)))
         kept.append(f)
     return batch, kept, skipped
 
